@@ -1,0 +1,1 @@
+"""Drivers that ship with the core, registered through the public hooks."""

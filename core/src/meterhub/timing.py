@@ -1,0 +1,62 @@
+"""Link timing derived from the baud rate and character format, never from magic numbers.
+
+A half-duplex RS485 pair carries one frame at a time. Before the master may talk again,
+the line must have been idle for an inter-frame gap, and after a meter's last byte the
+master must give the meter's transceiver time to release the line (turnaround).
+"""
+
+from __future__ import annotations
+
+from .model import SerialSettings
+
+#: Silence that delimits frames on a serial bus, in character times. Modbus over Serial
+#: Line V1.02 §2.5.1.1 fixes it at 3.5; DL/T 645 gives no figure, so we use the same
+#: well-known bound for every serial protocol.
+INTER_FRAME_GAP_CHARS = 3.5
+
+#: Above 19200 Bd Modbus V1.02 fixes the gap at 1.75 ms instead of scaling it further.
+MIN_INTER_FRAME_GAP_S = 0.00175
+
+#: An RS485 transceiver releases the line (driver-enable low) about one character after
+#: its last stop bit; the next talker waits that long before driving the bus.
+TURNAROUND_CHARS = 1.0
+
+
+def char_time(settings: SerialSettings) -> float:
+    """Seconds one character occupies on the wire (11 bits at 8E1: 4.58 ms at 2400 Bd)."""
+    return settings.bits_per_char / settings.baudrate
+
+
+def frame_time(nbytes: int, settings: SerialSettings) -> float:
+    """Seconds ``nbytes`` characters take to send back to back."""
+    return nbytes * char_time(settings)
+
+
+def inter_frame_gap(settings: SerialSettings) -> float:
+    """Idle time required between two frames on the bus."""
+    return max(INTER_FRAME_GAP_CHARS * char_time(settings), MIN_INTER_FRAME_GAP_S)
+
+
+def turnaround(settings: SerialSettings) -> float:
+    """Time for the last talker's transceiver to release the line."""
+    return TURNAROUND_CHARS * char_time(settings)
+
+
+def response_timeout(
+    settings: SerialSettings,
+    *,
+    request_len: int,
+    max_reply_len: int,
+    max_response_delay: float,
+) -> float:
+    """How long to wait for a complete answer, counted from the start of our request.
+
+    The request's own time on the wire, the meter's worst allowed response delay (a
+    protocol figure, e.g. DL/T 645's 500 ms) and the longest reply's time on the wire.
+    """
+    return (
+        frame_time(request_len, settings)
+        + turnaround(settings)
+        + max_response_delay
+        + frame_time(max_reply_len, settings)
+    )
