@@ -1,0 +1,851 @@
+"""Site files: YAML in, a validated :class:`~meterhub.model.Site` out.
+
+Every mistake in a file is collected into one :class:`~meterhub.errors.ConfigError`, each
+issue naming the file, the 1-based line and the key path (``meters[2].quantities[1]``), so
+a user fixes a site file in one pass instead of one error per run. Lines come from
+PyYAML's composed nodes (SafeLoader semantics); the values themselves are checked here,
+and channel settings are also handed to the channel's transport for its own checks.
+
+The format, top-level keys and defaults::
+
+    channels:      name -> {transport, port, baudrate, parity, bytesize, stopbits, <transport options>}
+    meters:        list of {address, protocol, channel | collector, quantities, point, name,
+                            timeout, retries, baudrate, parity, bytesize, stopbits, options}
+    collectors:    name -> {channel, address, protocol, <options>}         (optional)
+    schedule:      {interval, retries, backoff_initial, backoff_max}       (optional)
+    store:         sqlite:///meterhub.db                                   (optional)
+    uplink:        a mapping, kept as is for the uplink driver             (optional)
+
+Top-level keys starting with ``x-`` are ignored, so they can hold YAML anchors
+(``x-dlt645: &dlt645 {...}`` then ``<<: *dlt645`` in each meter).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import yaml
+
+from .api import MeterDriver, Transport
+from .errors import ConfigError, ConfigIssue, UnknownQuantity
+from .model import (
+    DEFAULT_STORE,
+    PARITIES,
+    ChannelConfig,
+    Collector,
+    Meter,
+    Schedule,
+    SerialSettings,
+    Site,
+)
+from .quantities import VOCABULARY, resolve
+
+__all__ = ["load_site", "parse_site", "parse_duration", "DEFAULT_QUANTITY"]
+
+TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink")
+#: top-level keys with this prefix are free for YAML anchors (docker-compose's convention)
+EXTENSION_PREFIX = "x-"
+SERIAL_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
+CHANNEL_KEYS = ("transport", "port", *SERIAL_KEYS)  # any other key is a transport option
+METER_KEYS = (
+    "address", "protocol", "channel", "collector", "quantities", "point", "name",
+    "timeout", "retries", *SERIAL_KEYS, "options",
+)  # fmt: skip
+COLLECTOR_KEYS = ("channel", "address", "protocol")  # any other key is a collector option
+SCHEDULE_KEYS = ("interval", "retries", "backoff_initial", "backoff_max")
+
+#: what a meter reads when its ``quantities`` are left out: the billing register
+DEFAULT_QUANTITY = "1-0:1.8.0"
+#: bound on retries so that one dead meter cannot hold its bus for a whole round
+MAX_RETRIES = 10
+#: Q/GDW 1376.1 DA: pn = (DA2 - 1) * 8 + bit + 1 with DA2 in 1..255, so pn 1..2040;
+#: pn 0 is the terminal itself, not a measuring point
+POINT_RANGE = (1, 2040)
+STORE_SCHEME = "sqlite:///"
+
+#: pyserial's parity letters, with the words people also write
+PARITY_NAMES = {"none": "N", "even": "E", "odd": "O", "mark": "M", "space": "S"}
+BYTESIZES = (5, 6, 7, 8)
+STOPBITS = (1, 1.5, 2)
+
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
+_DURATION_FULL = re.compile(rf"(?:\s*{_NUMBER}\s*(?:ms|s|m|h|d))+\s*")
+_PLAIN_NUMBER = re.compile(rf"\s*{_NUMBER}\s*")
+
+_TAG = "tag:yaml.org,2002:"
+_MERGE_TAG = _TAG + "merge"
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds in a duration: a number of seconds (``90``) or units ``ms s m h d`` (``1h30m``).
+
+    Raises ``ValueError`` with a message a user can act on for anything else, including
+    negative numbers and booleans (YAML reads ``yes`` as true).
+    """
+    hint = "write seconds (90) or a duration such as 30s, 15m, 1h30m, 1d"
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise ValueError(f"not a duration: {text!r}; {hint}")
+    if isinstance(text, (int, float)):
+        if not math.isfinite(text):
+            raise ValueError(f"not a duration: {text!r}; {hint}")
+        if text < 0:
+            raise ValueError(f"a duration cannot be negative: {text!r}")
+        return float(text)
+    spelled = text.strip().lower()
+    if _PLAIN_NUMBER.fullmatch(spelled):
+        return float(spelled)
+    if spelled.startswith("-"):
+        raise ValueError(f"a duration cannot be negative: {text!r}")
+    if not spelled or not _DURATION_FULL.fullmatch(spelled):
+        raise ValueError(f"not a duration: {text!r}; {hint}")
+    units = [unit for _, unit in _DURATION_PART.findall(spelled)]
+    if len(units) != len(set(units)):
+        raise ValueError(f"not a duration: {text!r} (a unit appears twice); {hint}")
+    return sum(float(number) * _SECONDS[unit] for number, unit in _DURATION_PART.findall(spelled))
+
+
+def load_site(
+    path: str | os.PathLike[str],
+    *,
+    drivers: Mapping[str, MeterDriver],
+    transports: Mapping[str, Transport],
+) -> Site:
+    """Read and validate a site file; raise :class:`ConfigError` listing every problem."""
+    filename = os.fspath(path)
+    try:
+        with open(filename, encoding="utf-8-sig") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(filename, None, "", f"cannot read the file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([ConfigIssue(filename, line, "", f"the file is not UTF-8 text: {exc.reason}")]) from None
+    return parse_site(text, filename=filename, drivers=drivers, transports=transports)
+
+
+def parse_site(
+    text: str,
+    *,
+    filename: str,
+    drivers: Mapping[str, MeterDriver],
+    transports: Mapping[str, Transport],
+) -> Site:
+    """Validate the text of a site file; raise :class:`ConfigError` listing every problem."""
+    issues: list[ConfigIssue] = []
+    root = _compose(text, filename, issues)
+    site = None
+    if root is not None:
+        site = _SiteBuilder(filename, issues, drivers, transports).build(root)
+    elif not issues:
+        issues.append(ConfigIssue(filename, None, "", "the file is empty: it needs at least channels: and meters:"))
+    if issues or site is None:
+        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+    return site
+
+
+# -- YAML nodes with lines ---------------------------------------------------------
+
+
+@attrs.frozen
+class _Node:
+    """A composed YAML node reduced to what validation needs: its value, line and key path.
+
+    ``value`` is a ``dict[str, _Node]`` for a mapping, a ``list[_Node]`` for a sequence and
+    the constructed Python value for a scalar. ``line`` is the line of the key that holds
+    the node (the line a user looks at), or the node's own line for list items and the root.
+    ``raw`` is a scalar's source text: ``000000000001`` keeps its zeros there even though
+    YAML reads it as the number 1.
+    """
+
+    kind: str  # "map", "seq" or "scalar"
+    value: Any
+    line: int
+    path: str
+    tag: str = ""
+    raw: str = ""
+    broken: bool = False  #: YAML could not construct it; already reported
+
+    def get(self, key: str) -> _Node | None:
+        return self.value.get(key) if self.kind == "map" else None
+
+    @property
+    def is_null(self) -> bool:
+        return self.kind == "scalar" and self.value is None and not self.broken
+
+
+def _child_path(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _compose(text: str, filename: str, issues: list[ConfigIssue]) -> _Node | None:
+    """Compose ``text`` with SafeLoader and convert it to :class:`_Node`; YAML errors become issues.
+
+    ``None`` with no issue means the file holds no document (empty, comments, a bare ``---``).
+    """
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        issues.append(_reader_issue(filename, text, exc))
+        return None
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            issues.append(_yaml_issue(filename, exc))
+            return None
+        except yaml.reader.ReaderError as exc:
+            issues.append(_reader_issue(filename, text, exc))
+            return None
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == _TAG + "null"):
+            return None
+        return _Converter(loader, filename, issues).convert(root, "", root.start_mark.line + 1)
+    finally:
+        loader.dispose()
+
+
+def _reader_issue(filename: str, text: str, exc: yaml.reader.ReaderError) -> ConfigIssue:
+    """A character YAML does not allow (control characters, ...), located by its line."""
+    line = text[: exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+    return ConfigIssue(filename, line, "", f"invalid YAML: {exc.reason} (character {exc.character!r})")
+
+
+def _yaml_issue(filename: str, exc: yaml.MarkedYAMLError) -> ConfigIssue:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    message = exc.problem or "not valid YAML"
+    if exc.context:
+        where = exc.context
+        if exc.context_mark is not None and exc.context_mark.line + 1 != line:
+            where += f" started on line {exc.context_mark.line + 1}"
+        message = f"{message} ({where})"
+    return ConfigIssue(filename, line, "", f"invalid YAML: {message}")
+
+
+class _Converter:
+    """Walks composed nodes; constructs scalars with SafeLoader and keeps every line."""
+
+    def __init__(self, loader: yaml.SafeLoader, filename: str, issues: list[ConfigIssue]) -> None:
+        self.loader = loader
+        self.filename = filename
+        self.issues = issues
+        self._active: set[int] = set()  # nodes being converted: an alias back to one is a loop
+
+    def _issue(self, line: int, key: str, message: str) -> None:
+        self.issues.append(ConfigIssue(self.filename, line, key, message))
+
+    def convert(self, node: yaml.Node, path: str, line: int) -> _Node:
+        if id(node) in self._active:
+            self._issue(line, path, "an alias refers back to itself (recursive YAML)")
+            return _Node("scalar", None, line, path, _TAG + "null", broken=True)
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path, line)
+            if isinstance(node, yaml.SequenceNode):
+                items = [self.convert(item, f"{path}[{i}]", item.start_mark.line + 1) for i, item in enumerate(node.value)]
+                return _Node("seq", items, line, path, node.tag)
+            return self._scalar(node, path, line)
+        finally:
+            self._active.discard(id(node))
+
+    def _scalar(self, node: yaml.ScalarNode, path: str, line: int) -> _Node:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            self._issue(line, path, exc.problem or str(exc))
+            return _Node("scalar", None, line, path, node.tag, node.value, broken=True)
+        return _Node("scalar", value, line, path, node.tag, node.value)
+
+    def _mapping(self, node: yaml.MappingNode, path: str, line: int) -> _Node:
+        merged, own = self._pairs(node, path, {id(node)})
+        entries: dict[str, _Node] = {}
+        for key_node, value_node in merged:  # highest precedence first: the first one wins
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value not in entries:
+                key = key_node.value
+                entries[key] = self.convert(value_node, _child_path(path, key), key_node.start_mark.line + 1)
+        first_lines: dict[str, int] = {}
+        for key_node, value_node in own:  # the mapping's own keys override merged ones
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._issue(key_line, path, "a key must be a plain name, not a list or mapping")
+                continue
+            key = key_node.value
+            if key in first_lines:
+                self._issue(key_line, _child_path(path, key), f"duplicate key (first on line {first_lines[key]})")
+                continue
+            first_lines[key] = key_line
+            entries[key] = self.convert(value_node, _child_path(path, key), key_line)
+        return _Node("map", entries, line, path, node.tag)
+
+    def _pairs(
+        self, node: yaml.MappingNode, path: str, seen: set[int]
+    ) -> tuple[list[tuple[yaml.Node, yaml.Node]], list[tuple[yaml.Node, yaml.Node]]]:
+        """(merged, own) key/value nodes of a mapping, resolving ``<<`` merge keys.
+
+        YAML merge keys: the mapping's own keys win over merged ones, and of a list of
+        merged mappings the earlier wins; ``merged`` is in that order of precedence. The
+        composed nodes are left unchanged (one anchor may be merged in many places).
+        """
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for source in sources:
+                source_line = source.start_mark.line + 1
+                if not isinstance(source, yaml.MappingNode):
+                    self._issue(source_line, path, "a merge key (<<) takes a mapping or a list of mappings")
+                elif id(source) in seen or id(source) in self._active:
+                    self._issue(source_line, path, "an alias refers back to itself (recursive YAML)")
+                else:
+                    source_merged, source_own = self._pairs(source, path, seen | {id(source)})
+                    merged += source_own + source_merged
+        return merged, own
+
+
+def _plain(node: _Node) -> Any:
+    """The node as plain Python data (for options and the uplink, kept as written)."""
+    if node.kind == "map":
+        return {key: _plain(child) for key, child in node.value.items()}
+    if node.kind == "seq":
+        return [_plain(child) for child in node.value]
+    return node.value
+
+
+def _describe(node: _Node) -> str:
+    """What a node is, in words, for 'must be X, got Y' messages."""
+    if node.kind == "map":
+        return "a mapping"
+    if node.kind == "seq":
+        return "a list"
+    value = node.value
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"{node.raw!r} (which YAML reads as {str(value).lower()}; quote it if you meant text)"
+    if isinstance(value, (int, float)):
+        return f"the number {node.raw}"
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"{node.raw!r} ({type(value).__name__})"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _known(what: str, names: Iterable[str]) -> str:
+    names = sorted(names)
+    return f"known {what}: {', '.join(names)}" if names else f"no {what} is installed"
+
+
+# -- validation --------------------------------------------------------------------
+
+
+class _SiteBuilder:
+    """Checks a converted file key by key, recording an issue for each problem found."""
+
+    def __init__(
+        self,
+        filename: str,
+        issues: list[ConfigIssue],
+        drivers: Mapping[str, MeterDriver],
+        transports: Mapping[str, Transport],
+    ) -> None:
+        self.filename = filename
+        self.issues = issues
+        self.drivers = drivers
+        self.transports = transports
+        self._channel_nodes: dict[str, _Node] = {}  # every channel named, even a broken one
+
+    # -- recording -----------------------------------------------------------------
+
+    def issue(self, line: int | None, key: str, message: str) -> None:
+        self.issues.append(ConfigIssue(self.filename, line, key, message))
+
+    def bad(self, node: _Node, message: str) -> None:
+        self.issue(node.line, node.path, message)
+
+    def missing(self, parent: _Node, key: str) -> None:
+        self.issue(parent.line, _child_path(parent.path, key), "missing required key")
+
+    # -- typed values (None = absent, or wrong and already reported) ---------------
+
+    def mapping(self, node: _Node | None, what: str = "a mapping") -> dict[str, _Node] | None:
+        if node is None or node.is_null or node.broken:
+            return None
+        if node.kind != "map":
+            self.bad(node, f"must be {what}, got {_describe(node)}")
+            return None
+        return node.value
+
+    def sequence(self, node: _Node | None, what: str = "a list") -> list[_Node] | None:
+        if node is None or node.is_null or node.broken:
+            return None
+        if node.kind != "seq":
+            self.bad(node, f"must be {what}, got {_describe(node)}")
+            return None
+        return node.value
+
+    def text(self, node: _Node | None, *, numbers_ok: bool = False) -> str | None:
+        """A string; with ``numbers_ok`` a number is taken as the text it was written as."""
+        if node is None or node.broken:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, str):
+            if not node.value.strip():
+                self.bad(node, "must not be empty")
+                return None
+            return node.value
+        if numbers_ok and node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            return node.raw
+        self.bad(node, f"must be text, got {_describe(node)}")
+        return None
+
+    def integer(self, node: _Node | None, low: int, high: int | None = None) -> int | None:
+        if node is None or node.broken:
+            return None
+        value = node.value if node.kind == "scalar" else None
+        range_text = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.bad(node, f"must be a whole number {range_text}, got {_describe(node)}")
+            return None
+        if value < low or (high is not None and value > high):
+            self.bad(node, f"must be a whole number {range_text}, got {value}")
+            return None
+        return value
+
+    def duration(self, node: _Node | None) -> float | None:
+        """A positive duration in seconds (``90``, ``30s``, ``15m``, ``1h30m``)."""
+        if node is None or node.broken:
+            return None
+        if node.kind != "scalar":
+            self.bad(node, f"must be a duration such as 30s or 15m, got {_describe(node)}")
+            return None
+        try:
+            seconds = parse_duration(node.value)
+        except ValueError as exc:
+            self.bad(node, str(exc))
+            return None
+        if seconds <= 0:
+            self.bad(node, f"must be longer than zero, got {node.raw}")
+            return None
+        return seconds
+
+    def check_keys(self, node: _Node, known: tuple[str, ...]) -> None:
+        for key, child in node.value.items():
+            if key not in known:
+                hint = _suggest(key, known) or f"; {_known('keys', known)}"
+                self.bad(child, f"unknown key {key!r}{hint}")
+
+    # -- the file --------------------------------------------------------------------
+
+    def build(self, root: _Node) -> Site | None:
+        if root.kind != "map":
+            self.issue(root.line, "", f"the file must be a mapping with channels: and meters:, got {_describe(root)}")
+            return None
+        for key, child in root.value.items():
+            if key not in TOP_KEYS and not key.startswith(EXTENSION_PREFIX):
+                self.bad(child, f"unknown top-level key {key!r}{_suggest(key, TOP_KEYS) or '; ' + _known('keys', TOP_KEYS)}")
+        for key in ("channels", "meters"):
+            if key not in root.value:
+                self.missing(root, key)
+        channels = self.channels(root.get("channels"))
+        collectors = self.collectors(root.get("collectors"))
+        meters = self.meters(root.get("meters"), channels, collectors)
+        schedule = self.schedule(root.get("schedule"))
+        store = self.store(root.get("store"))
+        uplink_node = root.get("uplink")
+        uplink = self.mapping(uplink_node)
+        return Site(
+            channels=channels,
+            meters=tuple(meters),
+            collectors=collectors,
+            schedule=schedule,
+            store=store,
+            uplink=_plain(uplink_node) if uplink is not None and uplink_node is not None else None,
+            source=self.filename,
+        )
+
+    # -- channels ----------------------------------------------------------------------
+
+    def channels(self, node: _Node | None) -> dict[str, ChannelConfig]:
+        entries = self.mapping(node, "a mapping of channel names to their settings")
+        if entries is None:
+            return {}
+        result: dict[str, ChannelConfig] = {}
+        for name, chan in entries.items():
+            self._channel_nodes[name] = chan
+            channel = self.channel(name, chan)
+            if channel is not None:
+                result[name] = channel
+        return result
+
+    def channel(self, name: str, node: _Node) -> ChannelConfig | None:
+        if self.mapping(node, "a mapping with transport: and port:") is None:
+            if node.is_null:
+                self.bad(node, "must be a mapping with transport: and port:, got nothing")
+            return None
+        for key in ("transport", "port"):
+            if node.get(key) is None:
+                self.missing(node, key)
+        transport_name = self.text(node.get("transport"))
+        port = self.text(node.get("port"))
+        settings, _, bad_keys = self.serial(node, SerialSettings())
+        if port is None:
+            bad_keys.add("port")  # missing or wrong: reported already
+        options = {key: _plain(child) for key, child in node.value.items() if key not in CHANNEL_KEYS}
+        channel = ChannelConfig(name, transport_name or "", port or "", settings, options)
+        if transport_name is not None:
+            transport = self.transports.get(transport_name)
+            if transport is None:
+                self.bad(
+                    node.value["transport"],
+                    f"unknown transport {transport_name!r}{_suggest(transport_name, self.transports)}"
+                    f" ({_known('transports', self.transports)})",
+                )
+            else:
+                self.transport_issues(transport, channel, node, skip=bad_keys)
+        return channel
+
+    def transport_issues(
+        self, transport: Transport, channel: ChannelConfig, node: _Node, *, skip: set[str], only: Iterable[str] | None = None
+    ) -> None:
+        """Report what the transport finds wrong, at the line of the key it names."""
+        only = set(only) if only is not None else None
+        prefix = f"channels.{channel.name}."
+        for key, message in transport.validate(channel):
+            key = key.removeprefix(prefix) if key else ""
+            head = re.split(r"[.\[]", key, maxsplit=1)[0]
+            if head in skip or (only is not None and head not in only):
+                continue  # already reported by the generic checks, or not this node's key
+            line = _locate(node, key)
+            self.issue(line, _child_path(node.path, key) if key else node.path, message)
+
+    def serial(self, node: _Node, base: SerialSettings) -> tuple[SerialSettings, set[str], set[str]]:
+        """Serial settings from ``node`` over ``base``: (settings, keys given, keys wrong).
+
+        These are the checks every serial link needs whatever its transport, so they are
+        made even when the transport is unknown; the transport adds its own limits.
+        """
+        checks = {
+            "baudrate": lambda n: self.integer(n, 1),
+            "parity": self.parity,
+            "bytesize": lambda n: self.choice(n, BYTESIZES, "data bits"),
+            "stopbits": lambda n: self.choice(n, STOPBITS, "stop bits"),
+        }
+        changes: dict[str, Any] = {}
+        given: set[str] = set()
+        bad: set[str] = set()
+        for key, check in checks.items():
+            child = node.get(key)
+            if child is None:
+                continue
+            given.add(key)
+            value = check(child)
+            if value is None:
+                bad.add(key)
+            else:
+                changes[key] = value
+        return attrs.evolve(base, **changes), given, bad
+
+    def parity(self, node: _Node) -> str | None:
+        if node.broken:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, str):
+            spelled = node.value.strip()
+            parity = PARITY_NAMES.get(spelled.lower(), spelled.upper())
+            if parity in PARITIES:
+                return parity
+        self.bad(node, f"must be one of {', '.join(PARITIES)} (or none, even, odd, mark, space), got {_describe(node)}")
+        return None
+
+    def choice(self, node: _Node, allowed: tuple[float, ...], unit: str) -> Any:
+        if node.broken:
+            return None
+        value = node.value if node.kind == "scalar" else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value in allowed:
+            return value
+        names = ", ".join(f"{a:g}" for a in allowed[:-1]) + f" or {allowed[-1]:g}"
+        self.bad(node, f"must be {names} {unit}, got {_describe(node)}")
+        return None
+
+    # -- collectors ----------------------------------------------------------------------
+
+    def collectors(self, node: _Node | None) -> dict[str, Collector]:
+        entries = self.mapping(node, "a mapping of collector names to their settings")
+        result: dict[str, Collector] = {}
+        for name, coll in (entries or {}).items():
+            if self.mapping(coll, "a mapping with channel:") is None:
+                if coll.is_null:
+                    self.bad(coll, "must be a mapping with channel:, got nothing")
+                continue
+            channel_node = coll.get("channel")
+            if channel_node is None:
+                self.missing(coll, "channel")
+            channel = self.channel_ref(channel_node)
+            protocol = self.protocol(coll.get("protocol"))
+            address = ""
+            address_node = coll.get("address")
+            if address_node is not None:
+                address = self.address(address_node, protocol) or ""
+            options = {key: _plain(child) for key, child in coll.value.items() if key not in COLLECTOR_KEYS}
+            result[name] = Collector(name, channel or "", address, protocol or "", options)
+        return result
+
+    # -- meters ----------------------------------------------------------------------------
+
+    def meters(
+        self, node: _Node | None, channels: Mapping[str, ChannelConfig], collectors: Mapping[str, Collector]
+    ) -> list[Meter]:
+        items = self.sequence(node, "a list of meters")
+        result: list[Meter] = []
+        addresses: dict[tuple[str, str, str], _Node] = {}
+        points: dict[int, _Node] = {}
+        for item in items or ():
+            meter = self.meter(item, channels, collectors)
+            if meter is None:
+                continue
+            result.append(meter)
+            # one address per protocol per channel: two meters answering the same frame collide
+            # (a Modbus slave 1 and a DL/T 645 meter 000000000001 on one bus do not)
+            if meter.address and meter.channel:
+                where = (meter.channel, meter.protocol, meter.address)
+                first = addresses.get(where)
+                address_node = item.value["address"]
+                if first is not None:
+                    self.bad(
+                        address_node,
+                        f"address {meter.address} on channel {meter.channel!r} is already used by"
+                        f" {first.path.rsplit('.', 1)[0]} (line {first.line})",
+                    )
+                else:
+                    addresses[where] = address_node
+            if meter.point is not None:
+                point_node = item.value["point"]
+                first = points.get(meter.point)
+                if first is not None:
+                    self.bad(
+                        point_node,
+                        f"measuring point {meter.point} is already used by {first.path.rsplit('.', 1)[0]} (line {first.line})",
+                    )
+                else:
+                    points[meter.point] = point_node
+        return result
+
+    def meter(
+        self, node: _Node, channels: Mapping[str, ChannelConfig], collectors: Mapping[str, Collector]
+    ) -> Meter | None:
+        if self.mapping(node, "a mapping with address:, protocol: and channel:") is None:
+            if node.is_null:
+                self.bad(node, "must be a mapping with address:, protocol: and channel:, got nothing")
+            return None
+        self.check_keys(node, METER_KEYS)
+        for key in ("address", "protocol"):
+            if node.get(key) is None:
+                self.missing(node, key)
+        protocol = self.protocol(node.get("protocol"))
+        driver = self.drivers.get(protocol) if protocol else None
+        address = self.address(node.get("address"), protocol)
+
+        channel = self.channel_ref(node.get("channel"))
+        collector_node = node.get("collector")
+        collector_name = self.text(collector_node, numbers_ok=True)
+        if collector_name is not None and collector_node is not None:
+            collector = collectors.get(collector_name)
+            if collector is None:
+                self.bad(
+                    collector_node,
+                    f"collector {collector_name!r} is not defined{_suggest(collector_name, collectors)}"
+                    f" ({_known('collectors', collectors) if collectors else 'there is no collectors: section'})",
+                )
+            elif channel is None and node.get("channel") is None:
+                channel = collector.channel or None
+            elif channel in self._channel_nodes and collector.channel and channel != collector.channel:
+                self.bad(
+                    node.value["channel"],
+                    f"channel {channel!r} differs from the channel {collector.channel!r} of collector {collector_name!r}",
+                )
+        if node.get("channel") is None and collector_node is None:
+            self.missing(node, "channel")
+
+        quantities = self.quantities(node, driver)
+        point = self.integer(node.get("point"), *POINT_RANGE)
+        name = self.text(node.get("name"), numbers_ok=True)
+        timeout = self.duration(node.get("timeout"))
+        retries = self.integer(node.get("retries"), 0, MAX_RETRIES)
+
+        settings = None
+        if any(node.get(key) is not None for key in SERIAL_KEYS):
+            chan = channels.get(channel) if channel else None
+            base = chan.settings if chan is not None else SerialSettings()
+            settings, given, bad = self.serial(node, base)
+            transport = self.transports.get(chan.transport) if chan is not None else None
+            if transport is not None and chan is not None:
+                # the channel's own keys were reported on the channel; check what this meter changes
+                self.transport_issues(transport, attrs.evolve(chan, settings=settings), node, skip=bad, only=given)
+
+        options_node = node.get("options")
+        options = self.mapping(options_node, "a mapping of driver options")
+        return Meter(
+            address=address or "",
+            protocol=protocol or "",
+            channel=channel or "",
+            quantities=quantities,
+            point=point,
+            name=name or "",
+            timeout=timeout,
+            retries=retries,
+            settings=settings,
+            options=_plain(options_node) if options is not None and options_node is not None else {},
+        )
+
+    def protocol(self, node: _Node | None) -> str | None:
+        name = self.text(node)
+        if name is not None and node is not None and name not in self.drivers:
+            self.bad(node, f"unknown protocol {name!r}{_suggest(name, self.drivers)} ({_known('protocols', self.drivers)})")
+        return name
+
+    def channel_ref(self, node: _Node | None) -> str | None:
+        name = self.text(node, numbers_ok=True)
+        if name is not None and node is not None and name not in self._channel_nodes:
+            defined = f"defined: {', '.join(self._channel_nodes)}" if self._channel_nodes else "no channel is defined"
+            self.bad(node, f"channel {name!r} is not defined{_suggest(name, self._channel_nodes)} ({defined})")
+        return name
+
+    def address(self, node: _Node | None, protocol: str | None) -> str | None:
+        """The meter address as written (digits keep their zeros), normalised by the driver."""
+        if node is None or node.broken:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
+            # unquoted digits: YAML made a number of them, but the source text is the address
+            if not node.raw.isdigit():
+                self.bad(node, f"YAML reads {node.raw} as a number; write the address in quotes")
+                return None
+            address = node.raw
+        else:
+            address = self.text(node)
+            if address is None:
+                return None
+        driver = self.drivers.get(protocol) if protocol else None
+        if driver is None:
+            return address
+        try:
+            return driver.normalize_address(address)
+        except ValueError as exc:
+            self.bad(node, f"invalid {protocol} address {address!r}: {exc}")
+            return None
+
+    def quantities(self, node: _Node, driver: MeterDriver | None) -> tuple[str, ...]:
+        list_node = node.get("quantities")
+        items = self.sequence(list_node, "a list of OBIS codes or aliases")
+        supported = set(driver.supported_quantities()) if driver is not None else None
+        if not items:
+            if list_node is not None and items is None and not list_node.is_null:
+                return ()  # not a list: reported
+            if supported is not None and DEFAULT_QUANTITY not in supported:
+                where = list_node if list_node is not None else node
+                self.issue(
+                    where.line,
+                    _child_path(node.path, "quantities"),
+                    f"no quantities listed and protocol {driver.name!r} cannot read the default {DEFAULT_QUANTITY};"
+                    f" list what to read (it supports: {', '.join(sorted(supported))})",
+                )
+                return ()
+            return (DEFAULT_QUANTITY,)
+        result: list[str] = []
+        seen: dict[str, _Node] = {}
+        for item in items:
+            name = self.text(item)
+            if name is None:
+                continue
+            try:
+                quantity = resolve(name)
+            except UnknownQuantity as exc:
+                self.bad(item, f"{exc}{_suggest(name, _quantity_names())}")
+                continue
+            if quantity.obis in seen:
+                first = seen[quantity.obis]
+                self.bad(item, f"{quantity.obis} ({quantity.alias}) is already listed as {first.path} (line {first.line})")
+                continue
+            seen[quantity.obis] = item
+            if supported is not None and quantity.obis not in supported:
+                self.bad(item, f"protocol {driver.name!r} cannot read {quantity.obis} ({quantity.alias})")
+                continue
+            result.append(quantity.obis)
+        return tuple(result)
+
+    # -- schedule, store ---------------------------------------------------------------
+
+    def schedule(self, node: _Node | None) -> Schedule:
+        default = Schedule()
+        if self.mapping(node, "a mapping with interval:, retries:, backoff_initial:, backoff_max:") is None:
+            return default
+        assert node is not None
+        self.check_keys(node, SCHEDULE_KEYS)
+        interval = self.duration(node.get("interval")) or default.interval
+        retries = self.integer(node.get("retries"), 0, MAX_RETRIES)
+        initial_node = node.get("backoff_initial")
+        backoff_initial = self.duration(initial_node) or interval
+        max_node = node.get("backoff_max")
+        backoff_max = self.duration(max_node)
+        if backoff_max is None:
+            backoff_max = max(default.backoff_max, backoff_initial)
+        elif backoff_max < backoff_initial and max_node is not None:
+            self.bad(max_node, f"must not be shorter than backoff_initial ({_seconds(backoff_initial)})")
+        return Schedule(
+            interval=interval,
+            retries=default.retries if retries is None else retries,
+            backoff_initial=backoff_initial,
+            backoff_max=backoff_max,
+        )
+
+    def store(self, node: _Node | None) -> str:
+        if node is None or node.is_null:
+            return DEFAULT_STORE
+        url = self.text(node)
+        if url is None:
+            return DEFAULT_STORE
+        if not url.startswith(STORE_SCHEME) or len(url) == len(STORE_SCHEME):
+            self.bad(
+                node,
+                f"must be a SQLite URL such as {DEFAULT_STORE} (sqlite:////abs/path.db for an absolute path), got {url!r}",
+            )
+            return DEFAULT_STORE
+        return url
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:g} s"
+
+
+def _quantity_names() -> list[str]:
+    return [name for q in VOCABULARY for name in (q.obis, q.alias)]
+
+
+def _locate(node: _Node, key: str) -> int:
+    """The line of ``key`` (``rs485.mode``, ``items[2]``) under ``node``, or of its nearest parent."""
+    line = node.line
+    current: _Node | None = node
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        if current is None:
+            break
+        if part.startswith("["):
+            index = int(part[1:-1])
+            current = current.value[index] if current.kind == "seq" and index < len(current.value) else None
+        else:
+            current = current.get(part)
+        if current is not None:
+            line = current.line
+    return line
+

@@ -1,0 +1,69 @@
+"""JSON output that keeps Decimal readings exact.
+
+A reading's value is written as a JSON number whose digits are exactly the Decimal's
+(``1234.56`` stays ``1234.56``), so a consumer parsing with ``parse_float=Decimal`` gets
+the meter's value back bit for bit; no float arithmetic happens on the way out.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from .model import Reading
+
+
+def _emit(obj: Any, indent: int | None, level: int) -> str:
+    if isinstance(obj, Decimal):
+        # Digits exactly as read from the meter; JSON has no NaN/Infinity, so those stay strings.
+        return format(obj, "f") if obj.is_finite() else json.dumps(str(obj))
+    if isinstance(obj, datetime):
+        return json.dumps(obj.isoformat())
+    if isinstance(obj, enum.Enum):
+        return _emit(obj.value, indent, level)
+    if isinstance(obj, Mapping):
+        items = [f"{json.dumps(str(k), ensure_ascii=False)}: {_emit(v, indent, level + 1)}" for k, v in obj.items()]
+        return _join(items, "{", "}", indent, level)
+    if isinstance(obj, (list, tuple)):
+        return _join([_emit(v, indent, level + 1) for v in obj], "[", "]", indent, level)
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _join(items: list[str], opening: str, closing: str, indent: int | None, level: int) -> str:
+    if not items:
+        return opening + closing
+    if indent is None:
+        return opening + ", ".join(items) + closing
+    pad = "\n" + " " * (indent * (level + 1))
+    return opening + pad + ("," + pad).join(items) + "\n" + " " * (indent * level) + closing
+
+
+def dumps(obj: Any, *, indent: int | None = None) -> str:
+    """Like ``json.dumps`` for plain data, with exact Decimals and ISO timestamps."""
+    return _emit(obj, indent, 0)
+
+
+def reading_to_dict(reading: Reading, *, full: bool = True) -> dict[str, Any]:
+    """The export/`--json` form of a reading: the contract keys first, details after."""
+    out: dict[str, Any] = {
+        "meter": reading.meter,
+        "quantity": reading.quantity,
+        "value": reading.value,
+        "unit": reading.unit,
+        "timestamp": reading.timestamp,
+        "quality": reading.quality.value,
+    }
+    if full:
+        out.update(
+            error_code=reading.error_code,
+            detail=reading.detail,
+            channel=reading.channel,
+            protocol=reading.protocol,
+            attempts=reading.attempts,
+            latency=reading.latency,
+        )
+    return out

@@ -1,0 +1,450 @@
+"""Simulated buses: devices that answer on a pseudo-terminal with real byte timing.
+
+A :class:`PtyBus` owns a pty pair and serves it from a background thread, so an asyncio
+concentrator (or a plain ``os.read``) in the main thread talks to it exactly as it would
+to a USB-RS485 adapter. The bus is protocol-independent: it feeds what the master writes
+into one stream decoder per protocol, lets each :class:`SimDevice` answer, and puts the
+answers back on the wire paced at the baud rate, after a turnaround, with the wire-level
+faults a real installation shows (silence, noise, truncation, slow answers, collisions).
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import math
+import os
+import random
+import select
+import threading
+import time
+import tty
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+from . import timing
+from .api import StreamDecoder
+from .errors import FrameError
+from .model import SerialSettings
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+logger = logging.getLogger(__name__)
+
+#: How often the serving thread wakes up when nothing happens, so stop() is prompt.
+#: A scheduling figure of the simulator, not a protocol timing.
+POLL_INTERVAL_S = 0.05
+
+#: Replies are written in chunks spanning about this long on the wire, each one when its
+#: last character would have left the meter's UART, so a reply arrives over its wire time
+#: (11 bits a character at 8E1) instead of in one burst. Coarse enough for a loaded CI box.
+CHUNK_INTERVAL_S = 0.010
+
+#: Default delay between the end of a request and the first byte of the answer, drawn
+#: uniformly from this range. DL/T 645-2007 allows 20 ms <= Td <= 500 ms (protocols
+#: README §1.6); real meters typically answer in a few tens of milliseconds.
+DEFAULT_TURNAROUND = (0.030, 0.060)
+
+#: How late a device with the ``slow`` fault answers, on top of its turnaround: beyond
+#: the DL/T 645 500 ms response limit plus a 2400 Bd reply, so a driver times out.
+DEFAULT_SLOW_DELAY = 3.0
+
+#: Garbage lengths (bytes) the ``noise`` fault puts before and after a reply, and that
+#: bus-level noise injects between transactions.
+NOISE_BEFORE = (3, 12)
+NOISE_AFTER = (2, 8)
+IDLE_NOISE = (1, 10)
+
+#: A collision is re-garbled until no decoder can find a valid frame in it (bounded).
+MAX_GARBLE_ROUNDS = 32
+
+
+class Fault(enum.Enum):
+    """A misbehaviour a simulated device can be switched to, at start or while running.
+
+    The bus applies the wire faults (``SILENCE``, ``NOISE``, ``TRUNCATED``, ``SLOW``); the
+    device applies the ones only its protocol knows how to produce (``BAD_CHECKSUM``,
+    ``WRONG_ADDRESS``) in its ``handle``.
+    """
+
+    SILENCE = "silence"  #: the device neither processes nor answers anything
+    BAD_CHECKSUM = "bad_checksum"  #: answers with a wrong checksum
+    NOISE = "noise"  #: garbage bytes before and after a valid answer
+    TRUNCATED = "truncated"  #: the answer stops part-way through
+    SLOW = "slow"  #: answers after a delay longer than a normal timeout
+    WRONG_ADDRESS = "wrong_address"  #: answers with an address that is not its own
+
+
+def as_fault(value: Fault | str | None) -> Fault | None:
+    """``Fault`` from a fault, its value (``"bad_checksum"``) or name; None stays None."""
+    if value is None or isinstance(value, Fault):
+        return value
+    text = str(value).strip().lower().replace("-", "_")
+    try:
+        return Fault(text)
+    except ValueError:
+        choices = ", ".join(f.value for f in Fault)
+        raise ValueError(f"unknown fault {value!r}; choose one of: {choices}") from None
+
+
+@runtime_checkable
+class SimDevice(Protocol):
+    """What a :class:`PtyBus` needs from a simulated device of any protocol.
+
+    Devices with the same ``protocol`` share one stream decoder on the bus, so several
+    protocols (DL/T 645, CJ/T 188, Modbus) can share one virtual wire.
+    """
+
+    address: str
+    protocol: str  #: the decoder group, e.g. "dlt645"
+    fault: Fault | None
+
+    def new_decoder(self) -> StreamDecoder:
+        """A fresh stream decoder for the frames this device understands."""
+        ...
+
+    def handle(self, frame: Any) -> list[bytes]:
+        """Encoded answers to one decoded request (empty: stay silent)."""
+        ...
+
+
+@attrs.frozen
+class _Chunk:
+    due: float  #: time.monotonic() at which the bytes may be written
+    data: bytes
+    ends_frame: bool = False  #: the last chunk of a complete reply (counted in frames_out)
+
+
+class PtyBus:
+    """Simulated devices on a pseudo-terminal, served by a background thread.
+
+    ``port`` (the pty slave path, e.g. ``/dev/pts/7``) is what a client opens; it is
+    set by :meth:`start`. Use as a context manager to start and stop the thread.
+    """
+
+    def __init__(
+        self,
+        devices: Iterable[SimDevice],
+        *,
+        settings: SerialSettings = SerialSettings(),
+        turnaround: float | tuple[float, float] = DEFAULT_TURNAROUND,
+        seed: int = 0,
+        slow_delay: float = DEFAULT_SLOW_DELAY,
+        noise_interval: float | None = None,
+    ) -> None:
+        self.devices: list[SimDevice] = list(devices)
+        self.settings = settings
+        self.turnaround = turnaround
+        self.slow_delay = slow_delay
+        self.port = ""
+        self.frames_in = 0  #: valid frames decoded from what the master wrote
+        self.rejected_in = 0  #: candidates the decoders rejected (bad checksum, ...)
+        self.frames_out = 0  #: answers completely written back
+        self.collisions = 0  #: requests several devices answered at once
+        self.handler_errors = 0  #: exceptions raised by device handlers (logged)
+        self._noise_interval = noise_interval
+        self._rng = random.Random(seed)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._tx: deque[_Chunk] = deque()
+        self._line_free_at = 0.0  # monotonic time our transmitter goes quiet
+        self._rx_end = 0.0  # monotonic time the request being received ends on the wire
+        self._next_idle_noise: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> PtyBus:
+        """Open the pty and start serving; returns self."""
+        if self._thread is not None:
+            return self
+        master, slave = os.openpty()
+        # The slave must be raw before any client opens it (no echo, no CR/LF mangling);
+        # we keep our slave fd open so a client closing and reopening the port does not
+        # make reads on the master fail with EIO (serial-visa-peers notes B1).
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self.port = os.ttyname(slave)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name=f"PtyBus {self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close the pty (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5 * POLL_INTERVAL_S + 1.0)
+            self._thread = None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = None
+
+    def __enter__(self) -> PtyBus:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- control (thread-safe) ---------------------------------------------------------
+
+    def device(self, address: str) -> SimDevice:
+        """The device with this address; KeyError naming the known ones otherwise."""
+        for dev in self.devices:
+            if dev.address == address:
+                return dev
+        known = ", ".join(d.address for d in self.devices) or "none"
+        raise KeyError(f"no simulated device with address {address!r} on this bus (have: {known})")
+
+    def set_fault(self, address: str, fault: Fault | str | None) -> None:
+        """Switch a device's fault (None = healthy); safe while the bus is serving."""
+        value = as_fault(fault)
+        dev = self.device(address)
+        with self._lock:
+            dev.fault = value
+
+    @property
+    def noise_interval(self) -> float | None:
+        """Mean seconds between bursts of garbage on an idle bus (None = no bus noise)."""
+        return self._noise_interval
+
+    @noise_interval.setter
+    def noise_interval(self, value: float | None) -> None:
+        with self._lock:
+            self._noise_interval = value
+            self._next_idle_noise = None
+
+    def inject_noise(self, data: bytes | None = None) -> bytes:
+        """Put garbage on the wire as soon as the line is free; returns the bytes sent."""
+        with self._lock:
+            if data is None:
+                data = self._garbage(IDLE_NOISE)
+            self._schedule(bytes(data), time.monotonic(), self.settings, frame=False)
+        return data
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until everything scheduled has been written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._tx:
+                    return True
+            time.sleep(POLL_INTERVAL_S / 5)
+        return False
+
+    # -- serving thread ------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        decoders = self._make_decoders()
+        master = self._master
+        assert master is not None
+        while not self._stop.is_set():
+            wait = self._wait_time()
+            try:
+                readable, _, _ = select.select([master], [], [], wait)
+            except (OSError, ValueError):  # fd closed under us by stop()
+                break
+            if readable:
+                try:
+                    data = os.read(master, 4096)
+                except BlockingIOError:
+                    data = b""
+                except OSError as exc:
+                    if exc.errno != errno.EIO:
+                        logger.warning("pty %s: read failed: %s", self.port, exc)
+                    time.sleep(POLL_INTERVAL_S)
+                    data = b""
+                if data:
+                    self._receive(data, time.monotonic(), decoders)
+            self._write_due(master)
+            self._idle_noise()
+
+    def _make_decoders(self) -> dict[str, tuple[StreamDecoder, list[SimDevice]]]:
+        groups: dict[str, tuple[StreamDecoder, list[SimDevice]]] = {}
+        for dev in self.devices:
+            if dev.protocol not in groups:
+                groups[dev.protocol] = (dev.new_decoder(), [])
+            groups[dev.protocol][1].append(dev)
+        return groups
+
+    def _wait_time(self) -> float:
+        with self._lock:
+            wait = POLL_INTERVAL_S
+            if self._tx:
+                wait = min(wait, max(0.0, self._tx[0].due - time.monotonic()))
+            return wait
+
+    def _receive(self, data: bytes, now: float, decoders: Mapping[str, tuple[StreamDecoder, list[SimDevice]]]) -> None:
+        # The pty delivers the request at once; on a real line it takes its wire time,
+        # and a device can only start answering after the last character arrived.
+        self._rx_end = max(self._rx_end, now) + timing.frame_time(len(data), self.settings)
+        for decoder, devices in decoders.values():
+            try:
+                items = decoder.feed(data)
+            except Exception:  # a decoder bug must not kill the bus; report it loudly
+                logger.exception("pty %s: decoder %r raised on %s", self.port, decoder, data.hex(" "))
+                continue
+            for item in items:
+                if isinstance(item, FrameError):
+                    self.rejected_in += 1
+                    logger.debug("pty %s: rejected request candidate: %s", self.port, item)
+                    continue
+                self.frames_in += 1
+                self._dispatch(item, devices)
+
+    def _dispatch(self, frame: Any, devices: Sequence[SimDevice]) -> None:
+        answers: list[tuple[float, list[bytes], SerialSettings, SimDevice]] = []
+        for dev in devices:
+            with self._lock:
+                fault = dev.fault
+            if fault is Fault.SILENCE:
+                continue
+            settings = getattr(dev, "settings", None) or self.settings  # before a baud change
+            try:
+                replies = dev.handle(frame)
+            except Exception:  # deliberate: one faulty device handler must not stop the bus
+                self.handler_errors += 1
+                logger.exception("pty %s: device %s failed on %r", self.port, dev.address, frame)
+                continue
+            if not replies:
+                continue
+            delay = self._turnaround_delay()
+            if fault is Fault.SLOW:
+                delay += self.slow_delay
+            answers.append((delay, [self._wire_fault(r, fault) for r in replies], settings, dev))
+        if not answers:
+            return
+        with self._lock:
+            if len(answers) == 1:
+                delay, replies, settings, _ = answers[0]
+                at = self._rx_end + delay
+                for reply in replies:
+                    at = self._schedule(reply, at, settings, frame=True)
+                    at += timing.inter_frame_gap(settings)
+            else:
+                self.collisions += 1
+                garbled = self._collide([b"".join(r) for _, r, _, _ in answers], answers[0][3])
+                at = self._rx_end + min(a[0] for a in answers)
+                self._schedule(garbled, at, self.settings, frame=False)
+                logger.debug("pty %s: %d devices answered at once: collision", self.port, len(answers))
+
+    def _turnaround_delay(self) -> float:
+        if isinstance(self.turnaround, (int, float)):
+            return float(self.turnaround)
+        low, high = self.turnaround
+        return self._rng.uniform(low, high)
+
+    def _wire_fault(self, reply: bytes, fault: Fault | None) -> bytes:
+        if fault is Fault.NOISE:
+            return self._garbage(NOISE_BEFORE) + reply + self._garbage(NOISE_AFTER)
+        if fault is Fault.TRUNCATED:
+            return reply[: max(1, len(reply) * 2 // 3)]
+        return reply
+
+    def _garbage(self, size: tuple[int, int]) -> bytes:
+        return bytes(self._rng.randrange(256) for _ in range(self._rng.randint(*size)))
+
+    def _collide(self, replies: list[bytes], device: SimDevice) -> bytes:
+        """What the master hears when several devices drive the pair at once.
+
+        Modelled as a wired-AND of the overlapping characters (a simplification: real
+        fighting drivers give undefined levels), then garbled further until the device
+        protocol's decoder finds no valid frame in it, as no real collision yields one.
+        """
+        length = max(len(r) for r in replies)
+        out = bytearray(b"\xff" * length)
+        for reply in replies:
+            for i, byte in enumerate(reply):
+                out[i] &= byte
+        for _ in range(MAX_GARBLE_ROUNDS):
+            found = [f for f in device.new_decoder().feed(bytes(out)) if not isinstance(f, FrameError)]
+            if not found:
+                break
+            out[self._rng.randrange(length)] ^= 1 << self._rng.randrange(8)
+        return bytes(out)
+
+    def _schedule(self, data: bytes, at: float, settings: SerialSettings, *, frame: bool) -> float:
+        """Queue ``data`` to go out from ``at`` (or when the line frees), paced at the baud
+        rate; returns when its last character has left. Call with the lock held."""
+        start = max(at, self._line_free_at)
+        step = max(1, math.floor(CHUNK_INTERVAL_S / timing.char_time(settings)))
+        for i in range(0, len(data), step):
+            end = min(i + step, len(data))
+            due = start + timing.frame_time(end, settings)
+            self._tx.append(_Chunk(due, data[i:end], ends_frame=frame and end == len(data)))
+        finished = start + timing.frame_time(len(data), settings)
+        self._line_free_at = finished + timing.turnaround(settings)
+        return finished
+
+    def _write_due(self, master: int) -> None:
+        while True:
+            with self._lock:
+                if not self._tx or self._tx[0].due > time.monotonic():
+                    return
+                chunk = self._tx.popleft()
+            try:
+                written = os.write(master, chunk.data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                logger.warning("pty %s: write failed: %s", self.port, exc)
+                return
+            if written < len(chunk.data):
+                # Nobody reads the port and its buffer is full: on a real wire these
+                # characters would be lost too.
+                logger.debug("pty %s: client not reading; dropped %d bytes", self.port, len(chunk.data) - written)
+            if chunk.ends_frame:
+                self.frames_out += 1
+
+    def _idle_noise(self) -> None:
+        with self._lock:
+            interval = self._noise_interval
+            if not interval:
+                return
+            now = time.monotonic()
+            if self._next_idle_noise is None:
+                self._next_idle_noise = now + self._rng.expovariate(1.0 / interval)
+                return
+            if now < self._next_idle_noise:
+                return
+            self._next_idle_noise = now + self._rng.expovariate(1.0 / interval)
+            # Only between transactions: not while a request is arriving or we answer.
+            if self._tx or now < self._rx_end + DEFAULT_TURNAROUND[1] or now < self._line_free_at:
+                return
+            self._schedule(self._garbage(IDLE_NOISE), now, self.settings, frame=False)
+
+
+def start_dlt645_sim(
+    n: int = 5,
+    *,
+    baudrate: int = 2400,
+    faults: Mapping[str, Fault | str] | None = None,
+    seed: int = 0,
+    **options: Any,
+) -> PtyBus:
+    """``n`` simulated DL/T 645-2007 meters on a started pty bus (see
+    :func:`meterhub.protocols.dlt645_sim.start_dlt645_sim`)."""
+    from .protocols.dlt645_sim import start_dlt645_sim as start
+
+    return start(n, baudrate=baudrate, faults=faults, seed=seed, **options)

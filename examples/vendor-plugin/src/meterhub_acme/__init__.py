@@ -1,0 +1,1 @@
+"""ACME's meterhub plugin (an example of a third-party plugin distribution)."""

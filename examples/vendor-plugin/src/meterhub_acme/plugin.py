@@ -1,0 +1,75 @@
+"""ACME's hooks. Everything here uses meterhub's public API only."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from meterhub.hookspecs import hookimpl
+from meterhub.jsonout import dumps, reading_to_dict
+from meterhub.protocols.dlt645_driver import Dlt645Driver
+from meterhub.quantities import Quantity
+
+TEMPERATURE = Quantity("0-0:96.9.0", "meter_temperature", "meter internal temperature", "°C")
+
+#: ACME meters keep their internal temperature in DI 02 80 00 07 (XXX.X °C, sign in bit 15).
+ACME_ITEMS = {
+    TEMPERATURE.obis: {"di": 0x02800007, "name": "ACME internal temperature", "fmt": "XXX.X", "unit": "°C", "signed": True},
+}
+
+AUDIT_ENV = "ACME_AUDIT_FILE"
+
+
+def acme_driver() -> Dlt645Driver:
+    """DL/T 645-2007 as ACME meters speak it: the standard table plus ACME's registers."""
+    return Dlt645Driver(name="acme-dlt645", description="DL/T 645-2007, ACME variant", extra_items=ACME_ITEMS)
+
+
+@hookimpl
+def meterhub_register_quantities(register: Any) -> None:
+    register(TEMPERATURE)
+
+
+@hookimpl
+def meterhub_register_meter_drivers(register: Any) -> None:
+    register(acme_driver())
+
+
+@hookimpl
+def meterhub_before_command(command: Any) -> str | None:
+    if command.name == "relay" and str(command.args.get("action", "")).lower() == "trip" and not command.args.get("confirm"):
+        return "ACME policy: a relay trip needs confirm: true"
+    return None
+
+
+def _audit(record: dict[str, Any]) -> None:
+    path = os.environ.get(AUDIT_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(dumps(record) + "\n")
+
+
+@hookimpl
+def meterhub_readings_collected(readings: list[Any], channel: str) -> None:
+    for reading in readings:
+        _audit({"type": "reading", **reading_to_dict(reading, full=False)})
+
+
+@hookimpl
+def meterhub_event(event: Any) -> None:
+    _audit({"type": "event", "kind": event.kind, "source": event.source, "severity": event.severity})
+
+
+@click.command("acme-info")
+def acme_info() -> None:
+    """Show what the ACME plugin adds."""
+    driver = acme_driver()
+    click.echo(json.dumps({"protocol": driver.name, "quantities": sorted(ACME_ITEMS)}))
+
+
+@hookimpl
+def meterhub_register_commands(cli: Any) -> None:
+    cli.add_command(acme_info)
