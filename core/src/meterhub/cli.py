@@ -80,6 +80,19 @@ def _user_errors() -> Iterator[None]:
         raise Failure(str(exc)) from None
 
 
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Hold back a logger's warnings (unless -v asked for more) while a command reports itself."""
+    target = logging.getLogger(logger)
+    saved = target.level
+    if logging.getLogger().level >= logging.WARNING:
+        target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(saved)
+
+
 def _plugins() -> Plugins:
     with _user_errors():
         return get_plugins()
@@ -214,7 +227,8 @@ def read_cmd(
     channel = _one_channel(plugins, transport, port, settings)
     meter = Meter(address=address, protocol=protocol, channel="cli", quantities=tuple(obis), timeout=timeout, retries=retries)
     site = Site(channels={"cli": channel}, meters=(meter,), schedule=Schedule(retries=retries), store="sqlite:///:memory:")
-    readings = _run_once(site, plugins, progress=False).readings
+    with _quiet("meterhub.runtime"):  # a channel-down warning would repeat the error line below
+        readings = _run_once(site, plugins, progress=False).readings
     failed = [r for r in readings if not r.ok]
     if as_json:
         rows = [jsonout.reading_to_dict(r) for r in readings if r.ok]
@@ -224,10 +238,20 @@ def read_cmd(
         for r in readings:
             if r.ok:
                 click.echo(f"{r.meter} {r.quantity} {_fmt_value(r)} {r.unit}".rstrip())
+    link_down = [r for r in failed if r.quality is Quality.LINK_ERROR]
+    if link_down:  # the port, not the meter: say it once
+        click.echo(f"error: meter {address} on {port}: {_link_reason(link_down[0].detail)}", err=True)
     for r in failed:
-        click.echo(f"error: meter {r.meter} on {port}: {r.quantity}: {_describe_failure(r)}", err=True)
+        if r.quality is not Quality.LINK_ERROR:
+            click.echo(f"error: meter {r.meter} on {port}: {r.quantity}: {_describe_failure(r)}", err=True)
     if failed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _link_reason(detail: str) -> str:
+    """The runtime's "channel cli is down: <reason>" without the channel the user never named."""
+    prefix = "channel cli is down: "
+    return detail[len(prefix):] if detail.startswith(prefix) else detail
 
 
 def _describe_failure(r: Reading) -> str:
@@ -389,50 +413,93 @@ class _Progress:
 
 
 def _print_report(report: Any, site: Site, *, console: Any = None) -> None:
+    """The round's readings, one section per meter, then the read statistics.
+
+    Laid out to fit an 80-column terminal; a wider one also gets each quantity's alias.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"readings ({report.ok_count} ok, {report.failed_count} failed)")
-    for col, justify in (("meter", "left"), ("channel", "left"), ("quantity", "left"), ("value", "right"),
-                         ("unit", "left"), ("quality", "left"), ("tries", "right"), ("latency ms", "right")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    wide = console.width >= WIDE_TERMINAL
+    table = Table(title=f"readings ({report.ok_count} ok, {report.failed_count} failed)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    table.add_column("meter", no_wrap=True)
+    table.add_column("quantity", no_wrap=True)
+    if wide:
+        table.add_column("", no_wrap=True, style="dim")
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_column("unit", no_wrap=True)
+    table.add_column("quality", no_wrap=True)
+    table.add_column("tries", justify="right")
+    table.add_column("ms", justify="right")
+    previous = None
+    row_in_meter = 0
     for r in report.readings:
+        meter = (r.channel, r.meter)
+        row_in_meter = row_in_meter + 1 if meter == previous else 0
+        if previous is not None and meter != previous:
+            table.add_section()
         quality = "ok" if r.ok else f"[red]{r.quality.value}[/red]"
         if r.error_code is not None:
             quality += f" (0x{r.error_code:02X})"
         latency = "" if r.latency is None else f"{r.latency * 1000:.0f}"
-        table.add_row(r.meter, r.channel, _quantity_label(r.quantity), _fmt_value(r), r.unit, quality, str(r.attempts), latency)
+        value = r.value.replace("T", " ")[:19] if isinstance(r.value, str) and r.quantity == CLOCK else _fmt_value(r)
+        # the meter's address on its first row, the channel it is on below it
+        label = r.meter if row_in_meter == 0 else f"[dim]on {r.channel}[/dim]" if row_in_meter == 1 and r.channel else ""
+        cells = [label, r.quantity]
+        if wide:
+            cells.append(_alias(r.quantity))
+        cells += [value, r.unit, quality, str(r.attempts), latency]
+        table.add_row(*cells)
+        previous = meter
     console.print(table)
+    console.print()
     _print_stats(report, console)
 
 
-def _quantity_label(obis: str) -> str:
+#: Columns from which the readings table also shows quantity aliases.
+WIDE_TERMINAL = 100
+
+CLOCK = "0-0:1.0.0"
+
+
+def _alias(obis: str) -> str:
     try:
-        return f"{obis} {resolve(obis).alias}"
+        return resolve(obis).alias
     except UnknownQuantity:
-        return obis
+        return ""
 
 
 def _print_stats(report: Any, console: Any) -> None:
+    from rich import box
     from rich.table import Table
 
     for title, stats in (("per meter", report.meter_stats), ("per channel", report.channel_stats)):
-        table = Table(title=f"read statistics {title}")
-        table.add_column("name")
-        for col in ("reads", "ok", "failed", "success", "retries", "latency min/avg/max ms"):
-            table.add_column(col, justify="right")
+        table = Table(title=f"read statistics {title}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+        table.add_column("name", no_wrap=True)
+        for col in ("reads", "ok", "failed", "skipped", "success", "retries", "latency ms"):
+            table.add_column(col, justify="right", no_wrap=True)
+        kinds = []
         for name, s in stats.items():
             table.add_row(
                 name,
-                str(s.get("reads", "")),
-                str(s.get("successes", "")),
-                str(s.get("failures", "")),
-                f"{s.get('success_rate', 0) * 100:.0f}%",
-                str(s.get("retries", "")),
+                str(s["readings"]),
+                str(s["successes"]),
+                str(s["failed"]),
+                str(s["backed_off"]),
+                "-" if s["success_rate"] is None else f"{s['success_rate'] * 100:.0f}%",
+                str(s["retries"]),
                 _latency_text(s),
             )
+            if s["failures"]:
+                kinds.append(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in s["failures"].items()))
         console.print(table)
+        if title == "per meter" and kinds:
+            console.print("failed: " + "; ".join(kinds), highlight=False)
+    console.print("skipped: not tried while the meter is backed off; latency: min/avg/max ms from request to "
+                  "accepted answer", style="dim", highlight=False)
 
 
 def _latency_text(s: dict[str, Any]) -> str:

@@ -216,10 +216,11 @@ class Concentrator:
             await link.open()
         except Exception as exc:  # LinkError, OSError or a transport bug: this channel is down, the others go on
             log.debug("channel %s failed to open", ch.name, exc_info=True)
-            reason = str(exc) if isinstance(exc, LinkError) else f"{type(exc).__name__}: {exc}"
+            # A LinkError names the port and says why; anything else is a transport bug.
+            reason = str(exc) if isinstance(exc, LinkError) else f"cannot open {ch.config.port}: {type(exc).__name__}: {exc}"
             if link is not None:
                 await self._close_quietly(ch.name, link)
-            self._channel_down(ch, f"cannot open {ch.config.port}: {reason}")
+            self._channel_down(ch, reason)
             return False
         ch.link = link
         ch.bus = Bus(ch.name, link)
@@ -229,9 +230,10 @@ class Concentrator:
         return True
 
     def _channel_down(self, ch: _Channel, reason: str) -> None:
-        was_down = ch.down
+        was_down, known = ch.down, ch.error
         ch.down, ch.error = True, reason
-        log.warning("channel %s is down: %s", ch.name, reason)
+        if not was_down or reason != known:  # a channel that stays down is not news every round
+            log.warning("channel %s is down: %s", ch.name, reason)
         self._report("channel_down", {"channel": ch.name, "reason": reason})
         if not was_down:
             self._raise_event(

@@ -1,0 +1,80 @@
+"""The vendor path: examples/vendor-plugin is installed like any third-party distribution
+(tox installs it) and works through the public hooks only."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from system_helpers import meterhub, parse_json, write_site
+
+pytest.importorskip("meterhub_acme", reason="examples/vendor-plugin is not installed")
+
+
+def test_the_vendor_plugin_is_listed_with_its_distribution_and_hooks():
+    result = meterhub("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    acme = plugins["acme"]
+    assert acme["distribution"] == "meterhub-acme" and acme["version"] == "1.0.0"
+    assert acme["status"] == "ok"
+    assert {"meterhub_register_meter_drivers", "meterhub_register_quantities", "meterhub_before_command",
+            "meterhub_readings_collected", "meterhub_register_commands"} <= set(acme["hooks"])
+    assert plugins["dlt645"]["distribution"] == "meterhub"  # built-ins go through the same hooks
+    assert plugins["rs485"]["distribution"] == "meterhub-rs485"
+
+
+def test_the_vendor_quantity_and_protocol_read_a_meter_and_the_audit_hook_sees_it(tmp_path, sim_bus):
+    audit = tmp_path / "audit.jsonl"
+    site = write_site(tmp_path / "site.yaml", sim_bus.port, addresses=("000000000001",), protocol="acme-dlt645",
+                      quantities='["energy_import", "meter_temperature"]')
+    result = meterhub("run", str(site), "--once", "--json", env={"ACME_AUDIT_FILE": str(audit)})
+    assert result.returncode == 0, result.stderr
+    readings = {r["quantity"]: r for r in parse_json(result.stdout)}
+    assert readings["1-0:1.8.0"]["quality"] == "ok"
+    temperature = readings["0-0:96.9.0"]
+    assert temperature["quality"] == "ok" and temperature["unit"] == "°C"
+    assert Decimal("-40") < temperature["value"] < Decimal("85")
+    audited = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert {r["quantity"] for r in audited if r["type"] == "reading"} == {"1-0:1.8.0", "0-0:96.9.0"}
+
+
+def test_the_vendor_subcommand_is_on_the_command_line():
+    result = meterhub("acme-info")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["protocol"] == "acme-dlt645"
+
+
+def test_a_disabled_vendor_plugin_is_not_loaded():
+    result = meterhub("plugins", "--json", env={"METERHUB_DISABLE_PLUGINS": "acme"})
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert plugins["acme"]["status"] == "disabled"
+    listed = meterhub("plugins", env={"METERHUB_DISABLE_PLUGINS": "acme"})
+    assert "acme-dlt645" not in listed.stdout
+
+
+def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus):
+    import asyncio
+
+    from meterhub.errors import MeterhubError
+    from meterhub.model import ChannelConfig, Command, Meter, SerialSettings, Site
+    from meterhub.plugins import get_plugins
+    from meterhub.runtime import Concentrator
+    from meterhub.store import open_store
+
+    channel = ChannelConfig("bus1", "rs485", sim_bus.port, SerialSettings(9600, 8, "N", 1))
+    meter = Meter(address="000000000001", protocol="acme-dlt645", channel="bus1", quantities=("1-0:1.8.0",))
+    site = Site(channels={"bus1": channel}, meters=(meter,), store="sqlite:///:memory:")
+
+    async def trip() -> None:
+        with open_store(site.store) as store:
+            async with Concentrator(site, plugins=get_plugins(), store=store) as conc:
+                await conc.execute(meter, Command(meter.address, meter.protocol, "relay", {"action": "trip"}))
+
+    frames_before = sim_bus.frames_in
+    with pytest.raises(MeterhubError, match="ACME policy"):
+        asyncio.run(trip())
+    assert sim_bus.frames_in == frames_before  # refused before anything went on the wire
+    assert not sim_bus.device("000000000001").relay_open
