@@ -491,3 +491,50 @@ def test_any_text_gives_a_site_or_a_config_error(text):
         parse(text)
     except ConfigError as exc:
         assert exc.issues
+
+
+# -- what a driver finds wrong with one meter (validate_meter) ---------------------------
+
+
+@attrs.frozen
+class ProfiledModbus(FakeModbus):
+    """A Modbus stand-in that, like the real one, needs a known profile per meter."""
+
+    def validate_meter(self, meter: Meter) -> list[tuple[str, str]]:
+        profile = meter.options.get("profile")
+        if profile is None:
+            return [("options", "a Modbus meter needs options: {profile: vendor-model}")]
+        if profile != "eastron-sdm120":
+            return [("options.profile", f"unknown profile {profile!r}")]
+        if "1-0:1.7.0" in meter.quantities:
+            return [("quantities[1]", "profile eastron-sdm120 cannot read 1-0:1.7.0")]
+        return []
+
+
+def test_a_drivers_findings_are_reported_at_the_key_they_name():
+    text = (
+        "channels:\n"
+        "  bus1: {transport: rs485, port: /dev/ttyUSB0}\n"
+        "meters:\n"
+        "  - address: '1'\n"
+        "    channel: bus1\n"
+        "    protocol: modbus\n"
+        "    quantities: [1-0:1.8.0]\n"
+        "    options:\n"
+        "      profile: nosuch-meter\n"
+        "  - address: '2'\n"
+        "    channel: bus1\n"
+        "    protocol: modbus\n"
+        "    quantities: [1-0:1.8.0, 1-0:1.7.0]\n"
+        "    options: {profile: eastron-sdm120}\n"
+        "  - {address: '3', channel: bus1, protocol: modbus, quantities: [1-0:1.8.0]}\n"
+    )
+    drivers = {**DRIVERS, "modbus": ProfiledModbus()}
+    with pytest.raises(ConfigError) as caught:
+        parse_site(text, filename="site.yaml", drivers=drivers, transports=TRANSPORTS)
+    found = [(i.line, i.key, i.message) for i in caught.value.issues]
+    assert found == [
+        (9, "meters[0].options.profile", "unknown profile 'nosuch-meter'"),
+        (13, "meters[1].quantities[1]", "profile eastron-sdm120 cannot read 1-0:1.7.0"),
+        (15, "meters[2].options", "a Modbus meter needs options: {profile: vendor-model}"),
+    ]

@@ -227,11 +227,16 @@ def test_scan_returns_the_address_of_the_one_meter():
     assert dlt645.decode(link.written[0]) == dlt645.read_address_request()
 
 
-def test_scan_blames_a_garbled_answer_on_several_meters():
+def test_a_garbled_answer_to_the_wildcard_starts_a_search_by_abbreviated_address():
     peer = LoopbackMeter()
-    peer.wrap = lambda wire: wire[:-2] + bytes(((wire[-2] + 1) & 0xFF,)) + wire[-1:]
-    with pytest.raises(ChecksumError, match="only with one meter"):
-        asyncio.run(Dlt645Driver().scan(Bus("bus1", LoopbackLink(peer)), SILENCE))
+    peer.wrap = lambda wire: wire[:-2] + bytes(((wire[-2] + 1) & 0xFF,)) + wire[-1:]  # every answer garbled
+    link = LoopbackLink(peer)
+    asyncio.run(Dlt645Driver().scan(Bus("bus1", link), 0.005))
+    sent = [dlt645.decode(raw) for raw in link.written]
+    assert sent[0] == dlt645.read_address_request()
+    # §4.1.2: the low byte A0 given, the high bytes AAh; each BCD value once
+    assert [f.address for f in sent[1:]] == [f"AAAAAAAAAA{v:02d}" for v in range(100)]
+    assert {dlt645.parse_read_request(f) for f in sent[1:]} == {0x00010000}
 
 
 def test_scan_of_a_silent_line_is_empty():

@@ -202,3 +202,46 @@ def test_the_first_policy_answer_refuses_a_command():
     plugins = Plugins(load_entry_points=False, extra=[("policy", Policy())])
     assert plugins.call_each("meterhub_before_command", command="trip") == ["no relay trips on Sundays"]
     assert plugins.call_each("meterhub_before_command", command="read") == []
+
+
+class ProfiledDriver:
+    """A meter driver that takes device profiles, and refuses those without registers."""
+
+    name = "profiled"
+
+    def __init__(self):
+        self.profiles = {}
+
+    def add_profile(self, name, profile, source=""):
+        if "registers" not in profile:
+            raise ValueError("no registers: mapping")
+        self.profiles[name] = (profile, source)
+
+
+def test_registered_profiles_reach_their_drivers_and_bad_ones_are_the_plugins_failure(monkeypatch):
+    monkeypatch.delenv(STRICT_ENV, raising=False)
+    driver = ProfiledDriver()
+
+    class Provider:
+        @hookspecs.hookimpl
+        def meterhub_register_meter_drivers(self, register):
+            register(driver)
+
+    class Vendor:
+        @hookspecs.hookimpl
+        def meterhub_register_profiles(self, register):
+            register("profiled", "acme-m1", {"registers": {}})
+
+    class Sloppy:
+        @hookspecs.hookimpl
+        def meterhub_register_profiles(self, register):
+            register("profiled", "acme-m2", {})
+            register("nosuch", "acme-m3", {"registers": {}})
+
+    plugins = Plugins(load_entry_points=False, extra=[("provider", Provider()), ("vendor", Vendor()), ("sloppy", Sloppy())])
+    assert plugins.meter_drivers()["profiled"] is driver
+    assert driver.profiles == {"acme-m1": ({"registers": {}}, "plugin vendor")}
+    error = _info(plugins, "sloppy").error
+    assert "profiled/acme-m2 refused: no registers" in error
+    assert "'nosuch', which no installed driver speaks" in error
+    assert not _info(plugins, "vendor").error

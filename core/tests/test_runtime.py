@@ -846,3 +846,79 @@ def test_run_stops_in_the_middle_of_a_round() -> None:
     stop_when(rig, rig.store.readings)
     assert [r.meter for r in rig.store.readings()] == ["01"]  # what was read stays stored
     assert rig.store.rounds() == []
+
+
+# --- drivers that read a meter's quantities together (read_many) -------------------------
+
+
+class BatchDriver(LineDriver):
+    """A LineDriver that also offers ``read_many``, answering from a script of outcomes."""
+
+    name = "batch"
+
+    def __init__(self, script: list[list[Any]]) -> None:
+        super().__init__()
+        self.script = script
+        self.calls: list[list[str]] = []
+
+    async def read_many(self, bus: Bus, meter: Meter, quantities: list[Any], timeout: float) -> list[Any]:
+        self.calls.append([q.obis for q in quantities])
+        outcomes = self.script.pop(0)
+        if isinstance(outcomes, Exception):
+            raise outcomes
+        return outcomes
+
+
+def _batch_rig(script: list[Any], *, quantities: tuple[str, ...] = (E_IMPORT, VOLTAGE, CURRENT)) -> tuple[Rig, BatchDriver]:
+    rig = Rig([Meter(address="7", protocol="batch", channel="bus1", quantities=quantities)])
+    driver = BatchDriver(script)
+    rig.recorder.driver = driver
+    return rig, driver
+
+
+def test_a_batching_driver_reads_a_meter_in_one_call():
+    rig, driver = _batch_rig([[Measurement(Decimal("1.5"), "kWh"), Measurement(Decimal("230.1"), "V"),
+                               Measurement(Decimal("2"), "A")]])
+    report = rig.round()
+    assert driver.calls == [[E_IMPORT, VOLTAGE, CURRENT]]
+    assert [(r.quantity, r.value, r.quality, r.attempts) for r in report.readings] == [
+        (E_IMPORT, Decimal("1.5"), Quality.OK, 1), (VOLTAGE, Decimal("230.1"), Quality.OK, 1),
+        (CURRENT, Decimal("2"), Quality.OK, 1),
+    ]
+
+
+def test_only_the_quantities_that_failed_on_the_wire_are_retried():
+    from meterhub.errors import MeterTimeout
+
+    rig, driver = _batch_rig([
+        [Measurement(Decimal("1.5"), "kWh"), MeterTimeout("no answer"), MeterError("abnormal", code=2, reason="no data")],
+        [Measurement(Decimal("230.1"), "V")],
+    ])
+    report = rig.round()
+    assert driver.calls == [[E_IMPORT, VOLTAGE, CURRENT], [VOLTAGE]]
+    assert [(r.quantity, r.quality, r.attempts, r.error_code) for r in report.readings] == [
+        (E_IMPORT, Quality.OK, 1, None), (VOLTAGE, Quality.OK, 2, None), (CURRENT, Quality.METER_ERROR, 1, 2),
+    ]
+
+
+def test_retries_of_a_batch_are_bounded():
+    from meterhub.errors import MeterTimeout
+
+    rig, driver = _batch_rig([[MeterTimeout("no answer")]] * 3, quantities=(E_IMPORT,))  # the schedule allows 2 retries
+    report = rig.round()
+    assert len(driver.calls) == 3
+    assert [(r.quality, r.attempts) for r in report.readings] == [(Quality.TIMEOUT, 3)]
+    assert rig.store.readings()[0].quality is Quality.TIMEOUT  # stored, not dropped
+
+
+def test_a_batch_with_the_wrong_number_of_outcomes_is_a_driver_error():
+    rig, _ = _batch_rig([[Measurement(Decimal("1"), "kWh")]])
+    report = rig.round()
+    assert {r.quality for r in report.readings} == {Quality.DRIVER_ERROR}
+    assert "3 quantities" in report.readings[0].detail
+
+
+def test_a_link_error_from_a_batch_fails_every_quantity_as_a_link_error():
+    rig, _ = _batch_rig([LinkError("/dev/fake-bus1: device disconnected")])
+    report = rig.round()
+    assert [r.quality for r in report.readings] == [Quality.LINK_ERROR] * 3

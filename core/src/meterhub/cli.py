@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -183,8 +183,41 @@ def _serial_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _settings(driver: Any, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None) -> SerialSettings:
-    base: SerialSettings = driver.default_settings
+def _meter_options(profile: str | None, meter_type: str | None, extra: Sequence[str]) -> dict[str, Any]:
+    """A meter's ``options:`` from the command line; values stay text, as a site file's would
+    be read by the driver (``meter_type: "10"`` is hex 10)."""
+    options: dict[str, Any] = {}
+    for spec in extra:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise Failure(f"--option {spec!r}: expected KEY=VALUE", EXIT_USAGE)
+        options[key.strip()] = value.strip()
+    if profile is not None:
+        options["profile"] = profile
+    if meter_type is not None:
+        options["meter_type"] = meter_type
+    return options
+
+
+def _option_problem(key: str, message: str) -> str:
+    """A driver's finding about a meter, named by the command-line option that set it."""
+    flag = {"options.profile": "--profile", "options.meter_type": "--meter-type", "address": "--address"}.get(key)
+    if flag is None and key.startswith("quantities"):
+        flag = "--quantity"
+    elif flag is None and key.startswith("options."):
+        flag = f"--option {key.removeprefix('options.')}"
+    return f"{flag or key}: {message}" if (flag or key) else message
+
+
+def profile_settings(driver: Any, options: Mapping[str, Any]) -> SerialSettings | None:
+    """The serial settings a device profile names (a Modbus meter at 9600 8N1), if any."""
+    lookup = getattr(driver, "profile_settings", None)
+    return lookup(options) if lookup is not None else None
+
+
+def _settings(driver: Any, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None,
+              profile: SerialSettings | None = None) -> SerialSettings:
+    base: SerialSettings = profile or driver.default_settings
     return SerialSettings(
         baudrate=baudrate or base.baudrate,
         bytesize=bytesize or base.bytesize,
@@ -207,9 +240,14 @@ def _one_channel(plugins: Plugins, transport_name: str, port: str, settings: Ser
 @click.option("--address", required=True, help="Meter address in the protocol's own form.")
 @click.option("--quantity", "quantities", required=True, multiple=True, help="OBIS code or alias; repeat for several.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
+@click.option("--profile", default=None, help="Device profile, lower-case vendor-model (Modbus: eastron-sdm630, ...).")
+@click.option("--meter-type", default=None, help="CJ/T 188 meter type T in hex (10 cold water, 20 heat, 30 gas, ...).")
+@click.option("--option", "extra_options", multiple=True, metavar="KEY=VALUE",
+              help="A driver option as a site file's meter options: would give it; repeat for several.")
 def read_cmd(
     transport: str, port: str, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None,
     protocol: str, timeout: float | None, as_json: bool, address: str, quantities: Sequence[str], retries: int,
+    profile: str | None, meter_type: str | None, extra_options: Sequence[str],
 ) -> None:
     """Read quantities of one meter, once."""
     plugins = _plugins()
@@ -223,9 +261,15 @@ def read_cmd(
         address = driver.normalize_address(address)
     except ValueError as exc:
         raise Failure(f"bad {protocol} address {address!r}: {exc}", EXIT_USAGE) from None
-    settings = _settings(driver, baudrate, parity, bytesize, stopbits)
+    options = _meter_options(profile, meter_type, extra_options)
+    settings = _settings(driver, baudrate, parity, bytesize, stopbits, profile_settings(driver, options))
     channel = _one_channel(plugins, transport, port, settings)
-    meter = Meter(address=address, protocol=protocol, channel="cli", quantities=tuple(obis), timeout=timeout, retries=retries)
+    meter = Meter(address=address, protocol=protocol, channel="cli", quantities=tuple(obis), timeout=timeout,
+                  retries=retries, options=options)
+    validate = getattr(driver, "validate_meter", None)
+    problems = list(validate(meter)) if validate is not None else []
+    if problems:
+        raise Failure("; ".join(_option_problem(key, msg) for key, msg in problems), EXIT_USAGE)
     site = Site(channels={"cli": channel}, meters=(meter,), schedule=Schedule(retries=retries), store="sqlite:///:memory:")
     with _quiet("meterhub.runtime"):  # a channel-down warning would repeat the error line below
         readings = _run_once(site, plugins, progress=False).readings

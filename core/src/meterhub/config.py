@@ -617,6 +617,7 @@ class _SiteBuilder:
             if meter is None:
                 continue
             result.append(meter)
+            self.driver_issues(meter, item)
             # one address per protocol per channel: two meters answering the same frame collide
             # (a Modbus slave 1 and a DL/T 645 meter 000000000001 on one bus do not)
             if meter.address and meter.channel:
@@ -642,6 +643,20 @@ class _SiteBuilder:
                 else:
                     points[meter.point] = point_node
         return result
+
+    def driver_issues(self, meter: Meter, node: _Node) -> None:
+        """What the meter's driver finds wrong with it (a Modbus profile that does not exist,
+        a quantity the profile lacks), at the line of the key it names."""
+        driver = self.drivers.get(meter.protocol)
+        validate = getattr(driver, "validate_meter", None)
+        if validate is None or not meter.address:
+            return
+        try:
+            problems = list(validate(meter))
+        except Exception as exc:  # a driver bug must not hide the rest of the file's mistakes
+            problems = [("", f"the {meter.protocol} driver could not check this meter: {type(exc).__name__}: {exc}")]
+        for key, message in problems:
+            self.issue(_locate(node, key) if key else node.line, _child_path(node.path, key) if key else node.path, message)
 
     def meter(
         self, node: _Node, channels: Mapping[str, ChannelConfig], collectors: Mapping[str, Collector]

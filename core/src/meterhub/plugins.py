@@ -19,7 +19,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import MeterhubError, PluginError
 from .quantities import VOCABULARY, Quantity
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,35 @@ class Plugins:
     # -- registries ----------------------------------------------------------------
 
     def meter_drivers(self) -> Mapping[str, Any]:
-        """Meter protocol drivers by protocol name."""
+        """Meter protocol drivers by protocol name, each given the device profiles
+        registered for its protocol (through its ``add_profile``)."""
+        first = "meterhub_register_meter_drivers" not in self._registries
         reg = self._registry("meterhub_register_meter_drivers", lambda d: d.name, lambda d: d)
-        return {name: r.value for name, r in reg.items()}
+        drivers = {name: r.value for name, r in reg.items()}
+        if first:
+            self._hand_out_profiles(drivers)
+        return drivers
+
+    def _hand_out_profiles(self, drivers: Mapping[str, Any]) -> None:
+        """Give every registered profile to its protocol's driver; a profile the driver
+        refuses, or one for a protocol nobody drives, is its plugin's failure."""
+        self.profiles()
+        for r in self._registries["meterhub_register_profiles"].values():
+            protocol, name, profile = r.value
+            driver = drivers.get(protocol)
+            problem = None
+            if driver is None:
+                problem = f"profile {name!r} is for protocol {protocol!r}, which no installed driver speaks"
+            elif not hasattr(driver, "add_profile"):
+                problem = f"profile {name!r}: the {protocol} driver takes no device profiles"
+            else:
+                try:
+                    driver.add_profile(name, profile, source=f"plugin {r.plugin}")
+                except (MeterhubError, ValueError, TypeError, KeyError) as exc:
+                    problem = f"profile {protocol}/{name} refused: {exc}"
+            if problem:
+                info = self._info[r.plugin]
+                self._fail(r.plugin, info.distribution, info.version, problem)
 
     def transports(self) -> Mapping[str, Any]:
         """Transports by name (``rs485``, ...)."""

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .model import Command, Event, Measurement, Meter, Quality, Reading, Site, utcnow
 from .plugins import Plugins
-from .quantities import Quantity, resolve
+from .quantities import VOCABULARY, Quantity, resolve
 from .stats import StatsBook
 from .store import Store
 
@@ -384,6 +384,8 @@ class Concentrator:
             log.debug("driver %s: transaction_timeout raised", meter.protocol, exc_info=True)
             return self._all(meter, Quality.DRIVER_ERROR, f"{type(exc).__name__}: {exc}", channel=ch.name)
         retries = meter.retries if meter.retries is not None else self.site.schedule.retries
+        if callable(getattr(driver, "read_many", None)):
+            return await self._read_batched(ch, driver, meter, timeout, retries)
         readings: list[Reading] = []
         answered = silent = False
         link_error = ""
@@ -425,28 +427,70 @@ class Concentrator:
             attempts += 1
             started = time.monotonic()
             try:
-                measurement = await driver.read(ch.bus, meter, quantity, timeout)
-            except (MeterTimeout, FrameError) as exc:
-                timeouts += isinstance(exc, MeterTimeout)
+                outcome: Measurement | Exception = await driver.read(ch.bus, meter, quantity, timeout)
+            except Exception as exc:  # classified below: a driver bug must cost one reading, not the round
+                outcome = exc
+            if isinstance(outcome, (MeterTimeout, FrameError)):
+                timeouts += isinstance(outcome, MeterTimeout)
                 if attempts <= retries:
                     continue
-                reading = self._failed(meter, quantity, _quality_for(exc), str(exc), channel=ch.name, attempts=attempts)
-                return reading, timeouts == attempts
-            except MeterError as exc:
-                return self._failed(meter, quantity, Quality.METER_ERROR, exc.reason or str(exc), channel=ch.name,
-                                    attempts=attempts, error_code=exc.code), False
-            except NotSupported as exc:
-                return self._failed(meter, quantity, Quality.NOT_SUPPORTED, str(exc), channel=ch.name,
-                                    attempts=attempts), False
-            except LinkError as exc:
-                return self._failed(meter, quantity, Quality.LINK_ERROR, str(exc), channel=ch.name,
-                                    attempts=attempts), False
-            except Exception as exc:  # a driver bug must cost one reading, not the round
-                log.debug("driver %s raised reading %s of %s", meter.protocol, quantity.obis, meter.label, exc_info=True)
-                return self._failed(meter, quantity, Quality.DRIVER_ERROR, f"{type(exc).__name__}: {exc}",
-                                    channel=ch.name, attempts=attempts), False
+            reading = self._outcome(meter, quantity, outcome, ch.name, attempts, time.monotonic() - started)
+            return reading, bool(timeouts) and timeouts == attempts
+
+    async def _read_batched(
+        self, ch: _Channel, driver: MeterDriver, meter: Meter, timeout: float, retries: int
+    ) -> list[Reading]:
+        """Every quantity of a meter through the driver's ``read_many`` (one Modbus request
+        for neighbouring registers, one M-Bus telegram for all records), retrying only the
+        quantities that failed with silence or a bad frame."""
+        assert ch.bus is not None
+        done: dict[str, Reading] = {}
+        pending: list[Quantity] = []
+        for name in meter.quantities:
+            try:
+                pending.append(resolve(name))
+            except UnknownQuantity as exc:
+                done[name] = self._failed(meter, name, Quality.NOT_SUPPORTED, str(exc), channel=ch.name)
+        attempts = 0
+        while pending:
+            attempts += 1
+            started = time.monotonic()
+            try:
+                outcomes: Sequence[Measurement | Exception] = await driver.read_many(ch.bus, meter, pending, timeout)
+                if len(outcomes) != len(pending):
+                    raise TypeError(f"read_many returned {len(outcomes)} outcomes for {len(pending)} quantities")
+            except Exception as exc:  # a LinkError or a driver bug: the same outcome for every quantity asked
+                outcomes = [exc] * len(pending)
             latency = time.monotonic() - started
-            return self._reading(meter, quantity, measurement, ch.name, attempts, latency), False
+            retry: list[Quantity] = []
+            for quantity, outcome in zip(pending, outcomes):
+                if isinstance(outcome, (MeterTimeout, FrameError)) and attempts <= retries:
+                    retry.append(quantity)
+                else:
+                    done[quantity.obis] = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
+            pending = retry
+        return [done[resolve(name).obis] if name in VOCABULARY else done[name] for name in meter.quantities]
+
+    def _outcome(
+        self, meter: Meter, quantity: Quantity, outcome: Measurement | BaseException, channel: str, attempts: int,
+        latency: float,
+    ) -> Reading:
+        """The reading for one attempt's result: a measurement, or the error it failed with."""
+        if not isinstance(outcome, BaseException):
+            return self._reading(meter, quantity, outcome, channel, attempts, latency)
+        if isinstance(outcome, (MeterTimeout, FrameError)):
+            return self._failed(meter, quantity, _quality_for(outcome), str(outcome), channel=channel, attempts=attempts)
+        if isinstance(outcome, MeterError):
+            return self._failed(meter, quantity, Quality.METER_ERROR, outcome.reason or str(outcome), channel=channel,
+                                attempts=attempts, error_code=outcome.code)
+        if isinstance(outcome, NotSupported):
+            return self._failed(meter, quantity, Quality.NOT_SUPPORTED, str(outcome), channel=channel, attempts=attempts)
+        if isinstance(outcome, LinkError):
+            return self._failed(meter, quantity, Quality.LINK_ERROR, str(outcome), channel=channel, attempts=attempts)
+        log.debug("driver %s failed reading %s of %s", meter.protocol, quantity.obis, meter.label,
+                  exc_info=(type(outcome), outcome, outcome.__traceback__))
+        return self._failed(meter, quantity, Quality.DRIVER_ERROR, f"{type(outcome).__name__}: {outcome}",
+                            channel=channel, attempts=attempts)
 
     def _reading(
         self, meter: Meter, quantity: Quantity, measurement: Measurement, channel: str, attempts: int, latency: float

@@ -9,6 +9,7 @@ subclassing; nothing here is private to the built-in plugin.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
@@ -21,6 +22,8 @@ from . import dlt645 as codec
 from .dlt645 import BROADCAST, PREAMBLE, WILDCARD, Control, Control1997, Frame, RelayAction, StreamDecoder
 from .dlt645_data import CLOCK_DIS, CLOCK_OBIS, ITEMS, ITEMS_1997, DataItem, clock_iso, decode_value, encode_value, obis_index
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from ..bus import Bus
     from ..quantities import Quantity
@@ -28,6 +31,11 @@ if TYPE_CHECKING:
 #: DL/T 645 §1.6 (protocols README): a meter answers 20 ms <= Td <= 500 ms after the
 #: last byte of the request; 500 ms is the longest a master has to allow.
 MAX_RESPONSE_DELAY = 0.5
+
+#: What a multi-drop scan asks for with an abbreviated address: forward active energy,
+#: total, the one register every DL/T 645-2007 meter has. The reply's address field is
+#: the meter's real address; even an abnormal reply gives it away.
+SCAN_DI = 0x00010000
 
 #: The follow-up frame number SEQ is one byte, so a reply has at most 255 follow-ups.
 MAX_FOLLOWUPS = 255
@@ -219,18 +227,69 @@ class Dlt645Driver:
         raise FrameError(f"meter {address} announced more than {MAX_FOLLOWUPS} follow-up frames for DI {di:X}")
 
     async def scan(self, bus: Bus, timeout: float) -> list[str]:
-        """The address of the one meter on a point-to-point line (read address, 13h, to AA…AA).
+        """Addresses of the meters on the line, point-to-point or multi-drop.
 
-        Returns [] when nothing answers. A garbled answer usually means several meters
-        answered the wildcard at once, which the message says.
+        First read address (13h) to AA…AA: on a point-to-point line the one meter answers
+        and that is all. When several answer at once (a garbled reply), search the bus
+        with abbreviated addresses (§4.1.2: the low bytes given, the high bytes AAh,
+        "the slave answers with its real address"): each value 00…99 of A0, and where a
+        value still draws a collision, each value of A1 under it, and so on. Every query
+        listens for its whole ``timeout`` so that two meters answering one after the
+        other are both heard. Cost: 100 queries per level searched, so a bus whose meters
+        differ in their last two digits takes 100 × ``timeout``.
         """
+        answers, garbled = await self._listen(bus, codec.read_address_request(), Control.READ_ADDRESS, timeout)
+        if answers and not garbled:
+            return sorted(answers)
+        if not answers and not garbled:
+            # Some meters do not implement 13h: one abbreviated read to AA…AA settles it.
+            answers, garbled = await self._listen(bus, self._read_request(WILDCARD, SCAN_DI), self._read_function, timeout)
+            if not garbled:
+                return sorted(answers)
+        found: set[str] = set(answers)
+        await self._search(bus, "", timeout, found)
+        return sorted(found)
+
+    async def _search(self, bus: Bus, known: str, timeout: float, found: set[str]) -> None:
+        """Try every value of the next address byte above the ``known`` low bytes (written
+        A(k-1)…A0, as in an address string); descend where the answers collide."""
+        if len(known) == 12:
+            return
+        for value in range(100):  # BCD digits: 00..99
+            low = f"{value:02d}{known}"
+            pattern = low.rjust(12, "A")
+            answers, garbled = await self._listen(bus, self._read_request(pattern, SCAN_DI), self._read_function, timeout)
+            found.update(answers)
+            if garbled:
+                if len(low) == 12:
+                    log.warning("scan: the answers to %s stay garbled (two meters with one address, or a noisy line); "
+                                "recorded once", low)
+                    found.add(low)
+                else:
+                    await self._search(bus, low, timeout, found)
+
+    async def _listen(self, bus: Bus, request: Frame, function: int, timeout: float) -> tuple[set[str], bool]:
+        """Send ``request``, gather every clean reply to ``function`` for ``timeout`` seconds;
+        also say whether anything garbled arrived (a collision of several answers)."""
+        heard: set[str] = set()
+
+        def accept(frame: object) -> bool:
+            if isinstance(frame, Frame) and frame.is_reply and frame.function == function:
+                if self._address_matches(request.address, frame.address):
+                    heard.add(frame.address)
+            return False  # keep listening: another meter may answer after this one
+
+        decoder = StreamDecoder()
         try:
-            frame = await self._transact(bus, None, codec.read_address_request(), Control.READ_ADDRESS, timeout)
+            await bus.transact(codec.encode(request, preamble=self.preamble), decoder, timeout=timeout, accept=accept)
         except MeterTimeout:
-            return []
-        except FrameError as exc:
-            raise type(exc)(f"{exc} (a wildcard scan works only with one meter on the line)") from exc
-        return [codec.parse_read_address_reply(frame)]
+            return heard, False
+        except UnexpectedReply:
+            # only clean frames arrived (ours and perhaps others'); garbage would have won the error
+            return heard, bool(decoder.skipped or decoder.pending)
+        except FrameError:
+            return heard, True
+        return heard, False  # pragma: no cover - accept never takes a frame
 
     async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
         """Carry out ``command``; see :meth:`commands` for the names and their ``args``.
