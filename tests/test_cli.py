@@ -135,3 +135,36 @@ def test_export_of_a_missing_database_is_a_clear_error(tmp_path):
     assert result.returncode == 2
     assert_no_traceback(result)
     assert "nope.db" in result.stderr
+
+
+def test_sim_bus_writes_a_site_file_that_reads_every_simulated_meter(tmp_path):
+    site = tmp_path / "sim.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "meterhub.cli", "sim", "bus", "--meters", "dlt645=2",
+                             "--meters", "dlt645=1:first_address=000000000099", "--baudrate", "9600",
+                             "--fault", "000000000002=bad_checksum", "--site", str(site)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/")
+        text = site.read_text()
+        assert port in text
+        text = text.replace("sqlite:///meterhub.db", f"sqlite:///{tmp_path / 'sim.db'}")
+        site.write_text(text)
+        result = meterhub("run", str(site), "--once", "--json")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    assert result.returncode == 0, result.stderr
+    qualities: dict[str, set[str]] = {}
+    for r in parse_json(result.stdout):
+        qualities.setdefault(r["meter"], set()).add(r["quality"])
+    assert qualities["000000000001"] == {"ok"} and qualities["000000000099"] == {"ok"}
+    assert "checksum_error" in qualities["000000000002"] and "ok" not in qualities["000000000002"]
+
+
+def test_sim_bus_names_an_unknown_simulator():
+    result = meterhub("sim", "bus", "--meters", "nosuch=2")
+    assert result.returncode == 2
+    assert_no_traceback(result)
+    assert "nosuch" in result.stderr and "dlt645" in result.stderr

@@ -113,6 +113,26 @@ class MeterDriver(Protocol):
 
 
 @runtime_checkable
+class MeterSimulator(Protocol):
+    """Makes simulated meters of one protocol for a :class:`meterhub.simulator.PtyBus`."""
+
+    protocol: str  #: the meter driver that reads them (``dlt645``, ``modbus``)
+    description: str
+    default_settings: SerialSettings  #: the serial format its meters answer at
+
+    def make(self, count: int, *, seed: int = 0, options: Mapping[str, str] | None = None) -> list[Any]:
+        """``count`` devices implementing :class:`meterhub.simulator.SimDevice`, with distinct
+        addresses; ``options`` are the protocol's own (``profile``, ``meter_type``); raise
+        ``ValueError`` saying what is wrong with them."""
+        ...
+
+    def site_entry(self, device: Any) -> Mapping[str, Any]:
+        """The site-file meter entry that reads ``device``: ``address``, ``protocol``,
+        ``quantities`` and, where needed, ``options`` (the channel is filled in by the caller)."""
+        ...
+
+
+@runtime_checkable
 class Uplink(Protocol):
     """An uplink to a master station (``gdw1376.1`` over GPRS or TCP)."""
 

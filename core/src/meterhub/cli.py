@@ -663,8 +663,55 @@ def _wait_for_interrupt() -> None:
         pass
 
 
-DEMO_QUANTITIES = ("energy_import", "energy_import_t1", "energy_import_t2", "energy_import_t3", "energy_import_t4",
-                   "voltage_l1", "current_l1", "power_import", "power_factor", "frequency", "clock")
+@sim_cmd.command("bus")
+@click.option("--meters", "specs", multiple=True, required=True, metavar="PROTOCOL=N[:KEY=VALUE,...]",
+              help="N simulated meters of PROTOCOL (repeat to mix protocols on the one bus), with simulator options: "
+                   "dlt645=3, modbus=2:profile=eastron-sdm630, cjt188=2:meter_type=10, mbus=2.")
+@click.option("--baudrate", type=int, default=None, help="Put every meter at this rate (default: each protocol's own).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fault", "faults", multiple=True, metavar="[PROTOCOL:]ADDRESS=KIND",
+              help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address.")
+@click.option("--site", "site_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a site file that reads every simulated meter (meterhub run FILE --once).")
+def sim_bus_cmd(specs: Sequence[str], baudrate: int | None, seed: int, faults: Sequence[str], site_path: str | None) -> None:
+    """Meters of any installed simulators on one pseudo-terminal; prints the port, runs until interrupted."""
+    from .simsite import MeterSpec, site_text, start_bus
+
+    plugins = _plugins()
+    try:
+        parsed = [MeterSpec.parse(spec) for spec in specs]
+        fault_map = dict(_fault_spec(spec) for spec in faults)
+        sim = start_bus(plugins.simulators(), parsed, seed=seed, faults=fault_map, baudrate=baudrate)
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
+    try:
+        if site_path:  # before the port is printed: whoever waits for the port may read the file at once
+            Path(site_path).write_text(site_text({"bus1": sim}, store=DEFAULT_STORE), encoding="utf-8")
+        click.echo(sim.port)
+        sys.stdout.flush()
+        click.echo(f"{len(sim.entries)} simulated meter(s) on {sim.port} (a pseudo-terminal carries no parity)", err=True)
+        for entry, dev in zip(sim.entries, sim.bus.devices):
+            fault = f"  fault: {dev.fault.value}" if getattr(dev, "fault", None) else ""
+            settings = f" at {entry['baudrate']} {entry['bytesize']}{entry['parity']}{entry['stopbits']}" if "baudrate" in entry else ""
+            click.echo(f"  {entry['protocol']} {entry['address']}{settings}{fault}", err=True)
+        if site_path:
+            click.echo(f"site file written: {site_path}; try: meterhub run {site_path} --once", err=True)
+        click.echo("Ctrl-C to stop", err=True)
+        _wait_for_interrupt()
+    finally:
+        sim.stop()
+
+
+def _fault_spec(spec: str) -> tuple[str, str]:
+    key, sep, kind = spec.rpartition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--fault {spec!r}: expected [PROTOCOL:]ADDRESS=KIND")
+    return key.strip(), kind.strip()
+
+
+#: The demo's meters: bus1 carries DL/T 645 meters only; bus2 mixes every other installed
+#: simulator with DL/T 645 meters, one noisy and one dead.
+DEMO_MIXED = {"modbus": "profile=eastron-sdm630", "cjt188": "meter_type=10", "mbus": ""}
 
 
 @cli.command("demo")
@@ -675,29 +722,34 @@ DEMO_QUANTITIES = ("energy_import", "energy_import_t1", "energy_import_t2", "ene
 @click.option("--faults/--no-faults", default=True, show_default=True,
               help="Put a noisy and a silent meter on the second bus to show how failures are handled.")
 def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool) -> None:
-    """Read simulated DL/T 645 meters over the real RS485 path, store and print the readings."""
-    from .protocols.dlt645_sim import Fault
-    from .simulator import start_dlt645_sim
+    """Read simulated meters over the real RS485 path, store and print the readings."""
+    from .simsite import MeterSpec, site_text, start_bus
 
     plugins = _plugins()
     _transport(plugins, "rs485")
+    simulators = plugins.simulators()
     second_first = f"{count + 1:012d}"
-    fault_map: dict[str, Any] = {}
-    if faults:
-        fault_map = {f"{count + 1:012d}": Fault.NOISE, f"{2 * count:012d}": Fault.SILENCE} if count > 1 else {}
-    with _user_errors():
-        bus1 = start_dlt645_sim(count, baudrate=2400, seed=1)
-        bus2 = start_dlt645_sim(count, baudrate=2400, seed=2, first_address=second_first, faults=fault_map)
+    mixed = [MeterSpec.parse(f"{p}=1:{opts}") for p, opts in DEMO_MIXED.items() if p in simulators]
+    fault_map: dict[str, str] = {}
+    if faults and count > 1:
+        fault_map = {f"dlt645:{second_first}": "noise", f"dlt645:{2 * count:012d}": "silence"}
+    buses: dict[str, Any] = {}
     try:
-        site_text = _demo_site(bus1, bus2, os.path.abspath(db), interval)
-        click.echo(f"simulated DL/T 645 meters: {bus1.port} ({count}), {bus2.port} ({count}); "
-                   f"storing in {db}", err=True)
+        try:
+            buses["bus1"] = start_bus(simulators, [MeterSpec("dlt645", count)], seed=1)
+            buses["bus2"] = start_bus(simulators, [MeterSpec("dlt645", count, {"first_address": second_first}), *mixed],
+                                      seed=2, faults=fault_map)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        site_yaml = site_text(buses, store=f"sqlite:///{os.path.abspath(db)}", interval=f"{interval}s")
+        described = ", ".join(f"{b.port} ({_protocol_counts(b.entries)})" for b in buses.values())
+        click.echo(f"simulated meters: {described}; storing in {db}", err=True)
         for address, fault in fault_map.items():
-            click.echo(f"  meter {address} has fault {fault.value!r}", err=True)
+            click.echo(f"  meter {address} has fault {fault!r}", err=True)
         from .config import parse_site
 
         with _user_errors():
-            site = parse_site(site_text, filename="<demo>", drivers=plugins.meter_drivers(), transports=plugins.transports())
+            site = parse_site(site_yaml, filename="<demo>", drivers=plugins.meter_drivers(), transports=plugins.transports())
         report = None
         for i in range(rounds):
             if i:
@@ -709,31 +761,15 @@ def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool) ->
         _print_report(report, site)
         click.echo(f"readings stored in {db}; try: meterhub export --db {db} --format csv", err=True)
     finally:
-        bus1.stop()
-        bus2.stop()
+        for bus in buses.values():
+            bus.stop()
 
 
-def _demo_site(bus1: Any, bus2: Any, db: str, interval: float) -> str:
-    quantities = ", ".join(f'"{q}"' for q in DEMO_QUANTITIES)
-    lines = [
-        "channels:",
-        f"  bus1: {{transport: rs485, port: {bus1.port}, baudrate: 2400, parity: E}}",
-        f"  bus2: {{transport: rs485, port: {bus2.port}, baudrate: 2400, parity: E}}",
-        "meters:",
-    ]
-    point = 0
-    for channel, sim in (("bus1", bus1), ("bus2", bus2)):
-        for m in sim.devices:
-            point += 1
-            lines.append(f'  - {{address: "{m.address}", channel: {channel}, protocol: dlt645, point: {point}, '
-                         f"quantities: [{quantities}]}}")
-    lines += [
-        "schedule:",
-        f"  interval: {interval}",
-        "  retries: 2",
-        f"store: sqlite:///{db}",
-    ]
-    return "\n".join(lines) + "\n"
+def _protocol_counts(entries: Sequence[Mapping[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["protocol"]] = counts.get(entry["protocol"], 0) + 1
+    return ", ".join(f"{n} {p}" for p, n in counts.items())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

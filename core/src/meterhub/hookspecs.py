@@ -2,7 +2,7 @@
 
 Three families, as the product promises, plus observers:
 
-* meter hooks register meter protocol drivers, device profiles and quantities;
+* meter hooks register meter protocol drivers, device profiles, quantities and simulators;
 * collector hooks register transports (how frames reach meters over a medium);
 * uplink hooks register uplink drivers to a master station;
 * observers see readings, events and commands, and may add CLI subcommands.
@@ -58,6 +58,17 @@ def meterhub_register_quantities(register: Any) -> None:
     Called once, before configuration is validated, so site files may name them. Call
     ``register(quantity)`` with a :class:`meterhub.quantities.Quantity`. An OBIS code or
     alias that is already defined differently is refused and reported. Return nothing.
+    """
+
+
+@hookspec
+def meterhub_register_simulators(register: Any) -> None:
+    """Register simulated meters that ``meterhub sim bus`` and the demo put on a virtual bus.
+
+    Called once, when a simulator is first needed. Call ``register(simulator)`` with an
+    object implementing :class:`meterhub.api.MeterSimulator`; its ``protocol`` is the meter
+    driver name it speaks. Simulators of several protocols share one pseudo-terminal (a
+    mixed bus), so a plugin's simulated meters sit next to the built-in ones. Return nothing.
     """
 
 

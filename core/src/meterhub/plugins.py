@@ -217,6 +217,11 @@ class Plugins:
         reg = self._registry("meterhub_register_transports", lambda t: t.name, lambda t: t)
         return {name: r.value for name, r in reg.items()}
 
+    def simulators(self) -> Mapping[str, Any]:
+        """Meter simulators by protocol name."""
+        reg = self._registry("meterhub_register_simulators", lambda sim: sim.protocol, lambda sim: sim)
+        return {name: r.value for name, r in reg.items()}
+
     def uplinks(self) -> Mapping[str, Any]:
         """Uplink factories by name."""
         reg = self._registry("meterhub_register_uplinks", lambda name, factory: name, lambda name, factory: factory)
@@ -247,7 +252,8 @@ class Plugins:
     def info(self) -> list[PluginInfo]:
         """Every plugin known, healthy, failed or disabled, sorted by name."""
         # Building every registry surfaces hook failures before they are listed.
-        self.meter_drivers(); self.transports(); self.uplinks(); self.profiles(); self.load_quantities()
+        self.meter_drivers(); self.transports(); self.uplinks(); self.profiles(); self.simulators()
+        self.load_quantities()
         return sorted(self._info.values(), key=lambda i: i.name)
 
 
