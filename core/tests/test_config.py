@@ -538,3 +538,37 @@ def test_a_drivers_findings_are_reported_at_the_key_they_name():
         (13, "meters[1].quantities[1]", "profile eastron-sdm120 cannot read 1-0:1.7.0"),
         (15, "meters[2].options", "a Modbus meter needs options: {profile: vendor-model}"),
     ]
+
+
+@attrs.define
+class FolderModbus(ProfiledModbus):
+    """Loads profile folders: a file named bad.yaml in one is refused at its own line."""
+
+    loaded: list[str] = attrs.field(factory=list)
+
+    def load_profile_dir(self, path):
+        for file in sorted(Path(path).glob("*.yaml")):
+            if file.name == "bad.yaml":
+                raise ConfigError([ConfigIssue(str(file), 3, "registers[0].type", "unknown data type 'u17'")])
+            self.loaded.append(file.stem)
+        return self.loaded
+
+
+def test_profile_folders_are_loaded_relative_to_the_site_file_before_the_meters(tmp_path):
+    (tmp_path / "vendor").mkdir()
+    (tmp_path / "vendor" / "eastron-sdm120.yaml").write_text("{}")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "bad.yaml").write_text("{}")
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "profiles: [vendor, broken, nowhere]\n"
+        "channels: {bus1: {transport: rs485, port: /dev/ttyUSB0}}\n"
+        "meters: [{address: '1', channel: bus1, protocol: modbus, options: {profile: eastron-sdm120}}]\n"
+    )
+    driver = FolderModbus()
+    with pytest.raises(ConfigError) as caught:
+        load_site(site, drivers={"modbus": driver}, transports=TRANSPORTS)
+    assert driver.loaded == ["eastron-sdm120"]
+    found = {(Path(i.file).name, i.line, i.key): i.message for i in caught.value.issues}
+    assert set(found) == {("bad.yaml", 3, "registers[0].type"), ("site.yaml", 1, "profiles[2]")}
+    assert "nowhere" in found[("site.yaml", 1, "profiles[2]")]

@@ -310,23 +310,36 @@ def _describe_failure(r: Reading) -> str:
 
 @cli.command("scan")
 @_serial_options
+@click.option("--option", "extra_options", multiple=True, metavar="KEY=VALUE",
+              help="A scan option of the protocol's driver (M-Bus: mode=secondary); repeat for several.")
 def scan_cmd(
     transport: str, port: str, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None,
-    protocol: str, timeout: float | None, as_json: bool,
+    protocol: str, timeout: float | None, as_json: bool, extra_options: Sequence[str],
 ) -> None:
     """Find the addresses of the meters answering on a bus."""
     from .bus import Bus
 
     plugins = _plugins()
     driver = _driver(plugins, protocol)
+    options = _meter_options(None, None, extra_options)
     settings = _settings(driver, baudrate, parity, bytesize, stopbits)
     channel = _one_channel(plugins, transport, port, settings)
+    # a sweep asks many addresses that are not there: a driver may know a shorter wait per address
+    per_address = getattr(driver, "scan_timeout", driver.transaction_timeout)
+
+    if options:
+        import inspect
+
+        try:
+            inspect.signature(driver.scan).bind(None, 0.0, **options)
+        except TypeError:
+            raise Failure(f"the {protocol} scan takes no option {', '.join(options)}", EXIT_USAGE) from None
 
     async def scan() -> list[str]:
         link = _transport(plugins, transport).create_link(channel)
         await link.open()
         try:
-            return await driver.scan(Bus(channel.name, link), timeout or driver.transaction_timeout(settings))
+            return await driver.scan(Bus(channel.name, link), timeout or per_address(settings), **options)
         finally:
             await link.close()
 

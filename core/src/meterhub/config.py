@@ -48,7 +48,7 @@ from .quantities import VOCABULARY, resolve
 
 __all__ = ["load_site", "parse_site", "parse_duration", "DEFAULT_QUANTITY"]
 
-TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink")
+TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink", "profiles")
 #: top-level keys with this prefix are free for YAML anchors (docker-compose's convention)
 EXTENSION_PREFIX = "x-"
 SERIAL_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
@@ -460,6 +460,7 @@ class _SiteBuilder:
         for key in ("channels", "meters"):
             if key not in root.value:
                 self.missing(root, key)
+        self.profile_dirs(root.get("profiles"))  # before the meters: they name the profiles
         channels = self.channels(root.get("channels"))
         collectors = self.collectors(root.get("collectors"))
         meters = self.meters(root.get("meters"), channels, collectors)
@@ -476,6 +477,32 @@ class _SiteBuilder:
             uplink=_plain(uplink_node) if uplink is not None and uplink_node is not None else None,
             source=self.filename,
         )
+
+    # -- profile folders ----------------------------------------------------------------
+
+    def profile_dirs(self, node: _Node | None) -> None:
+        """``profiles: [folder, ...]``: device profiles (YAML) a vendor keeps beside the site
+        file, relative to it; every driver that takes profile folders loads each folder."""
+        items = self.sequence(node, "a list of folders with device profiles")
+        loaders = [d for d in self.drivers.values() if callable(getattr(d, "load_profile_dir", None))]
+        base = os.path.dirname(os.path.abspath(self.filename)) if not self.filename.startswith("<") else os.getcwd()
+        for item in items or ():
+            folder = self.text(item)
+            if folder is None:
+                continue
+            path = os.path.join(base, os.path.expanduser(folder))
+            if not os.path.isdir(path):
+                self.bad(item, f"no such folder: {path}")
+                continue
+            if not loaders:
+                self.bad(item, "no installed meter driver takes device profiles")
+            for driver in loaders:
+                try:
+                    driver.load_profile_dir(path)
+                except ConfigError as exc:  # the profile files' own file:line: key issues
+                    self.issues.extend(exc.issues)
+                except (OSError, ValueError) as exc:
+                    self.bad(item, f"{driver.name} profiles in {path}: {exc}")
 
     # -- channels ----------------------------------------------------------------------
 
