@@ -76,7 +76,9 @@ def start_bus(
         if sim is None:
             known = ", ".join(sorted(simulators)) or "none"
             raise ValueError(f"no simulator for protocol {spec.protocol!r} (installed: {known})")
-        settings: SerialSettings = sim.default_settings
+        # a simulator may know better per option (a Modbus profile's own serial format)
+        settings_for = getattr(sim, "settings_for", None)
+        settings: SerialSettings = settings_for(spec.options) if settings_for is not None else sim.default_settings
         if baudrate is not None:
             settings = attrs.evolve(settings, baudrate=baudrate)
         first_settings = first_settings or settings
