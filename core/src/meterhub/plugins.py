@@ -29,7 +29,7 @@ STRICT_ENV = "METERHUB_STRICT_PLUGINS"
 DISABLE_ENV = "METERHUB_DISABLE_PLUGINS"
 
 #: Built-in plugins, registered through the same hooks as third-party ones.
-DEFAULT_PLUGINS = ("meterhub.default_plugins.dlt645",)
+DEFAULT_PLUGINS = ("meterhub.default_plugins.dlt645", "meterhub.default_plugins.cjt188")
 
 
 @attrs.frozen
