@@ -1,0 +1,21 @@
+"""The example files in examples/ are valid for the drivers a user installs, not only for stand-ins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meterhub.config import load_site
+from meterhub.plugins import get_plugins
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_the_example_site_file_is_valid_for_the_installed_drivers():
+    plugins = get_plugins()
+    site = load_site(EXAMPLES / "site.yaml", drivers=plugins.meter_drivers(), transports=plugins.transports())
+    assert {m.protocol for m in site.meters} == {"dlt645", "modbus", "cjt188", "mbus"}
+    # the vendor profile beside the site file was loaded through profiles: [profiles]
+    assert "acme-em100" in plugins.meter_drivers()["modbus"].profiles
+    by_name = {m.name: m for m in site.meters}
+    assert by_name["heat pump"].settings is not None and by_name["heat pump"].settings.parity == "N"
+    assert by_name["cold water, flat 1"].address == "12345678901234"
