@@ -8,6 +8,8 @@ from typing import Any
 
 from meterhub.hookspecs import hookimpl
 
+from .mbus_driver import MbusDriver
+from .mbus_sim import MbusSimulator
 from .modbus import ModbusDriver
 from .modbus_sim import ModbusSimulator
 from .transport import Rs485Transport
@@ -21,8 +23,10 @@ def meterhub_register_transports(register: Any) -> None:
 @hookimpl
 def meterhub_register_meter_drivers(register: Any) -> None:
     register(ModbusDriver())
+    register(MbusDriver())
 
 
 @hookimpl
 def meterhub_register_simulators(register: Any) -> None:
     register(ModbusSimulator())
+    register(MbusSimulator())
