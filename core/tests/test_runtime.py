@@ -513,7 +513,7 @@ def test_meter_dead_and_recovered_events() -> None:
     kinds = [e.kind for e in rig.recorder.events if e.kind.startswith("meter_")]
     assert kinds == ["meter_dead", "meter_recovered"]
     dead = rig.store.events(kind="meter_dead")[0]
-    assert (dead.source, dead.severity, dead.data["meter"]) == ("bus1/01", "warning", "01")
+    assert (dead.source, dead.severity, dead.data["meter"]) == ("bus1/line:01", "warning", "01")
 
 
 def test_meter_dead_is_raised_once_while_it_stays_dead() -> None:
@@ -697,7 +697,7 @@ def test_round_summary_is_stored() -> None:
     rig.round()
     (summary,) = rig.store.rounds()
     assert (summary["readings"], summary["ok"], summary["failed"]) == (2, 1, 1)
-    assert summary["meter_stats"]["bus1/02"]["failures"] == {"timeout": 1}
+    assert summary["meter_stats"]["bus1/line:02"]["failures"] == {"timeout": 1}
 
 
 def test_progress_reports_round_meters_and_end() -> None:
@@ -735,9 +735,9 @@ def test_stats_count_transactions_retries_and_failures_across_rounds() -> None:
     rig.field.modes["01"] = "silent-then-ok:1"
     rig.field.modes["02"] = "garbage"
     rig.rounds(2, advance=1000)  # past 02's back-off
-    m1 = rig.concentrator.stats.meters["bus1/01"].snapshot()
+    m1 = rig.concentrator.stats.meters["bus1/line:01"].snapshot()
     assert (m1["readings"], m1["successes"], m1["transactions"], m1["retries"]) == (4, 4, 5, 1)
-    m2 = rig.concentrator.stats.meters["bus1/02"].snapshot()
+    m2 = rig.concentrator.stats.meters["bus1/line:02"].snapshot()
     assert (m2["transactions"], m2["failures"], m2["success_rate"]) == (4, {"checksum_error": 2}, 0.0)
     channel = rig.concentrator.stats.channels["bus1"].snapshot()
     assert (channel["readings"], channel["successes"], channel["transactions"]) == (6, 4, 9)
@@ -746,8 +746,8 @@ def test_stats_count_transactions_retries_and_failures_across_rounds() -> None:
 def test_round_report_stats_are_for_that_round_only() -> None:
     rig = Rig([meter("01")])
     first, second = rig.rounds(2)
-    assert second.meter_stats["bus1/01"]["readings"] == 1
-    assert rig.concentrator.stats.meters["bus1/01"].readings == 2
+    assert second.meter_stats["bus1/line:01"]["readings"] == 1
+    assert rig.concentrator.stats.meters["bus1/line:01"].readings == 2
     json.dumps(dict(second.meter_stats))
 
 

@@ -15,10 +15,10 @@ T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
 
 def reading(quality: Quality = Quality.OK, *, attempts: int = 1, latency: float | None = None,
-            meter: str = "01", channel: str = "bus1") -> Reading:
+            meter: str = "01", channel: str = "bus1", protocol: str = "") -> Reading:
     value = Decimal("1.00") if quality is Quality.OK else None
     return Reading(meter, "1-0:1.8.0", value, "kWh", T0, quality=quality, attempts=attempts, latency=latency,
-                   channel=channel)
+                   channel=channel, protocol=protocol)
 
 
 def test_empty_stats_have_no_rates_or_latencies() -> None:
@@ -76,6 +76,12 @@ def test_snapshot_is_json_able() -> None:
 
 def test_meter_key_names_the_channel_since_addresses_repeat_across_buses() -> None:
     assert meter_key(reading(meter="1", channel="bus1")) != meter_key(reading(meter="1", channel="bus2"))
+
+
+def test_meter_key_names_the_protocol_since_addresses_repeat_on_a_mixed_bus() -> None:
+    modbus = reading(meter="1", channel="bus2", protocol="modbus")
+    mbus = reading(meter="1", channel="bus2", protocol="mbus")
+    assert (meter_key(modbus), meter_key(mbus)) == ("bus2/modbus:1", "bus2/mbus:1")
 
 
 def test_book_keeps_meters_and_channels_apart() -> None:

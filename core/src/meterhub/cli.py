@@ -504,7 +504,7 @@ def _print_report(report: Any, site: Site, *, console: Any = None) -> None:
         latency = "" if r.latency is None else f"{r.latency * 1000:.0f}"
         value = r.value.replace("T", " ")[:19] if isinstance(r.value, str) and r.quantity == CLOCK else _fmt_value(r)
         # the meter's address on its first row, the channel it is on below it
-        label = r.meter if row_in_meter == 0 else f"[dim]on {r.channel}[/dim]" if row_in_meter == 1 and r.channel else ""
+        label = r.meter if row_in_meter == 0 else f"[dim]{r.protocol} on {r.channel}[/dim]" if row_in_meter == 1 else ""
         cells = [label, r.quantity]
         if wide:
             cells.append(_alias(r.quantity))
@@ -536,7 +536,7 @@ def _print_stats(report: Any, console: Any) -> None:
     for title, stats in (("per meter", report.meter_stats), ("per channel", report.channel_stats)):
         table = Table(title=f"read statistics {title}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
         table.add_column("name", no_wrap=True)
-        for col in ("reads", "ok", "failed", "skipped", "success", "retries", "latency ms"):
+        for col in ("reads", "ok", "fail", "skip", "ok %", "retry", "ms min/avg/max"):
             table.add_column(col, justify="right", no_wrap=True)
         kinds = []
         for name, s in stats.items():
@@ -555,8 +555,8 @@ def _print_stats(report: Any, console: Any) -> None:
         console.print(table)
         if title == "per meter" and kinds:
             console.print("failed: " + "; ".join(kinds), highlight=False)
-    console.print("skipped: not tried while the meter is backed off; latency: min/avg/max ms from request to "
-                  "accepted answer", style="dim", highlight=False)
+    console.print("skip: not tried while the meter is backed off; ms: from request to accepted answer",
+                  style="dim", highlight=False)
 
 
 def _latency_text(s: dict[str, Any]) -> str:

@@ -71,7 +71,7 @@ class RoundReport:
     started: datetime
     finished: datetime
     readings: tuple[Reading, ...] = attrs.field(converter=tuple)
-    #: this round's numbers per meter (``channel/address``) and per channel; see ReadStats.snapshot
+    #: this round's numbers per meter (``channel/protocol:address``) and per channel; see ReadStats.snapshot
     meter_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze)
     channel_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze)
 
@@ -568,7 +568,7 @@ class Concentrator:
     def _update_backoff(self, index: int, meter: Meter, readings: Sequence[Reading], rnd: _Round) -> None:
         qualities = {r.quality for r in readings}
         state = self._states.setdefault(index, _MeterState())
-        source = f"{meter.channel}/{meter.address}"
+        source = f"{meter.channel}/{meter.protocol}:{meter.address}"  # as stats name it (stats.meter_key)
         data = {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel}
         if qualities & ANSWERED:
             if state.dead:
@@ -598,7 +598,7 @@ class Concentrator:
         Both outcomes are recorded as events (``command_refused`` / ``command_executed``)
         for the audit trail; command arguments (passwords) are not stored.
         """
-        source = f"{meter.channel}/{meter.address}"
+        source = f"{meter.channel}/{meter.protocol}:{meter.address}"  # as stats name it (stats.meter_key)
         data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name}
         answers = self.plugins.call_each("meterhub_before_command", command=command)
         reasons = [a.strip() for a in answers if isinstance(a, str) and a.strip()]

@@ -91,9 +91,11 @@ class ReadStats:
 
 
 def meter_key(reading: Reading) -> str:
-    """How statistics name a meter: ``channel/address``, since addresses repeat across buses
-    (Modbus unit 1 on two RS485 lines)."""
-    return f"{reading.channel}/{reading.meter}" if reading.channel else reading.meter
+    """How statistics name a meter: ``channel/protocol:address``. Addresses repeat across
+    buses (Modbus unit 1 on two RS485 lines) and across protocols on one mixed bus (Modbus
+    unit 1 next to M-Bus primary address 1)."""
+    name = f"{reading.protocol}:{reading.meter}" if reading.protocol else reading.meter
+    return f"{reading.channel}/{name}" if reading.channel else name
 
 
 class StatsBook:

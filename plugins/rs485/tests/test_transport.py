@@ -167,5 +167,6 @@ def test_meterhub_finds_the_plugin_through_its_entry_point(monkeypatch):
     assert isinstance(plugins.transports()["rs485"], Rs485Transport)
     info = {i.name: i for i in plugins.info()}["rs485"]
     assert info.distribution == "meterhub-rs485"
-    assert info.hooks == ("meterhub_register_transports",)
+    assert info.hooks == ("meterhub_register_meter_drivers", "meterhub_register_simulators",
+                          "meterhub_register_transports")
     assert info.error == ""
