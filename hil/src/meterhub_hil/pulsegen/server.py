@@ -93,12 +93,14 @@ class PulsegenServer:
         except Exception:  # one client's failure never takes the server down
             log.exception("client %s: unexpected error; closing its connection", peer)
         finally:
-            self._clients.discard(task)
             if framer.pending:
                 log.info("client %s left %d bytes of an unfinished line", peer, framer.pending)
             writer.close()
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await writer.wait_closed()
+            # only now: close() waits for the clients it knows, and this one is not done
+            # until its connection is (a loop closed under it warns "Task was destroyed")
+            self._clients.discard(task)
             log.info("client %s disconnected", peer)
 
     async def _execute(self, session: Session, raw: bytes) -> str | None:
