@@ -17,8 +17,9 @@ PATTERN = bytes([0xFE, 0xFE, 0x68, 0x16, 0x0A, 0x0D, 0x00, 0xFF, 0x11, 0x13, 0x3
 #: Seconds to wait for the pattern on the other adapters (a 2400 Bd pair takes 64 ms).
 LOOPBACK_TIMEOUT_S = 1.0
 
-#: The generator self-test: a short counted burst, read back with SENT?.
-BURST = (10, 100.0, 0.002)  # pulses, Hz, seconds wide
+#: The generator self-test: a short counted burst, read back with SENT?; valid S0 timing
+#: (40 ms on, 60 ms off: IEC 62053-31 asks for 30 ms each) so a wired S0 input counts it.
+BURST = (10, 10.0, 0.040)  # pulses, Hz, seconds wide
 
 
 @attrs.define

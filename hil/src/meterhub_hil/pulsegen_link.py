@@ -8,7 +8,8 @@ import os
 from collections.abc import Callable
 from fractions import Fraction
 
-from .pulsegen import PulseGenerator, SimBackend, serve_in_thread
+from .pulsegen import Identity, PulseGenerator, SimBackend, serve_in_thread
+from .pulsegen.server import package_version
 
 #: Simulated seconds per wall-clock second on the virtual bench: 10,000 pulses at 50 Hz
 #: take 4 s instead of 200. Edge times (and so pulse widths and debouncing) are exact in
@@ -24,7 +25,7 @@ class VirtualGenerator:
     def __init__(self, channels: int, *, time_scale: float | None = None) -> None:
         scale = time_scale if time_scale is not None else float(os.environ.get(TIME_SCALE_ENV, DEFAULT_TIME_SCALE))
         self.backend = SimBackend({n: n for n in range(1, channels + 1)}, time_scale=Fraction(str(scale)))
-        self.instrument = PulseGenerator(self.backend)
+        self.instrument = PulseGenerator(self.backend, Identity(serial="virtual", firmware=package_version()))
         self.thread = serve_in_thread(self.instrument)
         self._subscriptions: list = []
 
