@@ -78,3 +78,22 @@ def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus):
         asyncio.run(trip())
     assert sim_bus.frames_in == frames_before  # refused before anything went on the wire
     assert not sim_bus.device("000000000001").relay_open
+
+
+def test_a_modbus_profile_registered_by_the_vendor_plugin_reads_a_meter():
+    from meterhub.model import SerialSettings
+    from meterhub.plugins import get_plugins
+    from meterhub.simulator import PtyBus
+    from meterhub_rs485.modbus_sim import SimulatedModbusMeter
+
+    profile = get_plugins().meter_drivers()["modbus"].profiles["acme-em200"]
+    meter = SimulatedModbusMeter(7, profile, seed=4, overrides={"1-0:52.7.0": Decimal("231.7")})
+    bus = PtyBus([meter], settings=SerialSettings(9600, 8, "N", 1)).start()
+    try:
+        result = meterhub("read", "--port", bus.port, "--protocol", "modbus", "--profile", "acme-em200",
+                          "--address", "7", "--quantity", "voltage_l2", "--json")
+    finally:
+        bus.stop()
+    assert result.returncode == 0, result.stderr
+    reading = parse_json(result.stdout)
+    assert (reading["value"], reading["unit"]) == (Decimal("231.7"), "V")  # float32 on the wire, exact here

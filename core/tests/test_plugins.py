@@ -249,5 +249,5 @@ def test_registered_profiles_reach_their_drivers_and_bad_ones_are_the_plugins_fa
     assert driver.profiles == {"acme-m1": ({"registers": {}}, "plugin vendor")}
     error = _info(plugins, "sloppy").error
     assert "profiled/acme-m2 refused: no registers" in error
-    assert "'nosuch', which no installed driver speaks" in error
+    assert "nosuch" not in error  # a profile for a protocol not installed here is skipped, not a failure
     assert not _info(plugins, "vendor").error

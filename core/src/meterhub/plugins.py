@@ -193,14 +193,16 @@ class Plugins:
 
     def _hand_out_profiles(self, drivers: Mapping[str, Any]) -> None:
         """Give every registered profile to its protocol's driver; a profile the driver
-        refuses, or one for a protocol nobody drives, is its plugin's failure."""
+        refuses is its plugin's failure (one for a protocol nobody here drives is skipped)."""
         self.profiles()
         for r in self._registries["meterhub_register_profiles"].values():
             protocol, name, profile = r.value
             driver = drivers.get(protocol)
             problem = None
             if driver is None:
-                problem = f"profile {name!r} is for protocol {protocol!r}, which no installed driver speaks"
+                # a vendor may ship profiles for transports this gateway has not installed
+                log.info("plugin %r: profile %r is for protocol %r, which no installed driver speaks; not used",
+                         r.plugin, name, protocol)
             elif not hasattr(driver, "add_profile"):
                 problem = f"profile {name!r}: the {protocol} driver takes no device profiles"
             else:

@@ -20,6 +20,22 @@ ACME_ITEMS = {
     TEMPERATURE.obis: {"di": 0x02800007, "name": "ACME internal temperature", "fmt": "XXX.X", "unit": "°C", "signed": True},
 }
 
+#: ACME's EM200 Modbus meter, as a device profile (the same keys as a profile YAML file).
+#: Registered for protocol "modbus": used wherever meterhub-rs485 is installed.
+ACME_EM200 = {
+    "vendor": "ACME",
+    "model": "EM200",
+    "description": "three-phase meter, input registers, float32 ABCD (fictional example)",
+    "serial": {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1},
+    "defaults": {"function": 4, "type": "f32", "word_order": "big", "byte_order": "big"},
+    "quantities": {
+        "1-0:32.7.0": {"address": 0, "unit": "V"},
+        "1-0:52.7.0": {"address": 2, "unit": "V"},
+        "1-0:72.7.0": {"address": 4, "unit": "V"},
+        "1-0:1.8.0": {"address": 0x48, "unit": "kWh"},
+    },
+}
+
 AUDIT_ENV = "ACME_AUDIT_FILE"
 
 
@@ -36,6 +52,11 @@ def meterhub_register_quantities(register: Any) -> None:
 @hookimpl
 def meterhub_register_meter_drivers(register: Any) -> None:
     register(acme_driver())
+
+
+@hookimpl
+def meterhub_register_profiles(register: Any) -> None:
+    register("modbus", "acme-em200", ACME_EM200)
 
 
 @hookimpl
