@@ -112,6 +112,15 @@ class MeterDriver(Protocol):
         ...
 
 
+async def read_one(driver: Any, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
+    """:meth:`MeterDriver.read` for a driver whose ``read_many`` does the work (one outcome
+    per quantity, errors returned): the one outcome, raised if it is an error."""
+    (outcome,) = await driver.read_many(bus, meter, [quantity], timeout)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
 @runtime_checkable
 class MeterSimulator(Protocol):
     """Makes simulated meters of one protocol for a :class:`meterhub.simulator.PtyBus`."""

@@ -21,8 +21,8 @@ import threading
 import time
 import tty
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -80,6 +80,9 @@ class Fault(enum.Enum):
     WRONG_ADDRESS = "wrong_address"  #: answers with an address that is not its own
 
 
+R = TypeVar("R")
+
+
 def as_fault(value: Fault | str | None) -> Fault | None:
     """``Fault`` from a fault, its value (``"bad_checksum"``) or name; None stays None."""
     if value is None or isinstance(value, Fault):
@@ -90,6 +93,18 @@ def as_fault(value: Fault | str | None) -> Fault | None:
     except ValueError:
         choices = ", ".join(f.value for f in Fault)
         raise ValueError(f"unknown fault {value!r}; choose one of: {choices}") from None
+
+
+def encode_with_fault(reply: R, fault: Fault | None, encode: Callable[[R], bytes], wrong: Callable[[R], R]) -> bytes:
+    """``reply`` on the wire with the faults a device applies itself, for protocols whose
+    frames end ``CS 16h`` (DL/T 645, CJ/T 188, M-Bus): ``WRONG_ADDRESS`` sends
+    ``wrong(reply)`` instead, ``BAD_CHECKSUM`` a CS one too high. The bus applies the rest."""
+    if fault is Fault.WRONG_ADDRESS:
+        reply = wrong(reply)
+    raw = bytearray(encode(reply))
+    if fault is Fault.BAD_CHECKSUM:
+        raw[-2] = (raw[-2] + 1) & 0xFF  # CS is the byte before the final 16h
+    return bytes(raw)
 
 
 @runtime_checkable
@@ -433,6 +448,24 @@ class PtyBus:
             if self._tx or now < self._rx_end + DEFAULT_TURNAROUND[1] or now < self._line_free_at:
                 return
             self._schedule(self._garbage(IDLE_NOISE), now, self.settings, frame=False)
+
+
+def start_bus(
+    devices: Iterable[SimDevice],
+    settings: SerialSettings,
+    *,
+    faults: Mapping[str, Fault | str] | None = None,
+    turnaround: float | tuple[float, float] = DEFAULT_TURNAROUND,
+    seed: int = 0,
+    slow_delay: float = DEFAULT_SLOW_DELAY,
+    noise_interval: float | None = None,
+) -> PtyBus:
+    """A started :class:`PtyBus` serving ``devices`` at ``settings``, each device named in
+    ``faults`` (address -> fault) switched to its fault; what every ``start_*_sim`` does."""
+    bus = PtyBus(devices, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay, noise_interval=noise_interval)
+    for address, fault in (faults or {}).items():
+        bus.set_fault(address, fault)
+    return bus.start()
 
 
 def start_dlt645_sim(

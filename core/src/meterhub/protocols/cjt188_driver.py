@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ..api import read_one
 from ..errors import FrameError, MeterError, MeterTimeout, NotSupported
 from ..model import Command, Measurement, Meter, SerialSettings
 from ..timing import response_timeout
@@ -346,10 +347,7 @@ class Cjt188Driver:
 
     async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity (one 901F transaction): MeterTimeout, FrameError, MeterError or NotSupported on failure."""
-        (result,) = await self.read_many(bus, meter, [quantity], timeout)
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
         self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float

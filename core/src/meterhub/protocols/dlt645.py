@@ -18,6 +18,7 @@ from datetime import datetime
 import attrs
 
 from ..errors import ChecksumError, FrameError, MeterError, TruncatedFrame, UnexpectedReply
+from ..framing import FrameFinder, judge_by_decode
 from .bcd import bcd_to_int, int_to_bcd, sum8
 
 #: Address strings are 12 hex characters in nameplate order (A5..A0, most significant first).
@@ -241,7 +242,14 @@ def decode(data: bytes) -> Frame:
     return _frame_from_body(body)
 
 
-class StreamDecoder:
+def _candidate_size(head: bytes) -> int | None:
+    """A frame's length from its first bytes (None: not known yet, 0: no frame starts here)."""
+    if head[0] != START or (len(head) > 7 and head[7] != START):
+        return 0  # no 68, or no second 68 seven bytes on: noise
+    return OVERHEAD + head[9] if len(head) >= HEADER_LEN else None
+
+
+class StreamDecoder(FrameFinder[Frame]):
     """Finds DL/T 645 frames in a byte stream that may hold noise and damaged frames.
 
     Every 68h is a frame candidate; a candidate is judged when its last byte (known from
@@ -249,71 +257,12 @@ class StreamDecoder:
     a real frame hidden behind a false 68h is still found, and a complete valid frame is
     delivered even while an earlier candidate still waits for bytes. Because decisions
     depend only on the bytes up to a frame's end, feeding byte by byte gives exactly what
-    feeding all at once gives. FE wake-up bytes are not counted as noise.
+    feeding all at once gives. FE wake-up bytes are not counted as noise. ``feed`` returns
+    frames and ChecksumError instances for damaged ones, in order.
     """
 
     def __init__(self) -> None:
-        self.skipped = 0  #: noise bytes discarded so far (FE wake-up bytes excluded)
-        self._buf = bytearray()
-        self._origin = 0  # stream position of _buf[0]
-        self._counted = 0  # stream position up to which bytes were emitted or counted as noise
-        self._live: dict[int, int | None] = {}  # candidate start -> end (None until L arrives)
-
-    @property
-    def pending(self) -> int:
-        """Bytes held because they may still become a frame (0 when nothing is waiting)."""
-        return len(self._buf) if self._live else 0
-
-    def feed(self, data: bytes) -> list[Frame | FrameError]:
-        """Frames completed by ``data`` and ChecksumError instances for damaged ones, in order."""
-        out: list[Frame | FrameError] = []
-        for byte in bytes(data):
-            pos = self._origin + len(self._buf)
-            self._buf.append(byte)
-            done: list[int] = []
-            for start, end in list(self._live.items()):
-                offset = pos - start
-                if offset == 7 and byte != START:
-                    del self._live[start]  # no second 68: this 68 was noise
-                    continue
-                if offset == 9:
-                    end = self._live[start] = start + OVERHEAD + byte
-                if end == pos + 1:
-                    done.append(start)
-            if byte == START:
-                self._live[pos] = None
-            for start in done:  # ascending: the earliest valid candidate wins
-                item = self._judge(start, pos + 1)
-                if item is not None:
-                    out.append(item)
-                if isinstance(item, Frame):
-                    break
-            self._trim()
-        return out
-
-    def _judge(self, start: int, end: int) -> Frame | FrameError | None:
-        del self._live[start]
-        body = bytes(self._buf[start - self._origin : end - self._origin])
-        if body[-1] != END:
-            return None  # not a frame after all; skipped as noise once nothing else holds it
-        if sum8(body[:-2]) != body[-2]:
-            return _checksum_error(body)
-        self._count_noise(start)
-        self._counted = end
-        self._live.clear()  # every other candidate started inside this frame
-        return _frame_from_body(body)
-
-    def _count_noise(self, upto: int) -> None:
-        if upto > self._counted:
-            gap = self._buf[self._counted - self._origin : upto - self._origin]
-            self.skipped += len(gap) - gap.count(WAKE_UP)
-            self._counted = upto
-
-    def _trim(self) -> None:
-        keep = min(self._live) if self._live else self._origin + len(self._buf)
-        self._count_noise(keep)
-        del self._buf[: keep - self._origin]
-        self._origin = keep
+        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, wake_up=WAKE_UP)
 
 
 # --- data field helpers --------------------------------------------------------------

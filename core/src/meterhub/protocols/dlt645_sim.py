@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from .. import timing
+from .. import simulator, timing
 from ..errors import FrameError, NotSupported
 from ..model import SerialSettings
 from ..simulator import DEFAULT_TURNAROUND, Fault, PtyBus, as_fault
@@ -494,12 +494,12 @@ class SimulatedMeter:
             return [codec.abnormal_reply(self.address, frame.function, SERR_OTHER)]
 
     def _encode(self, reply: Frame) -> bytes:
-        if self.fault is Fault.WRONG_ADDRESS:
-            reply = attrs.evolve(reply, address=self.wrong_address)
-        raw = bytearray(codec.encode(reply, preamble=self.preamble))
-        if self.fault is Fault.BAD_CHECKSUM:
-            raw[-2] = (raw[-2] + 1) & 0xFF  # CS is the byte before the final 16h
-        return bytes(raw)
+        return simulator.encode_with_fault(
+            reply,
+            self.fault,
+            lambda r: codec.encode(r, preamble=self.preamble),
+            lambda r: attrs.evolve(r, address=self.wrong_address),
+        )
 
     @property
     def wrong_address(self) -> str:
@@ -954,10 +954,9 @@ def start_dlt645_sim(
     """
     meters = make_meters(n, first_address=first_address, seed=seed, clock=clock, **meter_options)
     settings = SerialSettings(baudrate, **CHARACTER_FORMAT)
-    bus = PtyBus(meters, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval)
-    for address, fault in (faults or {}).items():
-        bus.set_fault(address, fault)
-    return bus.start()
+    return simulator.start_bus(
+        meters, settings, faults=faults, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval
+    )
 
 
 class Dlt645Simulator:

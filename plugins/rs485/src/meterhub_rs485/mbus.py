@@ -35,6 +35,7 @@ from typing import TypeAlias
 import attrs
 
 from meterhub.errors import ChecksumError, FrameError, TruncatedFrame
+from meterhub.framing import FrameFinder, judge_by_decode
 from meterhub.protocols.bcd import bcd_to_int, int_to_bcd, sum8
 
 # --- link layer (EN 13757-2) -----------------------------------------------------------
@@ -1397,7 +1398,30 @@ def records_of(telegrams: Iterable[Telegram]) -> list[Record]:
 # --- stream decoder ----------------------------------------------------------------------
 
 
-class StreamDecoder:
+_LONG_HEAD = 5  #: 68 L L 68 C: the bytes that tell whether a 68h starts a long frame
+
+
+def _candidate_size(head: bytes) -> int | None:
+    """A frame's length from its first bytes (None: not known yet, 0: no frame starts here)."""
+    if head[0] == SHORT_START:
+        if len(head) < 2:
+            return None
+        return SHORT_LEN if head[1] in SHORT_CONTROLS else 0
+    if head[0] != LONG_START:
+        return 0
+    # 68 L L 68 C: L < 3, L bytes that differ, no second 68h or an unknown C field is no frame
+    if len(head) > 1 and head[1] < MIN_L:
+        return 0
+    if len(head) > 2 and head[2] != head[1]:
+        return 0
+    if len(head) > 3 and head[3] != LONG_START:
+        return 0
+    if len(head) < _LONG_HEAD:
+        return None
+    return head[1] + LONG_OVERHEAD if head[4] in LONG_CONTROLS else 0
+
+
+class StreamDecoder(FrameFinder[Frame]):
     """Finds M-Bus frames in a byte stream that may hold noise and damaged frames.
 
     Every 10h and 68h is a frame candidate, judged when its last byte (known from the
@@ -1408,111 +1432,11 @@ class StreamDecoder:
     candidate still waits for bytes. An E5 carries no checksum, so it is delivered only
     once no earlier candidate could still turn out to contain it. Decisions depend only on
     the bytes seen so far: feeding byte by byte gives what feeding all at once gives.
+    ``feed`` returns frames and ChecksumError instances for damaged ones, in order.
     """
 
     def __init__(self) -> None:
-        self.skipped = 0  #: noise bytes discarded so far
-        self._buf = bytearray()
-        self._origin = 0  # stream position of _buf[0]
-        self._counted = 0  # stream position up to which bytes were emitted or counted as noise
-        self._live: dict[int, int | None] = {}  # candidate start -> end (None until L arrives)
-        self._acks: list[int] = []  # E5 positions waiting for earlier candidates to die
-
-    @property
-    def pending(self) -> int:
-        """Bytes held because they may still become a frame (0 when nothing is waiting)."""
-        return len(self._buf) if (self._live or self._acks) else 0
-
-    def feed(self, data: bytes) -> list[Frame | FrameError]:
-        """Frames completed by ``data``, and ChecksumError instances for damaged ones, in order."""
-        out: list[Frame | FrameError] = []
-        for byte in bytes(data):
-            pos = self._origin + len(self._buf)
-            self._buf.append(byte)
-            done: list[int] = []
-            for start, end in list(self._live.items()):
-                if not self._advance(start, pos, byte):
-                    del self._live[start]
-                    continue
-                end = self._live[start]
-                if end == pos + 1:
-                    done.append(start)
-            for start in sorted(done):
-                if start not in self._live:
-                    continue  # cleared by an earlier valid frame in this same step
-                item = self._judge(start, pos + 1, out)
-                if item is not None:
-                    out.append(item)
-            if byte == ACK:
-                self._acks.append(pos)
-            if byte in (SHORT_START, LONG_START):
-                self._live[pos] = pos + SHORT_LEN if byte == SHORT_START else None
-            self._release_acks(out)
-            self._trim()
-        return out
-
-    def _advance(self, start: int, pos: int, byte: int) -> bool:
-        """Check ``byte`` at ``pos`` against the header rules of the candidate at ``start``."""
-        offset = pos - start
-        kind = self._buf[start - self._origin]
-        if kind == SHORT_START:
-            return offset != 1 or byte in SHORT_CONTROLS
-        if offset == 1:
-            if byte < MIN_L:
-                return False
-            self._live[start] = start + byte + LONG_OVERHEAD
-        elif offset == 2:
-            return byte == self._buf[start + 1 - self._origin]
-        elif offset == 3:
-            return byte == LONG_START
-        elif offset == 4:
-            return byte in LONG_CONTROLS
-        return True
-
-    def _judge(self, start: int, end: int, out: list[Frame | FrameError]) -> Frame | FrameError | None:
-        del self._live[start]
-        raw = bytes(self._buf[start - self._origin : end - self._origin])
-        if raw[-1] != STOP:
-            return None  # not a frame after all
-        if raw[0] == SHORT_START:
-            body, said = raw[1:3], raw[3]
-        else:
-            body, said = raw[4:-2], raw[-2]
-        summed = sum8(body)
-        if summed != said:
-            # Structurally a frame, so an E5 inside it was data, not an acknowledgement.
-            self._acks = [p for p in self._acks if not start < p < end]
-            return _checksum_error("short" if raw[0] == SHORT_START else "long", body[1], said, summed)
-        # A valid frame: every other candidate either started inside it or is overtaken
-        # by it; E5 bytes before it are now free, those inside it were data.
-        self._live.clear()
-        self._acks = [p for p in self._acks if p < start]
-        self._release_acks(out)
-        self._count_noise(start)
-        self._counted = end
-        return decode(raw)
-
-    def _release_acks(self, out: list[Frame | FrameError]) -> None:
-        while self._acks:
-            ack = self._acks[0]
-            if any(s < ack for s in self._live):
-                return
-            self._acks.pop(0)
-            self._count_noise(ack)
-            self._counted = ack + 1
-            out.append(Ack())
-
-    def _count_noise(self, upto: int) -> None:
-        if upto > self._counted:
-            self.skipped += upto - self._counted
-            self._counted = upto
-
-    def _trim(self) -> None:
-        starts = list(self._live) + self._acks
-        keep = min(starts) if starts else self._origin + len(self._buf)
-        self._count_noise(keep)
-        del self._buf[: keep - self._origin]
-        self._origin = keep
+        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=_LONG_HEAD, singles={ACK: Ack})
 
 
 __all__ = [

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from meterhub.api import read_one
 from meterhub.errors import FrameError, LinkError, MeterError, MeterTimeout, NotSupported, UnknownQuantity
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import resolve
@@ -329,10 +330,7 @@ class MbusDriver:
 
     async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity (one REQ_UD2 exchange); raises what :meth:`read_many` returns."""
-        (outcome,) = await self.read_many(bus, meter, [quantity], timeout)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
+        return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
         self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float

@@ -30,7 +30,7 @@ import attrs
 from meterhub import timing
 from meterhub.errors import FrameError
 from meterhub.model import SerialSettings
-from meterhub.simulator import DEFAULT_TURNAROUND, Fault, PtyBus, as_fault
+from meterhub.simulator import DEFAULT_TURNAROUND, Fault, PtyBus, as_fault, encode_with_fault, start_bus
 
 from . import mbus
 from .mbus import Ack, Coding, Control, Function, LongFrame, LongHeader, Record, ShortFrame, StreamDecoder, Telegram
@@ -325,12 +325,7 @@ class SimulatedMbusSlave:
         return mbus.encode(Ack())
 
     def _encode(self, frame: LongFrame) -> bytes:
-        if self.fault is Fault.WRONG_ADDRESS:
-            frame = self._wrong(frame)
-        raw = bytearray(mbus.encode(frame))
-        if self.fault is Fault.BAD_CHECKSUM:
-            raw[-2] = (raw[-2] + 1) & 0xFF  # CS is the byte before the final 16h
-        return bytes(raw)
+        return encode_with_fault(frame, self.fault, mbus.encode, self._wrong)
 
     def _wrong(self, frame: LongFrame) -> LongFrame:
         """The answer of a slave that got its addresses wrong: another A field and ID."""
@@ -399,10 +394,9 @@ def start_mbus_sim(
     """
     slaves = make_slaves(n, seed=seed, clock=clock, **slave_options)
     settings = SerialSettings(baudrate, **CHARACTER_FORMAT)
-    bus = PtyBus(slaves, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval)
-    for address, fault in (faults or {}).items():
-        bus.set_fault(address, fault)
-    return bus.start()
+    return start_bus(
+        slaves, settings, faults=faults, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval
+    )
 
 
 #: What a site file reads from each kind of simulated slave.

@@ -35,6 +35,7 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
+from meterhub.api import read_one
 from meterhub.errors import (
     ChecksumError,
     FrameError,
@@ -44,6 +45,7 @@ from meterhub.errors import (
     TruncatedFrame,
     UnknownQuantity,
 )
+from meterhub.framing import FrameFinder
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import Quantity, resolve
 from meterhub.timing import response_timeout
@@ -247,7 +249,7 @@ def decode(data: bytes, *, server: bool = False) -> Frame:
     return frame
 
 
-class StreamDecoder:
+class StreamDecoder(FrameFinder[Frame]):
     """Finds Modbus RTU frames in a byte stream that may hold noise and damaged frames.
 
     Every byte that could be a unit id, followed by a known function code, starts a
@@ -273,78 +275,23 @@ class StreamDecoder:
         function: int | None = None,
         functions: Collection[int] | None = None,
     ) -> None:
-        self.skipped = 0  #: noise bytes discarded so far
         self._sizer = _Sizer(server, functions)
         self._unit = unit
         self._function = function
-        self._buf = bytearray()
-        self._origin = 0  # stream position of _buf[0]
-        self._counted = 0  # stream position up to which bytes were emitted or counted as noise
-        self._frame_end = 0  # stream position just after the last frame found
-        self._live: dict[int, int | None] = {}  # candidate start -> end (None until its length is known)
+        super().__init__(self._sizer.size, self._judge_candidate, lookahead=_HEADER_LOOKAHEAD)
 
-    @property
-    def pending(self) -> int:
-        """Bytes held because they may still become a frame (0 when nothing is waiting)."""
-        return len(self._buf) if self._live else 0
-
-    def feed(self, data: bytes) -> list[Frame | FrameError]:
-        """Frames completed by ``data`` and FrameError instances for damaged ones, in order."""
-        out: list[Frame | FrameError] = []
-        for byte in bytes(data):
-            pos = self._origin + len(self._buf)
-            self._buf.append(byte)
-            self._live[pos] = None
-            done: list[int] = []
-            for start, end in list(self._live.items()):
-                if end is None:
-                    offset = start - self._origin
-                    size = self._sizer.size(bytes(self._buf[offset : offset + _HEADER_LOOKAHEAD]))
-                    if size == 0:
-                        del self._live[start]
-                        continue
-                    if size is None:
-                        continue
-                    end = self._live[start] = start + size
-                if end == pos + 1:
-                    done.append(start)
-            for start in done:  # ascending: the earliest valid candidate wins
-                item = self._judge(start, pos + 1)
-                if item is not None:
-                    out.append(item)
-                if isinstance(item, Frame):
-                    break
-            self._trim()
-        return out
-
-    def _reportable(self, start: int, body: bytes) -> bool:
+    def _reportable(self, body: bytes, aligned: bool) -> bool:
         """Is a bad-CRC candidate a damaged frame worth reporting, or just noise?"""
         if self._unit is None and self._function is None:
-            return start == self._frame_end  # it starts where a frame could start
+            return aligned  # it starts where a frame could start
         return (self._unit is None or body[0] == self._unit) and (self._function is None or body[1] & 0x7F == self._function)
 
-    def _judge(self, start: int, end: int) -> Frame | FrameError | None:
-        del self._live[start]
-        body = bytes(self._buf[start - self._origin : end - self._origin])
+    def _judge_candidate(self, body: bytes, aligned: bool) -> Frame | FrameError | None:
         if not _crc_ok(body):
-            if self._reportable(start, body):
+            if self._reportable(body, aligned):
                 return ChecksumError(f"unit {body[0]} function {body[1]:#04x}: {_crc_text(body)}")
             return None  # a false candidate in noise: its bytes are skipped once nothing holds them
-        self._count_noise(start)
-        self._counted = self._frame_end = end
-        self._live.clear()  # every other candidate started inside this frame or before it
         return self._sizer.frame(body)
-
-    def _count_noise(self, upto: int) -> None:
-        if upto > self._counted:
-            self.skipped += upto - self._counted
-            self._counted = upto
-
-    def _trim(self) -> None:
-        keep = min(self._live) if self._live else self._origin + len(self._buf)
-        self._count_noise(keep)
-        del self._buf[: keep - self._origin]
-        self._origin = keep
 
 
 # --- reading plans -------------------------------------------------------------------
@@ -580,10 +527,7 @@ class ModbusDriver:
 
     async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity; MeterTimeout, FrameError, MeterError or NotSupported on failure."""
-        result = (await self.read_many(bus, meter, [quantity], timeout))[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
+        return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
         self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float

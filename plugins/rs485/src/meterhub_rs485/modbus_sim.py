@@ -31,7 +31,7 @@ from typing import Any
 
 from meterhub.model import SerialSettings
 from meterhub.protocols.dlt645_sim import LoadProfile
-from meterhub.simulator import DEFAULT_TURNAROUND, Fault, PtyBus, as_fault
+from meterhub.simulator import DEFAULT_TURNAROUND, Fault, PtyBus, as_fault, start_bus
 
 from .modbus import (
     DEFAULT_MAX_GAP,
@@ -365,10 +365,10 @@ def start_modbus_sim(
     """
     meters = make_modbus_meters(n, profiles, first_unit=first_unit, seed=seed, clock=clock, **meter_options)
     settings = SerialSettings(baudrate, 8, "N", 1)
-    bus = PtyBus(meters, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval)
-    for unit, fault in (faults or {}).items():
-        bus.set_fault(str(unit), fault)
-    return bus.start()
+    by_address = {str(unit): fault for unit, fault in (faults or {}).items()}
+    return start_bus(
+        meters, settings, faults=by_address, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval
+    )
 
 
 class ModbusSimulator:
