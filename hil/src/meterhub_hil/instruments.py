@@ -197,7 +197,8 @@ class Rs485Adapter:
 
     def monitor(self) -> Capture:
         """Start watching the wire in the background (a bus monitor); ``stop()`` the capture
-        to get every chunk with the time it was seen."""
+        to get every chunk with the time it was seen (what arrived before is dropped)."""
+        self.flush()
         return Capture(self).start()
 
     def read_frame(self, decoder: StreamDecoder, timeout: float) -> Any:

@@ -31,7 +31,7 @@ class AdapterMeterServer:
         self.turnaround = turnaround  #: seconds from the end of a request to the answer (DL/T 645: 20-500 ms)
         self._rng = random.Random(seed)
         self.devices = list(devices)
-        self.requests = 0
+        self.requests = 0  #: requests a served device answered
         self._groups: dict[str, tuple[Any, list[Any]]] = {}
         for dev in self.devices:
             self._groups.setdefault(dev.protocol, (dev.new_decoder(), []))[1].append(dev)
@@ -44,6 +44,7 @@ class AdapterMeterServer:
         return sum(decoder.skipped for decoder, _ in self._groups.values())
 
     def start(self) -> AdapterMeterServer:
+        self.adapter.flush()  # what the adapter heard before we served belongs to nobody's request
         self._thread.start()
         return self
 
@@ -60,9 +61,9 @@ class AdapterMeterServer:
                 for frame in decoder.feed(data):
                     if isinstance(frame, FrameError):
                         continue
-                    self.requests += 1
                     replies = [reply for dev in devices for reply in dev.handle(frame)]
-                    if replies:
+                    if replies:  # a request one of ours answers (others' traffic shares the pair)
+                        self.requests += 1
                         time.sleep(self._rng.uniform(*self.turnaround))
                         for reply in replies:
                             self.adapter.write(reply)

@@ -503,11 +503,13 @@ class SerialLink:
         assert loop is not None
         deadline = loop.time() + max(timeout, 0.0)
         while True:
+            if self._ser is not ser:  # closed meanwhile (close() wakes us): nothing more to read
+                return b""
             data = self._read_now(ser)
             if data:
                 return data
             remaining = deadline - loop.time()
-            if remaining <= 0 or self._ser is not ser:
+            if remaining <= 0:
                 return b""
             ready: asyncio.Future[None] = loop.create_future()
             loop.add_reader(fd, _wake, ready)
