@@ -131,3 +131,28 @@ def _frames(chunks):
         if frames or not decoder.pending:
             start = None
     return found
+
+
+def test_the_meters_under_test_answer_on_their_pair(bench, pair):
+    from meterhub.plugins import get_plugins
+    from meterhub_hil.bench import METER
+
+    meters = [d for d in bench.spec.devices_of_type(METER) if d.bus == pair.bus.name]
+    if not meters:
+        pytest.skip(f"no meter under test on {pair.bus.name}")
+    drivers = get_plugins().meter_drivers()
+    settings = bench.settings(pair.master)
+
+    async def read_all():
+        async with SerialLink("bench", bench.port(pair.master), settings) as link:
+            bus = Bus("bench", link)
+            found = {}
+            for dev in meters:
+                driver = drivers[dev.protocol]
+                meter = Meter(address=driver.normalize_address(dev.address), protocol=dev.protocol, channel="bench")
+                for q in dev.quantities or ("energy_import",):
+                    found[(dev.name, q)] = await driver.read(bus, meter, resolve(q), driver.transaction_timeout(settings))
+            return found
+
+    readings = asyncio.run(read_all())
+    assert readings and all(m.value is not None for m in readings.values())
