@@ -643,37 +643,57 @@ def sim_dlt645_cmd(count: int, baudrate: int, first_address: str, seed: int, fau
         except ValueError:
             kinds = ", ".join(f.value for f in Fault)
             raise Failure(f"--fault {spec!r}: expected ADDRESS=KIND with KIND one of {kinds}", EXIT_USAGE) from None
-    with _user_errors():
-        sim = start_dlt645_sim(count, baudrate=baudrate, faults=fault_map, seed=seed, first_address=first_address)
-    try:
-        click.echo(sim.port)
-        click.echo(f"{count} simulated DL/T 645-2007 meter(s) on {sim.port} at {baudrate} 8E1 "
-                   f"(a pseudo-terminal carries no parity: connect with --parity E or N)", err=True)
-        for m in sim.devices:
-            fault = f"  fault: {m.fault.value}" if getattr(m, "fault", None) else ""
-            click.echo(f"  meter {m.address}{fault}", err=True)
-        click.echo(f"try: meterhub read --port {sim.port} --protocol dlt645 --address {sim.devices[0].address} "
-                   f"--quantity energy_import", err=True)
-        click.echo("Ctrl-C to stop", err=True)
-        sys.stdout.flush()
-        _wait_for_interrupt()
-    finally:
-        sim.stop()
+    with _UntilInterrupted() as interrupt:
+        with _user_errors():
+            sim = start_dlt645_sim(count, baudrate=baudrate, faults=fault_map, seed=seed, first_address=first_address)
+        try:
+            click.echo(sim.port)
+            click.echo(f"{count} simulated DL/T 645-2007 meter(s) on {sim.port} at {baudrate} 8E1 "
+                       f"(a pseudo-terminal carries no parity: connect with --parity E or N)", err=True)
+            for m in sim.devices:
+                fault = f"  fault: {m.fault.value}" if getattr(m, "fault", None) else ""
+                click.echo(f"  meter {m.address}{fault}", err=True)
+            click.echo(f"try: meterhub read --port {sim.port} --protocol dlt645 --address {sim.devices[0].address} "
+                       f"--quantity energy_import", err=True)
+            click.echo("Ctrl-C to stop", err=True)
+            sys.stdout.flush()
+            interrupt.wait()
+        finally:
+            sim.stop()
 
 
-def _wait_for_interrupt() -> None:
-    stopped = False
+class _UntilInterrupted:
+    """Ctrl-C or SIGTERM, noted from the moment it is entered (before a port is printed, so a
+    caller that stops us as soon as it has read the port is not lost) and waited for.
 
-    def handler(signum: int, frame: Any) -> None:
-        nonlocal stopped
-        stopped = True
+    The handlers are set explicitly: a program started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Ctrl-C must still stop a simulator.
+    """
 
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        while not stopped:
-            signal.pause() if hasattr(signal, "pause") else __import__("time").sleep(1)
-    except KeyboardInterrupt:
-        pass
+    #: How often the wait looks at the flag: a signal handler cannot wake a sleep that PEP 475 resumes.
+    POLL_S = 0.1
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._saved: dict[int, Any] = {}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.stopped = True
+
+    def __enter__(self) -> _UntilInterrupted:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._saved[signum] = signal.signal(signum, self._note)
+        return self
+
+    def wait(self) -> None:
+        import time
+
+        while not self.stopped:
+            time.sleep(self.POLL_S)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
 
 
 @sim_cmd.command("bus")
@@ -691,28 +711,31 @@ def sim_bus_cmd(specs: Sequence[str], baudrate: int | None, seed: int, faults: S
     from .simsite import MeterSpec, site_text, start_bus
 
     plugins = _plugins()
-    try:
-        parsed = [MeterSpec.parse(spec) for spec in specs]
-        fault_map = dict(_fault_spec(spec) for spec in faults)
-        sim = start_bus(plugins.simulators(), parsed, seed=seed, faults=fault_map, baudrate=baudrate)
-    except ValueError as exc:
-        raise Failure(str(exc), EXIT_USAGE) from None
-    try:
-        if site_path:  # before the port is printed: whoever waits for the port may read the file at once
-            Path(site_path).write_text(site_text({"bus1": sim}, store=DEFAULT_STORE), encoding="utf-8")
-        click.echo(sim.port)
-        sys.stdout.flush()
-        click.echo(f"{len(sim.entries)} simulated meter(s) on {sim.port} (a pseudo-terminal carries no parity)", err=True)
-        for entry, dev in zip(sim.entries, sim.bus.devices):
-            fault = f"  fault: {dev.fault.value}" if getattr(dev, "fault", None) else ""
-            settings = f" at {entry['baudrate']} {entry['bytesize']}{entry['parity']}{entry['stopbits']}" if "baudrate" in entry else ""
-            click.echo(f"  {entry['protocol']} {entry['address']}{settings}{fault}", err=True)
-        if site_path:
-            click.echo(f"site file written: {site_path}; try: meterhub run {site_path} --once", err=True)
-        click.echo("Ctrl-C to stop", err=True)
-        _wait_for_interrupt()
-    finally:
-        sim.stop()
+    with _UntilInterrupted() as interrupt:
+        try:
+            parsed = [MeterSpec.parse(spec) for spec in specs]
+            fault_map = dict(_fault_spec(spec) for spec in faults)
+            sim = start_bus(plugins.simulators(), parsed, seed=seed, faults=fault_map, baudrate=baudrate)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        try:
+            if site_path:  # before the port is printed: whoever waits for the port may read the file at once
+                Path(site_path).write_text(site_text({"bus1": sim}, store=DEFAULT_STORE), encoding="utf-8")
+            click.echo(sim.port)
+            sys.stdout.flush()
+            click.echo(f"{len(sim.entries)} simulated meter(s) on {sim.port} (a pseudo-terminal carries no parity)",
+                       err=True)
+            for entry, dev in zip(sim.entries, sim.bus.devices):
+                fault = f"  fault: {dev.fault.value}" if getattr(dev, "fault", None) else ""
+                settings = (f" at {entry['baudrate']} {entry['bytesize']}{entry['parity']}{entry['stopbits']}"
+                            if "baudrate" in entry else "")
+                click.echo(f"  {entry['protocol']} {entry['address']}{settings}{fault}", err=True)
+            if site_path:
+                click.echo(f"site file written: {site_path}; try: meterhub run {site_path} --once", err=True)
+            click.echo("Ctrl-C to stop", err=True)
+            interrupt.wait()
+        finally:
+            sim.stop()
 
 
 def _fault_spec(spec: str) -> tuple[str, str]:
