@@ -252,7 +252,7 @@ def test_every_problem_of_a_profile_is_reported_at_once():
 
 
 def test_a_profile_name_must_be_vendor_model():
-    issues = _issues('quantities: {"1-0:32.7.0": {function: 4, address: 0, type: f32}}\n', source="/tmp/SDM 120.yaml")
+    issues = _issues('quantities: {"1-0:32.7.0": {function: 4, address: 0, type: f32}}\n', source="profiles/SDM 120.yaml")
     assert "must be lower-case 'vendor-model'" in issues[0].message
 
 
