@@ -569,6 +569,12 @@ def test_captured_reply_with_the_wrong_ser_is_not_taken():
 # --- the wildcard search, in memory ----------------------------------------------------------------
 
 
+#: How long an in-memory scan probe waits. The Bus counts a transaction's timeout from
+#: the start of its write, and this link's write runs the simulated meters: 3 ms was
+#: sometimes spent in the write alone on a loaded machine, and a collision went unheard.
+SCAN_WAIT = 0.03
+
+
 class SimLink:
     """A Link whose far end is simulated meters in this process: answers arrive at once,
     and answers of several meters to one request collide into an unreadable burst."""
@@ -626,7 +632,7 @@ def _search(addresses: list[str], **driver_kw: Any) -> tuple[list[tuple[int, str
     sims.append(SimulatedCjt188Meter("00000000000777", meter_type=0x20, seed=25, clock=clock))
     link = SimLink(sims)
     driver = Cjt188Driver(scan_types=(0x10, 0x20), **driver_kw)
-    return asyncio.run(driver.discover(Bus("sim", link), 0.003)), link
+    return asyncio.run(driver.discover(Bus("sim", link), SCAN_WAIT)), link
 
 
 def test_several_meters_of_one_type_are_singled_out_by_wildcard_search():
@@ -639,7 +645,7 @@ def test_several_meters_of_one_type_are_singled_out_by_wildcard_search():
 def test_without_the_search_a_collision_is_reported():
     with pytest.raises(FrameError, match="several meters answering at once"):
         asyncio.run(Cjt188Driver(scan_types=(0x10,), scan_search=False).discover(
-            Bus("sim", SimLink([SimulatedCjt188Meter(a, seed=26, clock=Clock()) for a in SAME_TYPE[:2]])), 0.003))
+            Bus("sim", SimLink([SimulatedCjt188Meter(a, seed=26, clock=Clock()) for a in SAME_TYPE[:2]])), SCAN_WAIT))
 
 
 def test_collision_left_unresolved_still_returns_the_others(caplog):
@@ -720,12 +726,12 @@ def test_scan_takes_meter_types_and_the_search_switch_as_options():
     sims = [SimulatedCjt188Meter(a, seed=27, clock=Clock()) for a in SAME_TYPE[:2]]
     sims.append(SimulatedCjt188Meter("00000000000777", meter_type=0x30, seed=27, clock=Clock()))
     link = SimLink(sims)
-    assert asyncio.run(DRIVER.scan(Bus("sim", link), 0.003, meter_type="30")) == ["00000000000777"]
+    assert asyncio.run(DRIVER.scan(Bus("sim", link), SCAN_WAIT, meter_type="30")) == ["00000000000777"]
     assert link.requests == 1
     with pytest.raises(FrameError, match="stayed garbled"):
-        asyncio.run(DRIVER.scan(Bus("sim", SimLink(sims)), 0.003, meter_type="10", search="false"))
+        asyncio.run(DRIVER.scan(Bus("sim", SimLink(sims)), SCAN_WAIT, meter_type="10", search="false"))
     link = SimLink(sims)
-    assert asyncio.run(DRIVER.scan(Bus("sim", link), 0.003, meter_type=[0x30, "10"], search="no")) == ["00000000000777"]
+    assert asyncio.run(DRIVER.scan(Bus("sim", link), SCAN_WAIT, meter_type=[0x30, "10"], search="no")) == ["00000000000777"]
 
 
 def test_a_scan_probe_waits_for_a_short_answer_only():

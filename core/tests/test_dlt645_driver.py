@@ -231,7 +231,7 @@ def test_a_garbled_answer_to_the_wildcard_starts_a_search_by_abbreviated_address
     peer = LoopbackMeter()
     peer.wrap = lambda wire: wire[:-2] + bytes(((wire[-2] + 1) & 0xFF,)) + wire[-1:]  # every answer garbled
     link = LoopbackLink(peer)
-    asyncio.run(Dlt645Driver().scan(Bus("bus1", link), 0.005))
+    asyncio.run(Dlt645Driver().scan(Bus("bus1", link), 0.02))
     sent = [dlt645.decode(raw) for raw in link.written]
     assert sent[0] == dlt645.read_address_request()
     # §4.1.2: the low byte A0 given, the high bytes AAh; each BCD value once
