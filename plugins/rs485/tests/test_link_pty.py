@@ -71,6 +71,7 @@ def test_reopening_a_pty_already_at_the_asked_speed_works(peer):
                 await link.write(b"hi\n")
 
     asyncio.run(scenario())
+    peer.wait_received(6)  # the peer's thread reads in its own time
     assert bytes(peer.received) == b"hi\nhi\n"
 
 
