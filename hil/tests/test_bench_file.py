@@ -80,3 +80,24 @@ def test_visa_resource_names_are_taken_apart():
     assert visa_serial_path("TCPIP::pi::5025::SOCKET") is None
     assert visa_socket("TCPIP::raspberrypi.local::5025::SOCKET") == ("raspberrypi.local", 5025)
     assert visa_socket("TCPIP0::10.0.0.2::5025::SOCKET") == ("10.0.0.2", 5025)
+
+
+def test_a_virtual_bench_simulates_meters_of_every_protocol_at_their_bench_addresses():
+    from meterhub_hil.virtual import VirtualBench
+
+    spec = parse_bench(
+        "virtual: true\n"
+        "instruments: {a: {type: rs485-adapter, resource: 'ASRL/dev/ttyUSB0::INSTR'}}\n"
+        "buses: {p: {adapters: [a], baudrate: 9600}}\n"
+        "devices:\n"
+        "  e: {type: meter, protocol: dlt645, address: '000000000042', bus: p}\n"
+        "  m: {type: meter, protocol: modbus, address: '17', bus: p}\n"
+        "  w: {type: meter, protocol: cjt188, address: '00000000000033', bus: p}\n"
+        "  h: {type: meter, protocol: mbus, address: '9', bus: p}\n",
+        filename="mixed.yaml",
+    )
+    with VirtualBench(spec) as virtual:
+        made = {name: [d.address for d in devices] for name, devices in virtual.meters.items()}
+        primary = virtual.meters["h"][0].primary
+    assert made["e"] == ["000000000042"] and made["m"] == ["17"] and made["w"] == ["00000000000033"]
+    assert primary == 9

@@ -114,8 +114,10 @@ class VirtualBench:
         self.stop()
 
 
+#: The simulator option that sets the first meter's address, where it is not first_address.
+FIRST_ADDRESS_OPTION = {"modbus": "first_unit", "mbus": "first_primary"}
+
+
 def _address_option(dev: b.Device) -> dict[str, str]:
     """The simulator option that gives a bench meter the address the bench file wrote."""
-    if dev.protocol.startswith("dlt645"):
-        return {"first_address": dev.address}
-    return {"first_address": dev.address} if dev.address else {}
+    return {FIRST_ADDRESS_OPTION.get(dev.protocol, "first_address"): dev.address}
