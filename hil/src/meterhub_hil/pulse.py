@@ -26,7 +26,7 @@ from meterhub.protocols import dlt645 as codec
 from meterhub.protocols.dlt645 import Control, Frame, StreamDecoder
 from meterhub.protocols.dlt645_data import DataItem, encode_value
 from meterhub.quantities import Quantity
-from meterhub.simulator import Fault
+from meterhub.simulator import Fault, encode_with_fault
 
 from .bench import PulseInput
 
@@ -154,10 +154,8 @@ class PulseInputMeter:
                      else codec.abnormal_reply(self.address, Control.READ, 0x02))
         else:
             reply = codec.abnormal_reply(self.address, frame.function, 0x01)
-        raw = bytearray(codec.encode(reply))
-        if self.fault is Fault.BAD_CHECKSUM:
-            raw[-2] = (raw[-2] + 1) & 0xFF
-        return [bytes(raw)]
+        # a collector input keeps its address whatever the fault: only BAD_CHECKSUM applies
+        return [encode_with_fault(reply, self.fault, codec.encode, lambda r: r)]
 
     def payload(self, di: int) -> bytes | None:
         unit = self.counter.spec.unit

@@ -8,7 +8,6 @@ pytest plugin's markers use to skip what a bench lacks.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from meterhub.model import SerialSettings
@@ -171,12 +170,3 @@ class Bench:
 def open_bench(path: str, *, virtual: bool | None = None) -> Bench:
     return Bench(b.load_bench(path, virtual=virtual)).open()
 
-
-def wait_for(predicate: Any, timeout: float, *, poll: float = 0.01) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` passes (plumbing for tests)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return bool(predicate())
