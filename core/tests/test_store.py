@@ -153,6 +153,44 @@ def test_filter_by_meter_and_quantity(store: SqliteStore) -> None:
     assert len(store.readings(quantity="1-0:1.8.0")) == 2
 
 
+def _same_address_on_two_protocols_and_two_buses(store: SqliteStore) -> None:
+    store.add_readings([
+        reading(meter="1", channel="bus1", protocol="modbus", value=Decimal("230.1")),
+        reading(meter="1", channel="bus1", protocol="mbus", value=Decimal("12.5")),
+        reading(meter="1", channel="bus2", protocol="modbus", value=Decimal("229.9")),
+        reading(meter="2", channel="bus1", protocol="modbus", value=Decimal("231")),
+    ])
+
+
+def test_filter_by_protocol_and_channel_tells_meters_with_one_address_apart(store: SqliteStore) -> None:
+    # Modbus unit 1 and M-Bus primary address 1 on one mixed bus, and Modbus unit 1 on another bus
+    _same_address_on_two_protocols_and_two_buses(store)
+    assert len(store.readings(meter="1")) == 3
+    assert [r.value for r in store.readings(meter="1", protocol="mbus")] == [Decimal("12.5")]
+    assert [r.value for r in store.readings(meter="1", protocol="modbus", channel="bus2")] == [Decimal("229.9")]
+    assert [r.meter for r in store.readings(protocol="modbus", channel="bus1")] == ["1", "2"]
+
+
+def test_meters_lists_what_an_address_may_mean(store: SqliteStore) -> None:
+    _same_address_on_two_protocols_and_two_buses(store)
+    assert [m.key for m in store.meters(meter="1")] == ["bus1/mbus:1", "bus1/modbus:1", "bus2/modbus:1"]
+    assert [m.key for m in store.meters(meter="1", protocol="modbus")] == ["bus1/modbus:1", "bus2/modbus:1"]
+    assert [m.key for m in store.meters(meter="1", protocol="modbus", channel="bus2")] == ["bus2/modbus:1"]
+    assert store.meters(meter="3") == []
+
+
+def test_every_reading_filter_runs_in_the_indexed_query(store: SqliteStore) -> None:
+    _same_address_on_two_protocols_and_two_buses(store)
+    executed: list[str] = []
+    store._conn.set_trace_callback(executed.append)
+    store.readings(meter="1", protocol="modbus", channel="bus2", quantity="1-0:1.8.0", since=T0)
+    store._conn.set_trace_callback(None)
+    (sql,) = [s for s in executed if s.startswith("SELECT")]
+    assert "protocol = 'modbus'" in sql and "channel = 'bus2'" in sql and "meter = '1'" in sql
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
+    assert any("readings_meter_quantity_time" in row[-1] for row in plan)
+
+
 def test_since_is_inclusive_and_timezone_correct(store: SqliteStore) -> None:
     store.add_readings([reading(at=T0 + timedelta(hours=h)) for h in range(4)])
     since = (T0 + timedelta(hours=2)).astimezone(BEIJING)

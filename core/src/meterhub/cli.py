@@ -16,10 +16,12 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import click
 
 from . import jsonout
@@ -37,10 +39,14 @@ from .model import (
 from .plugins import Plugins, get_plugins
 from .quantities import resolve
 
+if TYPE_CHECKING:
+    from .store import Store
+
 log = logging.getLogger("meterhub")
 
 EXIT_FAILED = 1  #: the command ran but its job failed (a meter did not answer)
 EXIT_USAGE = 2  #: bad input: configuration, options, unknown names
+EXIT_CHANNEL_DOWN = 3  #: ``run --once``: a channel could not be opened (its meters are recorded as link_error)
 
 
 class Failure(click.ClickException):
@@ -249,7 +255,13 @@ def read_cmd(
     protocol: str, timeout: float | None, as_json: bool, address: str, quantities: Sequence[str], retries: int,
     profile: str | None, meter_type: str | None, extra_options: Sequence[str],
 ) -> None:
-    """Read quantities of one meter, once."""
+    """Read quantities of one meter, once.
+
+    With --json, one --quantity prints one reading object and several a list of them, one
+    per quantity in the order asked (a failed one has "value": null, its quality and
+    detail); when nothing at all could be read, an error object with the keys error, meter,
+    protocol, port, quality and readings. Exit status 1 when any quantity failed.
+    """
     plugins = _plugins()
     driver = _driver(plugins, protocol)
     with _user_errors():
@@ -271,25 +283,82 @@ def read_cmd(
     if problems:
         raise Failure("; ".join(_option_problem(key, msg) for key, msg in problems), EXIT_USAGE)
     site = Site(channels={"cli": channel}, meters=(meter,), schedule=Schedule(retries=retries), store="sqlite:///:memory:")
-    with _quiet("meterhub.runtime"):  # a channel-down warning would repeat the error line below
-        readings = _run_once(site, plugins, progress=False).readings
-    failed = [r for r in readings if not r.ok]
+    try:
+        with _quiet("meterhub.runtime"):  # a channel-down warning would repeat the error line below
+            readings = _in_asked_order(obis, _run_once(site, plugins, progress=False).report.readings)
+    except Failure as exc:
+        if as_json and exc.exit_code == EXIT_FAILED:  # the round itself failed: nothing was read
+            click.echo(jsonout.dumps(_read_error(exc.format_message(), meter, port, None, [])))
+        raise
+    errors = _read_errors(readings, address, port)
     if as_json:
-        rows = [jsonout.reading_to_dict(r) for r in readings if r.ok]
-        if rows:
-            click.echo(jsonout.dumps(rows[0] if len(rows) == 1 else rows))
+        click.echo(jsonout.dumps(_read_json(readings, errors, meter, port, single=len(quantities) == 1)))
     else:
         for r in readings:
             if r.ok:
                 click.echo(f"{r.meter} {r.quantity} {_fmt_value(r)} {r.unit}".rstrip())
-    link_down = [r for r in failed if r.quality is Quality.LINK_ERROR]
-    if link_down:  # the port, not the meter: say it once
-        click.echo(f"error: meter {address} on {port}: {_link_reason(link_down[0].detail)}", err=True)
-    for r in failed:
-        if r.quality is not Quality.LINK_ERROR:
-            click.echo(f"error: meter {r.meter} on {port}: {r.quantity}: {_describe_failure(r)}", err=True)
-    if failed:
+    for line in errors:
+        click.echo(f"error: {line}", err=True)
+    if errors:
         raise SystemExit(EXIT_FAILED)
+
+
+def _in_asked_order(asked: Sequence[str], readings: Sequence[Reading]) -> list[Reading]:
+    """One reading per quantity asked, in the order asked (a quantity asked twice appears
+    twice), whatever order the driver read them in."""
+    by_quantity: dict[str, list[Reading]] = {}
+    for r in readings:
+        by_quantity.setdefault(r.quantity, []).append(r)
+    ordered = []
+    for obis in asked:
+        queue = by_quantity.get(obis)
+        if queue:
+            ordered.append(queue.pop(0) if len(queue) > 1 else queue[0])
+    return ordered
+
+
+def _read_errors(readings: Sequence[Reading], address: str, port: str) -> list[str]:
+    """The one-line messages (without ``error:``) for what ``read`` could not read: the port
+    once when the link is down, else one line per failed quantity."""
+    failed = [r for r in readings if not r.ok]
+    link_down = [r for r in failed if r.quality is Quality.LINK_ERROR]
+    lines = [f"meter {address} on {port}: {_link_reason(link_down[0].detail)}"] if link_down else []
+    lines += [f"meter {r.meter} on {port}: {r.quantity}: {_describe_failure(r)}"
+              for r in failed if r.quality is not Quality.LINK_ERROR]
+    return lines
+
+
+def _read_json(readings: Sequence[Reading], errors: Sequence[str], meter: Meter, port: str, *, single: bool) -> Any:
+    """What ``read --json`` prints; its shape depends on the command line, not on the outcome.
+
+    One ``--quantity``: one reading object (``meter, quantity, value, unit, timestamp, quality,
+    error_code, detail, ...``); several: a list of them, one per quantity asked, in order, a
+    failed one with ``"value": null`` and its ``quality`` and ``detail``. When no quantity at
+    all could be read (port missing, meter silent) the error object of :func:`_read_error`.
+    """
+    rows = [jsonout.reading_to_dict(r) for r in readings]
+    if not any(r.ok for r in readings):
+        cause = _first_cause(readings)
+        message = errors[0] if errors else f"meter {meter.address} on {port}: nothing was read"
+        return _read_error(message, meter, port, cause.quality.value if cause else None, rows)
+    return rows[0] if single else rows
+
+
+def _read_error(message: str, meter: Meter, port: str, quality: str | None,
+                rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``read --json``'s object when nothing could be read: ``error`` (the line also printed on
+    stderr), ``meter``, ``protocol``, ``port``, ``quality`` (of the first failure: link_error,
+    timeout, ...; null when the round itself failed) and ``readings`` (every quantity asked,
+    as above; empty when the round itself failed)."""
+    return {"error": message, "meter": meter.address, "protocol": meter.protocol, "port": port,
+            "quality": quality, "readings": rows}
+
+
+def _first_cause(readings: Sequence[Reading]) -> Reading | None:
+    """The failure that explains the others: the first one actually tried (a back-off only
+    follows a failure)."""
+    tried = (r for r in readings if not r.ok and r.quality is not Quality.BACKED_OFF)
+    return next(tried, None) or next((r for r in readings if not r.ok), None)
 
 
 def _link_reason(detail: str) -> str:
@@ -335,16 +404,17 @@ def scan_cmd(
         except TypeError:
             raise Failure(f"the {protocol} scan takes no option {', '.join(options)}", EXIT_USAGE) from None
 
-    async def scan() -> list[str]:
+    async def scan(progress: ScanProgress) -> list[str]:
         link = _transport(plugins, transport).create_link(channel)
         await link.open()
         try:
-            return await driver.scan(Bus(channel.name, link), timeout or per_address(settings), **options)
+            bus = Bus(channel.name, link, trace=progress.record)
+            return await driver.scan(bus, timeout or per_address(settings), **options)
         finally:
             await link.close()
 
-    with _user_errors():
-        found = asyncio.run(scan())
+    with _user_errors(), ScanProgress(f"scanning {port} ({protocol})", enabled=sys.stderr.isatty()) as progress:
+        found = asyncio.run(scan(progress))
     if as_json:
         click.echo(jsonout.dumps(found))
     else:
@@ -363,16 +433,25 @@ def _load_site(plugins: Plugins, path: str) -> Site:
         return load_site(path, drivers=plugins.meter_drivers(), transports=plugins.transports())
 
 
-def _run_once(site: Site, plugins: Plugins, *, progress: bool = True) -> Any:
+@attrs.frozen
+class _Once:
+    """One round's report and the channels that were down at its end (name: reason)."""
+
+    report: Any  #: the runtime's RoundReport
+    channel_errors: Mapping[str, str]
+
+
+def _run_once(site: Site, plugins: Plugins, *, progress: bool = True) -> _Once:
     from .runtime import Concentrator
     from .store import open_store
 
-    async def once() -> Any:
+    async def once() -> _Once:
         with open_store(site.store) as store, _Progress(enabled=progress) as bar:
             conc = Concentrator(site, plugins=plugins, store=store, progress=bar.update)
             await conc.open()
             try:
-                return await conc.run_round()
+                report = await conc.run_round()
+                return _Once(report, conc.channel_errors())
             finally:
                 await conc.close()
 
@@ -382,7 +461,10 @@ def _run_once(site: Site, plugins: Plugins, *, progress: bool = True) -> Any:
 
 @cli.command("run")
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--once", is_flag=True, help="Run one reading round, print it and exit 0 (failed meters are recorded, not fatal).")
+@click.option("--once", is_flag=True,
+              help="Run one reading round, print it and exit: 0 when every channel could be opened (failed meters are "
+                   f"recorded, not fatal); {EXIT_CHANNEL_DOWN} when a channel could not be opened (its meters are "
+                   "recorded as link_error).")
 @click.option("--json", "as_json", is_flag=True, help="With --once: the round's readings as JSON on stdout.")
 def run_cmd(config: str, once: bool, as_json: bool) -> None:
     """Run the concentrator on a site file."""
@@ -391,13 +473,24 @@ def run_cmd(config: str, once: bool, as_json: bool) -> None:
         raise Failure(f"{config}: no such file", EXIT_USAGE)
     site = _load_site(plugins, config)
     if once:
-        report = _run_once(site, plugins, progress=not as_json)
+        with _quiet("meterhub.runtime"):  # a channel-down warning would repeat the error line below
+            outcome = _run_once(site, plugins, progress=not as_json)
         if as_json:
-            click.echo(jsonout.dumps([jsonout.reading_to_dict(r) for r in report.readings], indent=2))
+            click.echo(jsonout.dumps([jsonout.reading_to_dict(r) for r in outcome.report.readings], indent=2))
         else:
-            _print_report(report, site)
+            _print_report(outcome.report, site)
+        _fail_if_channels_down(outcome.channel_errors)
         return
     _run_forever(site, plugins)
+
+
+def _fail_if_channels_down(channel_errors: Mapping[str, str]) -> None:
+    """A round in which a channel could not be opened is not a success: one line per channel,
+    then exit :data:`EXIT_CHANNEL_DOWN` (its readings are stored, as ``link_error``)."""
+    for name, reason in sorted(channel_errors.items()):
+        click.echo(f"error: channel {name} is down: {reason} (its meters are recorded as link_error)", err=True)
+    if channel_errors:
+        raise SystemExit(EXIT_CHANNEL_DOWN)
 
 
 def _run_forever(site: Site, plugins: Plugins) -> None:
@@ -412,8 +505,7 @@ def _run_forever(site: Site, plugins: Plugins) -> None:
 
         def progress(kind: str, info: dict[str, Any]) -> None:
             if kind == "round_finished":
-                click.echo(f"{datetime.now().isoformat(timespec='seconds')} round finished: "
-                           f"{info.get('ok', '?')} ok, {info.get('failed', '?')} failed", err=True)
+                click.echo(f"{datetime.now().isoformat(timespec='seconds')} {_round_line(info)}", err=True)
 
         with open_store(site.store) as store:
             conc = Concentrator(site, plugins=plugins, store=store, progress=progress)
@@ -433,7 +525,25 @@ def _run_forever(site: Site, plugins: Plugins) -> None:
 
 
 def _fmt_value(r: Reading) -> str:
-    return "" if r.value is None else str(r.value)
+    """A reading's value for people: a Decimal in plain digits (230, not 2.3E+2)."""
+    if r.value is None:
+        return ""
+    return jsonout.decimal_text(r.value) if isinstance(r.value, Decimal) else str(r.value)
+
+
+def _outcome_counts(ok: int, failed: int, backed_off: int) -> str:
+    """``98 ok, 1 failed, 11 backed off``; ``failed`` counts back-offs too, as RoundReport's
+    failed_count and the round_finished summary do, but a meter waiting out its back-off was
+    not tried, so the two are told apart."""
+    return f"{ok} ok, {failed - backed_off} failed, {backed_off} backed off"
+
+
+def _round_line(info: Mapping[str, Any]) -> str:
+    """``run``'s log line for a finished round, from the runtime's round_finished summary."""
+    ok, failed, backed_off = info.get("ok"), info.get("failed"), info.get("backed_off", 0)
+    if isinstance(ok, int) and isinstance(failed, int) and isinstance(backed_off, int):
+        return f"round finished: {_outcome_counts(ok, failed, backed_off)}"
+    return "round finished"
 
 
 class _Progress:
@@ -469,6 +579,62 @@ class _Progress:
             self._progress.update(self._task, advance=1, description=str(info.get("meter", "")))
 
 
+class ScanProgress:
+    """Queries sent and replies heard while a scan runs, with the time it has taken.
+
+    A Modbus sweep of 247 unit ids or a DL/T 645 search level of 100 queries at 2400 Bd
+    runs for minutes; this says it is alive. Fed by the bus's wire trace (``record`` is a
+    ``Bus(..., trace=...)`` callback): every "tx" record is a query, every "rx" one a reply
+    heard (an answer, or a collision of several). Which of them are meters the driver only
+    says at the end. Shown on stderr only while enabled: the caller enables it when stderr
+    is a terminal, so a pipe or a log never gets it, and stdout never does.
+    """
+
+    def __init__(self, title: str, *, enabled: bool, console: Any = None) -> None:
+        self.title = title
+        self.enabled = enabled
+        self.queries = 0
+        self.replies = 0
+        self._console = console
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> ScanProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("[bold]{task.fields[title]}"), TextColumn("{task.description}"),
+                TimeElapsedColumn(), console=self._console or Console(stderr=True), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.status(), total=None, title=self.title)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def record(self, record: Any) -> None:
+        """Count one :class:`meterhub.bus.WireRecord`."""
+        if record.direction == "tx":
+            self.queries += 1
+        elif record.direction == "rx":
+            self.replies += 1
+        if self._progress is not None:
+            self._progress.update(self._task, description=self.status())
+
+    def status(self) -> str:
+        """``37 queries sent, 2 replies``."""
+        return f"{_count(self.queries, 'query', 'queries')} sent, {_count(self.replies, 'reply', 'replies')}"
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _print_report(report: Any, site: Site, *, console: Any = None) -> None:
     """The round's readings, one section per meter, then the read statistics.
 
@@ -480,7 +646,8 @@ def _print_report(report: Any, site: Site, *, console: Any = None) -> None:
 
     console = console or Console()
     wide = console.width >= WIDE_TERMINAL
-    table = Table(title=f"readings ({report.ok_count} ok, {report.failed_count} failed)",
+    counts = _outcome_counts(report.ok_count, report.failed_count, report.backed_off_count)
+    table = Table(title=f"readings ({counts})",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     table.add_column("meter", no_wrap=True)
     table.add_column("quantity", no_wrap=True)
@@ -575,11 +742,19 @@ EXPORT_FIELDS = ("meter", "quantity", "value", "unit", "timestamp", "quality", "
 @cli.command("export")
 @click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="SQLite file written by meterhub.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), required=True)
-@click.option("--meter", default=None, help="Only this meter address.")
+@click.option("--meter", default=None, metavar="[CHANNEL/][PROTOCOL:]ADDRESS",
+              help="Only this meter: its address (refused, with the candidates, when meters of several protocols or "
+                   "channels share it), PROTOCOL:ADDRESS (modbus:1) or CHANNEL/PROTOCOL:ADDRESS (bus1/modbus:1), "
+                   "as the read statistics name it.")
+@click.option("--protocol", default=None, help="Only meters of this protocol (dlt645, modbus, mbus, ...).")
+@click.option("--channel", default=None, help="Only meters on this channel of the site file.")
 @click.option("--quantity", default=None, help="Only this quantity (OBIS code or alias).")
-@click.option("--since", default=None, help="Only readings at or after this ISO timestamp.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Only readings at or after TIME: a date (2026-12-02, from midnight) or an ISO time "
+                   "(2026-12-02T17:22:20), in local time unless it carries an offset (+08:00, Z).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
-def export_cmd(db: str, fmt: str, meter: str | None, quantity: str | None, since: str | None, output: str) -> None:
+def export_cmd(db: str, fmt: str, meter: str | None, protocol: str | None, channel: str | None, quantity: str | None,
+               since: str | None, output: str) -> None:
     """Export readings from the store as CSV or JSON."""
     from .store import open_store
 
@@ -587,12 +762,12 @@ def export_cmd(db: str, fmt: str, meter: str | None, quantity: str | None, since
         raise Failure(f"{db}: no such file", EXIT_USAGE)
     with _user_errors():
         obis = resolve(quantity).obis if quantity else None
-    try:
-        since_dt = datetime.fromisoformat(since) if since else None
-    except ValueError:
-        raise Failure(f"--since: not an ISO timestamp: {since!r}", EXIT_USAGE) from None
+    since_dt = parse_since(since) if since is not None else None
+    wanted = MeterFilter.parse(meter, protocol=protocol, channel=channel)
     with _user_errors(), open_store(f"sqlite:///{os.path.abspath(db)}") as store:
-        readings = store.readings(meter=meter, quantity=obis, since=since_dt)
+        wanted = wanted.resolve(store)
+        readings = store.readings(meter=wanted.address, protocol=wanted.protocol, channel=wanted.channel,
+                                  quantity=obis, since=since_dt)
     rows = [jsonout.reading_to_dict(r) for r in readings]
     out = click.open_file(output, "w", encoding="utf-8")
     with out:
@@ -607,11 +782,74 @@ def export_cmd(db: str, fmt: str, meter: str | None, quantity: str | None, since
         click.echo(f"{len(rows)} reading(s) written to {output}", err=True)
 
 
+def parse_since(text: str) -> datetime:
+    """``--since`` as an aware UTC time: a date (its local midnight), a naive ISO time (local
+    wall-clock time, as the user reads it on the gateway) or an ISO time with an offset.
+    Anything else is a usage error naming the forms accepted."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            moment = moment.astimezone()  # a naive time is the local time of this machine
+        return moment.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 shifted out of range
+        raise Failure(f"--since {text!r}: expected a date or ISO time, e.g. 2026-12-02, 2026-12-02T17:22:20 (local) "
+                      "or 2026-12-02T17:22:20+08:00", EXIT_USAGE) from None
+
+
+@attrs.frozen
+class MeterFilter:
+    """Which meter(s) ``export`` keeps: any part may be open (None).
+
+    A meter is named unambiguously by ``channel/protocol:address`` (stats.meter_key): Modbus
+    unit 1 and M-Bus primary address 1 share an address on one mixed bus, and unit 1 may
+    exist on two buses. A bare address is fine while the store holds one meter with it.
+    """
+
+    address: str | None = None
+    protocol: str | None = None
+    channel: str | None = None
+    spelled: str = ""  #: the --meter text, for messages
+
+    @classmethod
+    def parse(cls, meter: str | None, *, protocol: str | None = None, channel: str | None = None) -> MeterFilter:
+        """``--meter [CHANNEL/][PROTOCOL:]ADDRESS`` together with ``--protocol`` and ``--channel``;
+        a usage error when the parts are empty or contradict each other."""
+        if meter is None:
+            return cls(None, protocol, channel)
+        # addresses hold neither "/" nor ":"; a channel name is whatever precedes the last "/"
+        in_channel, slash, rest = meter.strip().rpartition("/")
+        in_protocol, colon, address = rest.rpartition(":")
+        if not address or (slash and not in_channel) or (colon and not in_protocol):
+            raise Failure(f"--meter {meter!r}: expected ADDRESS, PROTOCOL:ADDRESS or CHANNEL/PROTOCOL:ADDRESS "
+                          "(e.g. 1, modbus:1, bus1/modbus:1)", EXIT_USAGE)
+        for option, given, named in (("--protocol", protocol, in_protocol), ("--channel", channel, in_channel)):
+            if given is not None and named and given != named:
+                raise Failure(f"--meter {meter!r} and {option} {given!r} name different meters", EXIT_USAGE)
+        return cls(address, protocol or in_protocol or None, channel or in_channel or None, meter)
+
+    def resolve(self, store: Store) -> MeterFilter:
+        """Pin an address to the one stored meter it names; a usage error listing the
+        candidates when it names several (their readings would be mixed)."""
+        if self.address is None:
+            return self
+        candidates = store.meters(meter=self.address, protocol=self.protocol, channel=self.channel)
+        if len(candidates) > 1:
+            keys = ", ".join(c.key for c in candidates)
+            raise Failure(f"--meter {self.spelled!r} names {len(candidates)} meters: {keys}; "
+                          "give one of them as CHANNEL/PROTOCOL:ADDRESS", EXIT_USAGE)
+        if not candidates:
+            return self
+        only = candidates[0]
+        return attrs.evolve(self, protocol=only.protocol, channel=only.channel)
+
+
 def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return jsonout.decimal_text(value)  # 230, not 2.3E+2
     return value
 
 
@@ -792,7 +1030,7 @@ def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool) ->
                 import time
 
                 time.sleep(interval)
-            report = _run_once(site, plugins)
+            report = _run_once(site, plugins).report
         assert report is not None
         _print_report(report, site)
         click.echo(f"readings stored in {db}; try: meterhub export --db {db} --format csv", err=True)

@@ -17,10 +17,21 @@ from typing import Any
 from .model import Reading
 
 
+def decimal_text(value: Decimal) -> str:
+    """A Decimal's exact digits in plain positional notation, never an exponent.
+
+    ``Decimal("2.3E+2")`` (a float register's 230.0) is ``230``, ``Decimal("1E-7")`` is
+    ``0.0000001``: the same value and every digit, in the form people and spreadsheets
+    read. JSON, CSV and the terminal all show values through this one function.
+    NaN and infinities have no digits and keep their names.
+    """
+    return format(value, "f") if value.is_finite() else str(value)
+
+
 def _emit(obj: Any, indent: int | None, level: int) -> str:
     if isinstance(obj, Decimal):
         # Digits exactly as read from the meter; JSON has no NaN/Infinity, so those stay strings.
-        return format(obj, "f") if obj.is_finite() else json.dumps(str(obj))
+        return decimal_text(obj) if obj.is_finite() else json.dumps(str(obj))
     if isinstance(obj, datetime):
         return json.dumps(obj.isoformat())
     if isinstance(obj, enum.Enum):

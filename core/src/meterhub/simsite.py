@@ -9,6 +9,7 @@ from typing import Any
 
 import attrs
 
+from .config import POINT_RANGE
 from .model import SerialSettings
 from .simulator import Fault, PtyBus, as_fault
 
@@ -125,19 +126,35 @@ def _device(devices: Sequence[Any], key: str) -> Any:
 
 
 def site_text(buses: Mapping[str, SimBus], *, store: str, interval: str = "15m", retries: int = 2) -> str:
-    """A site file (YAML, one flow mapping per line) that reads every meter of ``buses``."""
+    """A site file (YAML, one flow mapping per line) that reads every meter of ``buses``.
+
+    It always loads: meters are numbered with measuring points only while the numbers last
+    (see :func:`_points_comment`), since a point is optional and the loader refuses one
+    outside :data:`~meterhub.config.POINT_RANGE`.
+    """
     lines = ["# written by meterhub for simulated meters; every key is explained in examples/site.yaml", "channels:"]
     for name, sim in buses.items():
         s = sim.settings
         lines.append(f"  {name}: {{transport: rs485, port: {sim.port}, baudrate: {s.baudrate}, parity: {s.parity}, "
                      f"bytesize: {s.bytesize}, stopbits: {_number(s.stopbits)}}}")
-    lines.append("meters:")
-    point = 0
+    count = sum(len(sim.entries) for sim in buses.values())
+    lines += [f"# {_points_comment(count)}", "meters:"]
+    numbers = iter(range(POINT_RANGE[0], POINT_RANGE[1] + 1))
     for name, sim in buses.items():
         for entry in sim.entries:
-            point += 1
-            meter = {"address": entry["address"], "channel": name, "point": point,
+            point = next(numbers, None)
+            meter = {"address": entry["address"], "channel": name, **({"point": point} if point is not None else {}),
                      **{k: v for k, v in entry.items() if k != "address"}}
             lines.append(f"  - {json.dumps(meter, ensure_ascii=False)}")
     lines += ["schedule:", f"  interval: {interval}", f"  retries: {retries}", f"store: {store}"]
     return "\n".join(lines) + "\n"
+
+
+def _points_comment(count: int) -> str:
+    """What the generated file says about its measuring points."""
+    first, last = POINT_RANGE
+    if count <= last - first + 1:
+        return f"point: the measuring point number (uplink pn, optional), {first}..{first + count - 1} in order"
+    numbered = last - first + 1
+    return (f"point: the measuring point number (uplink pn, optional): only {first}..{last} exist (Q/GDW 1376.1), "
+            f"so the first {numbered} meters have one and the other {count - numbered} have none")

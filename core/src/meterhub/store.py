@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
+
 from .errors import MeterhubError
 from .model import Event, Quality, Reading
 
@@ -91,6 +93,21 @@ class StoreError(MeterhubError):
     """The store cannot be opened or a write to it failed (nothing was written)."""
 
 
+@attrs.frozen
+class MeterIdentity:
+    """What tells a stored meter apart: its channel, protocol and address."""
+
+    channel: str
+    protocol: str
+    meter: str
+
+    @property
+    def key(self) -> str:
+        """``channel/protocol:address``, as read statistics name a meter (see stats.meter_key)."""
+        name = f"{self.protocol}:{self.meter}" if self.protocol else self.meter
+        return f"{self.channel}/{name}" if self.channel else name
+
+
 class Store(Protocol):
     """What the concentrator and the CLI need from a store (SQLite today)."""
 
@@ -107,7 +124,13 @@ class Store(Protocol):
         quantity: str | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        protocol: str | None = None,
+        channel: str | None = None,
     ) -> list[Reading]: ...
+
+    def meters(
+        self, *, meter: str | None = None, protocol: str | None = None, channel: str | None = None
+    ) -> list[MeterIdentity]: ...
 
     def events(
         self,
@@ -370,10 +393,35 @@ class SqliteStore:
         quantity: str | None = None,
         since: datetime | None = None,
         limit: int | None = None,
+        protocol: str | None = None,
+        channel: str | None = None,
     ) -> list[Reading]:
-        """Stored readings, oldest first; ``since`` is inclusive, ``limit`` keeps the first N."""
-        rows = self._select("readings", since=since, limit=limit, meter=meter, quantity=quantity)
+        """Stored readings, oldest first; ``since`` is inclusive, ``limit`` keeps the first N.
+
+        ``meter`` is an address alone; the same address can name several meters (Modbus
+        unit 1 and M-Bus primary address 1 on one bus, unit 1 on two buses), which
+        ``protocol`` and ``channel`` tell apart. Every filter runs in the query.
+        """
+        rows = self._select("readings", since=since, limit=limit, meter=meter, quantity=quantity,
+                            protocol=protocol, channel=channel)
         return [_reading_from_row(row) for row in rows]
+
+    def meters(
+        self, *, meter: str | None = None, protocol: str | None = None, channel: str | None = None
+    ) -> list[MeterIdentity]:
+        """The distinct meters with stored readings, sorted, filtered like :meth:`readings`:
+        what a bare address may mean before it is used as a filter."""
+        equal = [(column, value) for column, value in (("meter", meter), ("protocol", protocol), ("channel", channel))
+                 if value is not None]
+        sql = "SELECT DISTINCT channel, protocol, meter FROM readings"
+        if equal:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column, _ in equal)
+        sql += " ORDER BY channel, protocol, meter"
+        try:
+            rows = self._conn.execute(sql, [value for _, value in equal]).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read meters from store {self.url}: {exc}") from exc
+        return [MeterIdentity(row["channel"], row["protocol"], row["meter"]) for row in rows]
 
     def events(
         self,

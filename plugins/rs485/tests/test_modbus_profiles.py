@@ -329,6 +329,21 @@ def test_a_float32_one_step_off_keeps_its_extra_digits():
     assert value.quantize(Decimal("0.1")) == Decimal("230.2")
 
 
+def test_a_whole_float_is_read_without_an_exponent():
+    # 43 66 00 00 is exactly 230.0; its shortest text "2.3e+02" must not become Decimal("2.3E+2"),
+    # which CSV, `meterhub read` and str() would all print as 2.3E+2
+    value = decode_point(_point("f32"), [0x4366, 0x0000])
+    assert str(value) == "230" and value == Decimal("230.0")
+    assert str(decode_point(_point("f32"), [0x4248, 0x0000])) == "50"  # 50.0 Hz
+    assert str(decode_point(_point("f64"), encode_raw("f64", 1e16))) == "10000000000000000"  # repr: 1e+16
+    assert str(decode_point(_point("u16", scale="1E+1"), [23])) == "230"  # a scale written 1e1
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_a_float64_never_has_a_positive_exponent(value):
+    assert decode_point(_point("f64"), encode_raw("f64", value)).as_tuple().exponent <= 0
+
+
 def test_word_and_byte_order_are_honoured():
     abcd = [0x4366, 0x3333]
     assert decode_point(_point("f32", word="little"), [0x3333, 0x4366]) == Decimal("230.2")  # CDAB
@@ -391,7 +406,8 @@ def test_the_shortest_text_of_a_float32_is_the_same_float32(value):
     registers = encode_raw("f32", value)
     decoded = decode_point(point, registers)
     assert struct.pack(">f", float(decoded)) == struct.pack(">f", value)
-    assert len(decoded.as_tuple().digits) <= 9
+    assert len(decoded.normalize().as_tuple().digits) <= 9  # significant digits (230 has two)
+    assert decoded.as_tuple().exponent <= 0  # positional: 3.4E+38 is written out in full
 
 
 @given(st.floats(allow_nan=False, allow_infinity=False))

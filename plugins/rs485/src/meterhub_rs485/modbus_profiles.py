@@ -289,23 +289,32 @@ def _float32_text(value: float) -> str:
     return repr(value)  # unreachable: 9 significant digits always round-trip a float32
 
 
+def _positional(value: Decimal) -> Decimal:
+    """``value`` with no positive exponent: the shortest text of a float32 230.0 is
+    ``2.3e+02``, whose Decimal would print as ``2.3E+2``; this gives ``230``. Built from
+    its own digits (no context rounding), so the value and every digit stay the same."""
+    exponent = value.as_tuple().exponent  # an int for every finite value
+    return Decimal(format(value, "f")) if isinstance(exponent, int) and exponent > 0 else value
+
+
 def decode_point(point: Point, registers: Sequence[int]) -> Decimal:
     """The exact value of ``point`` held by ``registers``.
 
     Integers are scaled exactly (raw 23012 with scale 0.01 is 230.12); an f32 becomes the
-    Decimal of its shortest round-tripping text, an f64 of ``repr``, then is scaled. A raw
-    value the profile lists as ``invalid`` and a NaN or infinity raise NotSupported: the
-    meter has no value for it right now.
+    Decimal of its shortest round-tripping text, an f64 of ``repr``, then is scaled. The
+    result never carries a positive exponent (230, not 2.3E+2). A raw value the profile
+    lists as ``invalid`` and a NaN or infinity raise NotSupported: the meter has no value
+    for it right now.
     """
     raw = decode_raw(point.dtype, registers, point.word_order, point.byte_order)
     if isinstance(raw, float):
         if not math.isfinite(raw):
             raise NotSupported(f"{point.obis}: the meter reports {raw} (no value)")
         text = _float32_text(raw) if point.dtype == "f32" else repr(raw)
-        return Decimal(text) * point.scale
+        return _positional(Decimal(text) * point.scale)
     if raw in point.invalid:
         raise NotSupported(f"{point.obis}: the meter reports raw value {raw:#x}, which its profile marks 'not available'")
-    return Decimal(raw) * point.scale
+    return _positional(Decimal(raw) * point.scale)
 
 
 def encode_point(point: Point, value: Decimal | int | str) -> list[int]:
