@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import select
 import shutil
@@ -60,13 +62,21 @@ class Client:
         self.sock.close()
 
 
+@contextlib.contextmanager
+def serving(**options):
+    """The server with the simulated backend on 127.0.0.1, stopped afterwards."""
+    backend = SimBackend({1: 17, 2: 27})
+    try:
+        with serve_in_thread(PulseGenerator(backend, Identity(serial="T1", firmware="test")), **options) as running:
+            yield running
+    finally:
+        backend.close()
+
+
 @pytest.fixture
 def server():
-    backend = SimBackend({1: 17, 2: 27})
-    running = serve_in_thread(PulseGenerator(backend, Identity(serial="T1", firmware="test")))
-    yield running
-    running.stop()
-    backend.close()
+    with serving() as running:
+        yield running
 
 
 @pytest.fixture
@@ -177,6 +187,94 @@ def test_counts_on_both_channels_at_once(connect):
     assert client.query("*OPC?;SOUR1:PULS:SENT?;:SOUR2:PULS:SENT?") == "1;300;200"
 
 
+# --- what a client can hold of the server ---------------------------------------------------
+
+LONG_BURST = "SOUR1:PULS:FREQ 1;COUN 100000;:OUTP1 ON;:INIT1"  # a day of pulses: it outlasts any test
+
+
+def open_fds() -> int:
+    """File descriptors open in this process, the server's sockets among them."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def server_tasks(server) -> int:
+    """asyncio tasks alive on the server's loop, apart from the one that counts them."""
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    return asyncio.run_coroutine_threadsafe(count(), server.loop).result(DEADLINE_S)
+
+
+def eventually(condition, what: str) -> None:
+    """Wait until ``condition()`` holds; the deadline only turns a hang into a failure."""
+    limit = time.monotonic() + DEADLINE_S
+    while not condition():
+        assert time.monotonic() < limit, what
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files in /proc/self/fd (Linux)")
+def test_clients_that_leave_during_opc_release_their_task_and_socket():
+    leaving = 200
+    with serving(max_clients=leaving + 2) as server, contextlib.ExitStack() as stack:
+        control = Client(server.address)
+        stack.callback(control.close)
+        control.write(LONG_BURST)
+        assert control.query("OUTP1?") == "1"
+        fds, tasks = open_fds(), server_tasks(server)
+        clients = [Client(server.address) for _ in range(leaving)]
+        for client in clients:
+            stack.callback(client.close)
+            client.write("*OPC?")
+        # both ends of every connection are in this process: every client is accepted
+        eventually(lambda: open_fds() >= fds + 2 * leaving, "the server never accepted every client")
+        for client in clients:
+            client.close()
+        eventually(lambda: open_fds() <= fds and server_tasks(server) <= tasks,
+                   f"still {open_fds() - fds} sockets and {server_tasks(server) - tasks} tasks over the baseline")
+        newcomer = Client(server.address)
+        stack.callback(newcomer.close)
+        assert newcomer.query("*IDN?").startswith("meterhub,")
+        assert control.query("SOUR1:PULS:SENT?") != "100000"  # the burst still runs
+
+
+def test_a_client_that_closes_its_side_during_opc_is_closed_without_an_answer(connect):
+    waiter = connect()
+    waiter.write(LONG_BURST)
+    waiter.write("*OPC?")
+    waiter.sock.shutdown(socket.SHUT_WR)
+    assert waiter.sock.recv(100) == b""  # the server closed the connection; the burst runs on
+    assert connect().query("SOUR1:PULS:SENT?") != "100000"
+
+
+def test_commands_sent_during_a_wait_run_after_it(connect):
+    waiter, other = connect(), connect()
+    waiter.write(LONG_BURST)
+    waiter.write("*WAI")
+    waiter.write("SOUR1:PULS:SENT?")
+    waiter.write("*OPC?")
+    assert not waiter.has_answer(0.3)  # still held: the burst runs
+    other.write("ABOR1")
+    assert 1 <= int(waiter.readline()) < 100000
+    assert waiter.readline() == "1"
+
+
+def test_clients_over_the_limit_are_closed_and_a_freed_place_is_taken_again():
+    with serving(max_clients=2) as server, contextlib.ExitStack() as stack:
+        def connect() -> Client:
+            client = Client(server.address)
+            stack.callback(client.close)
+            return client
+
+        first, second = connect(), connect()
+        assert first.query("*IDN?").startswith("meterhub,") and second.query("*IDN?").startswith("meterhub,")
+        assert connect().sock.recv(100) == b""  # the third is closed at once
+        first.close()
+        eventually(lambda: server.server.clients == 1, "the first client's place was never freed")
+        assert connect().query("*IDN?").startswith("meterhub,")
+        assert second.query("*IDN?").startswith("meterhub,")
+
+
 # --- the command line ---------------------------------------------------------------------
 
 
@@ -247,8 +345,12 @@ def test_the_command_serves_until_interrupted():
 
 
 def test_the_command_stops_on_sigterm_with_the_options_applied():
-    with Command("--no-mdns", "--time-scale", "100", "--channels", "1=5,3=6") as server:
+    with Command("--no-mdns", "--time-scale", "100", "--channels", "1=5,3=6", "--max-clients", "1") as server:
         client = server.connect()
+        assert client.query("*IDN?").startswith("meterhub,")
+        second = server.connect()
+        assert second.sock.recv(100) == b""  # one client at a time
+        second.close()
         client.write("SOUR3:PULS:FREQ 10;COUN 300;:OUTP3 ON;:INIT3")  # 30 s of pulses at time scale 100
         assert client.query("*OPC?;SOUR3:PULS:SENT?") == "1;300"
         client.write("SOUR2:PULS:FREQ?")  # channels are 1 and 3 here
@@ -256,6 +358,7 @@ def test_the_command_stops_on_sigterm_with_the_options_applied():
         client.close()
         assert server.stop(signal.SIGTERM) == 0, server.stderr
     assert "1=GPIO5, 3=GPIO6" in server.stderr
+    assert "refused: 1 clients are connected" in server.stderr
     assert "mDNS" not in server.stderr
 
 
