@@ -180,6 +180,36 @@ def test_reply_from_another_meter_is_not_taken():
         _read(Dlt645Driver(), peer, "energy_import", timeout=SILENCE)
 
 
+def test_an_answer_for_another_di_is_passed_over_for_the_right_one_behind_it():
+    # A late answer to an earlier read (energy) arrives just before the answer to this one
+    # (voltage): it is not this request's answer, and the right one is taken.
+    peer = LoopbackMeter(registers={
+        0x00010000: encode_value(ITEMS[0x00010000], Decimal("1234.56")),
+        0x02010100: encode_value(ITEMS[0x02010100], Decimal("229.8")),
+    })
+    stale = dlt645.encode(dlt645.read_reply(ADDRESS, 0x00010000, peer.registers[0x00010000]), preamble=2)
+    peer.wrap = lambda wire: stale + wire
+    assert _read(Dlt645Driver(), peer, "voltage_l1") == Measurement(Decimal("229.8"), "V")
+
+
+def test_an_answer_for_another_di_alone_is_no_answer():
+    peer = LoopbackMeter(registers={0x00010000: encode_value(ITEMS[0x00010000], Decimal("1234.56"))})
+    peer.answer = lambda request: dlt645.read_reply(ADDRESS, 0x00010000, peer.registers[0x00010000])
+    with pytest.raises(UnexpectedReply, match="unexpected reply"):
+        _read(Dlt645Driver(), peer, "voltage_l1", timeout=SILENCE)
+
+
+def test_a_follow_up_frame_with_the_wrong_number_is_passed_over():
+    item = DataItem(0x04A00001, "vendor energy", "XXXXXX.XX", "kWh", obis="1-0:1.8.0")
+    driver = Dlt645Driver(name="acme-dlt645", extra_items=[item])
+    peer = LoopbackMeter(registers={item.di: encode_value(item, Decimal("8765.43"))})
+    peer.chunk = 2  # B1 with two bytes, then follow-up 1 (92h) with the last two
+    # a stale follow-up frame (number 7, from some earlier read) comes first
+    repeat = dlt645.encode(dlt645.followup_reply(ADDRESS, item.di, b"\x00\x00", 7, more=False), preamble=2)
+    peer.wrap = lambda wire: (repeat + wire) if dlt645.decode(wire[2:]).function == Control.READ_FOLLOWUP else wire
+    assert _read(driver, peer, "1-0:1.8.0").value == Decimal("8765.43")
+
+
 def test_noise_around_the_reply_is_skipped():
     peer = _energy_meter("0.26")
     peer.wrap = lambda wire: b"\x00\x68\x12" + wire + b"\x68\x55"

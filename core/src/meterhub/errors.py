@@ -35,8 +35,20 @@ class LinkError(MeterhubError):
     """A link (serial port, socket, module) cannot be opened or has failed."""
 
 
+class LineJammed(LinkError):
+    """The line never fell quiet long enough to send: something keeps transmitting (a
+    babbling device, a transceiver stuck in transmit, a wiring fault). The line is to
+    blame, not the meter that was about to be asked."""
+
+
 class MeterTimeout(MeterhubError):
     """The meter did not answer within its timeout."""
+
+
+class NotAttempted(MeterhubError):
+    """A request a driver did not send because the meter left an earlier one of the same
+    call unanswered (a batching driver reading several blocks). The runtime tries it again
+    with the meter's retries, and records it as not tried if the meter stays silent."""
 
 
 class MeterError(MeterhubError):

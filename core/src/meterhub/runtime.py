@@ -21,14 +21,16 @@ from typing import Any
 import attrs
 
 from .api import Link, MeterDriver
-from .bus import Bus
+from .bus import Bus, LateAnswer
 from .errors import (
     ChecksumError,
     CommandRefused,
     FrameError,
+    LineJammed,
     LinkError,
     MeterError,
     MeterTimeout,
+    NotAttempted,
     NotSupported,
     UnexpectedReply,
     UnknownQuantity,
@@ -56,6 +58,11 @@ CLOCK_SLACK_S = 1e-3
 _MAX_DOUBLINGS = 64
 
 DETAIL_SILENT = "not tried: meter did not answer"
+DETAIL_LATE = "not tried: meter answers too late"
+
+#: Failures worth another attempt within the round: silence, a damaged frame, a request
+#: the driver did not get to send because the meter was silent before it.
+RETRYABLE = (MeterTimeout, FrameError, NotAttempted)
 
 ProgressCallback = Callable[[str, dict[str, Any]], None]
 
@@ -113,6 +120,8 @@ class _Channel:
     bus: Bus | None = None
     error: str = ""  #: why the channel is down; empty while it is up or never tried
     down: bool = False
+    jammed: bool = False  #: the line was found jammed (LineJammed) and has not carried a round since
+    failure: LinkError | None = None  #: the link error of the meter being read, if any
 
 
 @attrs.define
@@ -123,6 +132,7 @@ class _Round:
     started: datetime
     book: StatsBook
     readings: dict[int, list[Reading]] = attrs.field(factory=dict)  #: by meter index in the site
+    late: dict[str, LateAnswer] = attrs.field(factory=dict)  #: the first late answer per meter label
 
 
 _FAILURE_QUALITY: tuple[tuple[type[BaseException], Quality], ...] = (
@@ -131,6 +141,11 @@ _FAILURE_QUALITY: tuple[tuple[type[BaseException], Quality], ...] = (
     (UnexpectedReply, Quality.UNEXPECTED_REPLY),
     (FrameError, Quality.FRAME_ERROR),
 )
+
+
+def _meter_source(meter: Meter) -> str:
+    """A meter as events and statistics name it (:func:`meterhub.stats.meter_key`)."""
+    return f"{meter.channel}/{meter.protocol}:{meter.address}"
 
 
 def _quality_for(exc: BaseException) -> Quality:
@@ -349,16 +364,38 @@ class Concentrator:
                 self._finish_meter(index, meter, self._all(meter, Quality.LINK_ERROR, f"channel {name!r} is not configured"), rnd)
             return
         await self._open_channel(ch)
+        jam = ""  # the line is jammed: the rest of this round's meters are not tried
         for index, meter in meters:
             if ch.bus is None:
                 readings = self._all(meter, Quality.LINK_ERROR, f"channel {name} is down: {ch.error}")
+            elif jam:
+                readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam}", channel=ch.name)
             else:
+                ch.failure = None
                 readings = await self._read_meter(ch, index, meter, rnd)
-                broken = next((r for r in readings if r.quality is Quality.LINK_ERROR), None)
-                if broken is not None:  # the port went away mid-round: reopen next round
+                if isinstance(ch.failure, LineJammed):
+                    # The line's fault, not this meter's nor the port's: keep the port
+                    # open, spare the other meters a wait each, try again next round.
+                    jam = str(ch.failure)
+                    self._line_jammed(ch, jam)
+                elif (broken := next((r for r in readings if r.quality is Quality.LINK_ERROR), None)) is not None:
+                    # the port went away mid-round: reopen next round
                     await self._drop_link(ch)
                     self._channel_down(ch, broken.detail)
             self._finish_meter(index, meter, readings, rnd)
+        if ch.jammed and not jam and ch.bus is not None:
+            ch.jammed = False
+            log.warning("channel %s: the line is clear again", ch.name)
+            self._raise_event(Event("line_clear", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
+
+    def _line_jammed(self, ch: _Channel, reason: str) -> None:
+        """A channel-level event: the line, not a meter, failed this round."""
+        self._report("channel_down", {"channel": ch.name, "reason": reason})
+        if not ch.jammed:
+            ch.jammed = True
+            log.warning("channel %s: %s", ch.name, reason)
+            self._raise_event(Event("line_jammed", source=ch.name, severity="warning",
+                                    data={"channel": ch.name, "port": ch.config.port, "reason": reason}))
 
     async def _read_meter(self, ch: _Channel, index: int, meter: Meter, rnd: _Round) -> list[Reading]:
         """Every quantity of one meter, unless it is backed off.
@@ -385,26 +422,31 @@ class Concentrator:
             return self._all(meter, Quality.DRIVER_ERROR, f"{type(exc).__name__}: {exc}", channel=ch.name)
         retries = meter.retries if meter.retries is not None else self.site.schedule.retries
         if callable(getattr(driver, "read_many", None)):
-            return await self._read_batched(ch, driver, meter, timeout, retries)
+            return await self._read_batched(ch, driver, meter, timeout, retries, rnd)
         readings: list[Reading] = []
-        answered = silent = False
+        answered = False
+        skip = ""  # why the remaining quantities are not tried (silent or late meter)
         link_error = ""
         for name in meter.quantities:
             if link_error:
                 readings.append(self._failed(meter, name, Quality.LINK_ERROR, link_error, channel=ch.name))
                 continue
-            if silent:
-                readings.append(self._failed(meter, name, Quality.BACKED_OFF, DETAIL_SILENT, channel=ch.name))
+            if skip:
+                readings.append(self._failed(meter, name, Quality.BACKED_OFF, skip, channel=ch.name))
                 continue
-            reading, all_timeouts = await self._read_quantity(ch, driver, meter, name, timeout, retries)
+            reading, all_timeouts, late = await self._read_quantity(ch, driver, meter, name, timeout, retries, rnd)
             readings.append(reading)
             if reading.quality in ANSWERED:
                 answered = True
             elif reading.quality is Quality.LINK_ERROR:
                 link_error = reading.detail
+            elif late:
+                # It answers, but after we gave up: each further request would cost a
+                # timeout and a guard for nothing.
+                skip = DETAIL_LATE
             elif all_timeouts and not answered:
                 # Every attempt went unanswered: don't spend the retries again on the rest.
-                silent = True
+                skip = DETAIL_SILENT
         return readings
 
     def _timeout(self, driver: MeterDriver, meter: Meter, ch: _Channel) -> float:
@@ -412,14 +454,48 @@ class Concentrator:
             return meter.timeout
         return float(driver.transaction_timeout(meter.settings or ch.config.settings))
 
+    async def _settle(self, ch: _Channel, meter: Meter, rnd: _Round) -> tuple[list[LateAnswer], LinkError | None]:
+        """Let the bus listen out the late-answer guard of the meter's last request, if it
+        went unanswered; the late answers heard are this meter's (one meter at a time per
+        channel), and each is an event."""
+        assert ch.bus is not None
+        try:
+            late = await ch.bus.settle()
+        except LinkError as exc:
+            return [], exc
+        source = _meter_source(meter)
+        for answer in late:
+            if rnd.late.get(source) is None:
+                rnd.late[source] = answer
+                self._raise_event(Event(
+                    "late_answer", source=source, severity="warning",
+                    data={"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel,
+                          "timeout": round(answer.timeout, 3), "answered_after": round(answer.after, 3)},
+                ))
+                log.warning("meter %s answered %.3f s after its request, later than its %.3f s timeout; its answer "
+                            "was dropped (raise its timeout: above %.2f s)", source, answer.after, answer.timeout,
+                            answer.after)
+        return late, None
+
+    @staticmethod
+    def _late_timeout(outcome: BaseException, late: Sequence[LateAnswer]) -> MeterTimeout:
+        """The failure of an attempt whose answer came after it was given up: a timeout,
+        whatever the window saw, saying how late the meter was."""
+        answer = max(late, key=lambda a: a.after)
+        return MeterTimeout(
+            f"no answer within {answer.timeout:.3f} s; it came {answer.after:.3f} s after the request and was "
+            f"dropped (give this meter a timeout above {answer.after:.2f} s)"
+        )
+
     async def _read_quantity(
-        self, ch: _Channel, driver: MeterDriver, meter: Meter, name: str, timeout: float, retries: int
-    ) -> tuple[Reading, bool]:
-        """One quantity with bounded retries; also says whether every attempt timed out."""
+        self, ch: _Channel, driver: MeterDriver, meter: Meter, name: str, timeout: float, retries: int, rnd: _Round
+    ) -> tuple[Reading, bool, bool]:
+        """One quantity with bounded retries; also says whether every attempt timed out
+        and whether the meter answered after it had been given up (late)."""
         try:
             quantity = resolve(name)
         except UnknownQuantity as exc:
-            return self._failed(meter, name, Quality.NOT_SUPPORTED, str(exc), channel=ch.name), False
+            return self._failed(meter, name, Quality.NOT_SUPPORTED, str(exc), channel=ch.name), False, False
         assert ch.bus is not None
         attempts = 0
         timeouts = 0
@@ -430,15 +506,24 @@ class Concentrator:
                 outcome: Measurement | Exception = await driver.read(ch.bus, meter, quantity, timeout)
             except Exception as exc:  # classified below: a driver bug must cost one reading, not the round
                 outcome = exc
-            if isinstance(outcome, (MeterTimeout, FrameError)):
+            latency = time.monotonic() - started
+            late, link_error = await self._settle(ch, meter, rnd)
+            late_now = bool(late) and isinstance(outcome, RETRYABLE)
+            if late_now:
+                outcome = self._late_timeout(outcome, late)  # type: ignore[arg-type]
+            elif link_error is not None and isinstance(outcome, Exception):
+                outcome = link_error
+            if isinstance(outcome, LinkError):
+                ch.failure = outcome
+            if isinstance(outcome, RETRYABLE):
                 timeouts += isinstance(outcome, MeterTimeout)
-                if attempts <= retries:
+                if attempts <= retries and not late_now:
                     continue
-            reading = self._outcome(meter, quantity, outcome, ch.name, attempts, time.monotonic() - started)
-            return reading, bool(timeouts) and timeouts == attempts
+            reading = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
+            return reading, bool(timeouts) and timeouts == attempts, late_now
 
     async def _read_batched(
-        self, ch: _Channel, driver: MeterDriver, meter: Meter, timeout: float, retries: int
+        self, ch: _Channel, driver: MeterDriver, meter: Meter, timeout: float, retries: int, rnd: _Round
     ) -> list[Reading]:
         """Every quantity of a meter through the driver's ``read_many`` (one Modbus request
         for neighbouring registers, one M-Bus telegram for all records), retrying only the
@@ -462,9 +547,20 @@ class Concentrator:
             except Exception as exc:  # a LinkError or a driver bug: the same outcome for every quantity asked
                 outcomes = [exc] * len(pending)
             latency = time.monotonic() - started
+            late, link_error = await self._settle(ch, meter, rnd)
+            failed = [o for o in outcomes if isinstance(o, RETRYABLE)]
+            if late and failed:
+                timed_out = self._late_timeout(failed[0], late)
+                skipped = NotAttempted(DETAIL_LATE.removeprefix("not tried: "))
+                outcomes = [timed_out if isinstance(o, (MeterTimeout, FrameError)) else skipped if isinstance(o, NotAttempted)
+                            else o for o in outcomes]
+            elif link_error is not None and failed:
+                outcomes = [link_error if isinstance(o, RETRYABLE) else o for o in outcomes]
+            if any(isinstance(o, LinkError) for o in outcomes):
+                ch.failure = next(o for o in outcomes if isinstance(o, LinkError))
             retry: list[Quantity] = []
             for quantity, outcome in zip(pending, outcomes):
-                if isinstance(outcome, (MeterTimeout, FrameError)) and attempts <= retries:
+                if isinstance(outcome, RETRYABLE) and attempts <= retries and not late:
                     retry.append(quantity)
                 else:
                     done[quantity.obis] = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
@@ -478,6 +574,9 @@ class Concentrator:
         """The reading for one attempt's result: a measurement, or the error it failed with."""
         if not isinstance(outcome, BaseException):
             return self._reading(meter, quantity, outcome, channel, attempts, latency)
+        if isinstance(outcome, NotAttempted):
+            return self._failed(meter, quantity, Quality.BACKED_OFF, f"not tried: {outcome}", channel=channel,
+                                attempts=0)
         if isinstance(outcome, (MeterTimeout, FrameError)):
             return self._failed(meter, quantity, _quality_for(outcome), str(outcome), channel=channel, attempts=attempts)
         if isinstance(outcome, MeterError):
@@ -568,7 +667,7 @@ class Concentrator:
     def _update_backoff(self, index: int, meter: Meter, readings: Sequence[Reading], rnd: _Round) -> None:
         qualities = {r.quality for r in readings}
         state = self._states.setdefault(index, _MeterState())
-        source = f"{meter.channel}/{meter.protocol}:{meter.address}"  # as stats name it (stats.meter_key)
+        source = _meter_source(meter)
         data = {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel}
         if qualities & ANSWERED:
             if state.dead:
@@ -598,7 +697,7 @@ class Concentrator:
         Both outcomes are recorded as events (``command_refused`` / ``command_executed``)
         for the audit trail; command arguments (passwords) are not stored.
         """
-        source = f"{meter.channel}/{meter.protocol}:{meter.address}"  # as stats name it (stats.meter_key)
+        source = _meter_source(meter)
         data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name}
         answers = self.plugins.call_each("meterhub_before_command", command=command)
         reasons = [a.strip() for a in answers if isinstance(a, str) and a.strip()]

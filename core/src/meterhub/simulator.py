@@ -63,11 +63,15 @@ IDLE_NOISE = (1, 10)
 #: A collision is re-garbled until no decoder can find a valid frame in it (bounded).
 MAX_GARBLE_ROUNDS = 32
 
+#: Garbage a jamming device keeps queued ahead of the wire, in character times: it sends
+#: back to back, and whatever else is sent meanwhile collides with it.
+JAM_BURST_CHARS = 64
+
 
 class Fault(enum.Enum):
     """A misbehaviour a simulated device can be switched to, at start or while running.
 
-    The bus applies the wire faults (``SILENCE``, ``NOISE``, ``TRUNCATED``, ``SLOW``); the
+    The bus applies the wire faults (``SILENCE``, ``NOISE``, ``TRUNCATED``, ``SLOW``, ``JAM``); the
     device applies the ones only its protocol knows how to produce (``BAD_CHECKSUM``,
     ``WRONG_ADDRESS``) in its ``handle``.
     """
@@ -78,6 +82,7 @@ class Fault(enum.Enum):
     TRUNCATED = "truncated"  #: the answer stops part-way through
     SLOW = "slow"  #: answers after a delay longer than a normal timeout
     WRONG_ADDRESS = "wrong_address"  #: answers with an address that is not its own
+    JAM = "jam"  #: floods the line with garbage, asked or not (a babbling device, a stuck transmitter)
 
 
 R = TypeVar("R")
@@ -292,6 +297,7 @@ class PtyBus:
                     data = b""
                 if data:
                     self._receive(data, time.monotonic(), decoders)
+            self._jam()
             self._write_due(master)
             self._idle_noise()
 
@@ -333,7 +339,7 @@ class PtyBus:
         for dev in devices:
             with self._lock:
                 fault = dev.fault
-            if fault is Fault.SILENCE:
+            if fault in (Fault.SILENCE, Fault.JAM):
                 continue
             settings = getattr(dev, "settings", None) or self.settings  # before a baud change
             try:
@@ -351,7 +357,7 @@ class PtyBus:
         if not answers:
             return
         with self._lock:
-            if len(answers) == 1:
+            if len(answers) == 1 and not self._jamming():
                 delay, replies, settings, _ = answers[0]
                 at = self._rx_end + delay
                 for reply in replies:
@@ -363,6 +369,21 @@ class PtyBus:
                 at = self._rx_end + min(a[0] for a in answers)
                 self._schedule(garbled, at, self.settings, frame=False)
                 logger.debug("pty %s: %d devices answered at once: collision", self.port, len(answers))
+
+    def _jamming(self) -> bool:
+        return any(dev.fault is Fault.JAM for dev in self.devices)
+
+    def _jam(self) -> None:
+        """Keep a jamming device's garbage flowing back to back (call with the lock free)."""
+        with self._lock:
+            if not self._jamming():
+                return
+            now = time.monotonic()
+            if self._line_free_at > now + JAM_BURST_CHARS * timing.char_time(self.settings) / 2:
+                return  # enough already queued
+            garbage = bytes(self._rng.randrange(256) for _ in range(JAM_BURST_CHARS))
+            self._schedule(garbage, now, self.settings, frame=False)
+            self._line_free_at -= timing.turnaround(self.settings)  # no pause between bursts
 
     def _turnaround_delay(self) -> float:
         if isinstance(self.turnaround, (int, float)):

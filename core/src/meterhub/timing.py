@@ -7,7 +7,11 @@ master must give the meter's transceiver time to release the line (turnaround).
 
 from __future__ import annotations
 
+import logging
+
 from .model import SerialSettings
+
+log = logging.getLogger(__name__)
 
 #: Silence that delimits frames on a serial bus, in character times. Modbus over Serial
 #: Line V1.02 §2.5.1.1 fixes it at 3.5; DL/T 645 gives no figure, so we use the same
@@ -60,3 +64,18 @@ def response_timeout(
         + max_response_delay
         + frame_time(max_reply_len, settings)
     )
+
+
+def at_least(wait: float, minimum: float, what: str) -> float:
+    """``wait``, raised to ``minimum`` with a warning when it is shorter.
+
+    ``minimum`` is the shortest wait in which an answer can arrive whole at all (the
+    request and the answer on the wire, the turnaround, the meter's shortest response
+    delay): a shorter wait could only ever catch the start of an answer, and the rest
+    would land in the next request's window.
+    """
+    if wait >= minimum:
+        return wait
+    log.warning("%s cannot be answered within %.3f s: the request and its answer alone take %.3f s on the wire; "
+                "waiting %.3f s", what, wait, minimum, minimum)
+    return minimum

@@ -91,3 +91,23 @@ def test_an_empty_line_gives_nothing():
         bus.stop()
     assert found == []
     assert requests == 2  # read address, then one abbreviated read for meters without 13h
+
+
+def test_a_timeout_shorter_than_the_frames_is_raised_and_answers_that_come_late_are_not_phantoms(caplog):
+    # 2400 Bd, meters answering 30-60 ms after a query, asked with a 0.05 s wait: the wait
+    # becomes the query and answer's wire time, answers finishing after it are heard to
+    # their end, and only the three real addresses come out.
+    slow = SerialSettings(2400, 8, "E", 1)
+    addresses = ["000000000001", "000000000002", "000000000003"]
+    bus = PtyBus([SimulatedMeter(a, seed=i) for i, a in enumerate(addresses)], settings=slow).start()
+
+    async def go() -> list[str]:
+        async with SerialLink("bus1", bus.port, slow) as link:
+            return await Dlt645Driver().scan(Bus("bus1", link), 0.05)
+
+    try:
+        found = asyncio.run(go())
+    finally:
+        bus.stop()
+    assert found == addresses
+    assert any("cannot be answered within 0.050 s" in r.getMessage() for r in caplog.records)

@@ -319,7 +319,19 @@ def test_a_primary_sweep_of_a_bus_with_32_slaves_finds_all_32(sim):
     trace: list[WireRecord] = []
     found = run(bus, lambda wire: MbusDriver().scan(wire, SCAN_TIMEOUT), trace)
     assert found == [str(i) for i in range(1, 33)]
-    assert len([r for r in trace if r.direction == "tx"]) == 251  # SND_NKE to 0..250
+    sent = [r.data for r in trace if r.direction == "tx"]
+    assert [f for f in sent if f[1] == 0x40] == [mbus.encode(mbus.snd_nke(a)) for a in range(251)]  # 0..250
+    # an E5 names no address: each address that acknowledged is read back before it is reported
+    assert [f for f in sent if f[1] != 0x40] == [mbus.encode(mbus.req_ud2(a, fcb=True)) for a in range(1, 33)]
+
+
+def test_a_primary_sweep_reports_no_address_it_could_not_read_back(sim):
+    # Two slaves at primary 5 garble each other's E5: that address names no one slave.
+    slaves = make_slaves(3, first_primary=4, clock=Clock())
+    twin = make_slaves(1, first_primary=5, clock=Clock(), seed=9)
+    bus = sim([*slaves, *twin])
+    found = run(bus, lambda wire: MbusDriver().scan(wire, SCAN_TIMEOUT))
+    assert found == ["4", "6"]
 
 
 def test_a_secondary_wildcard_search_of_32_slaves_finds_all_32(sim):

@@ -28,7 +28,7 @@ import attrs
 from ..api import read_one
 from ..errors import FrameError, MeterError, MeterTimeout, NotSupported
 from ..model import Command, Measurement, Meter, SerialSettings
-from ..timing import response_timeout
+from ..timing import at_least, response_timeout
 from . import cjt188 as codec
 from . import cjt188_data as data
 from .cjt188 import (
@@ -299,6 +299,17 @@ class Cjt188Driver:
             max_response_delay=MAX_RESPONSE_DELAY,
         )
 
+    def scan_minimum(self, settings: SerialSettings) -> float:
+        """The shortest wait per scan probe in which a whole answer can arrive: the
+        read-address request and its answer on the wire (no source gives a least response
+        delay)."""
+        return response_timeout(
+            settings,
+            request_len=self.preamble + _READ_ADDRESS_LEN,
+            max_reply_len=_READ_ADDRESS_LEN + ADDRESS_LEN,
+            max_response_delay=0.0,
+        )
+
     def meter_options(self, meter: Meter) -> MeterOptions:
         """The meter's options with this driver's defaults; ValueError naming the bad one."""
         opts, problems = self._parse_options(meter.options)
@@ -410,6 +421,7 @@ class Cjt188Driver:
         self, bus: Bus, timeout: float, types: Sequence[int] | None = None, *, search: bool | None = None
     ) -> list[tuple[int, str]]:
         """``(meter type, address)`` of every meter :meth:`scan` finds, in the order found."""
+        timeout = at_least(timeout, self.scan_minimum(bus.settings), f"a {self.name} scan probe")
         found: list[tuple[int, str]] = []
         unresolved: list[FrameError] = []
         budget = [MAX_SEARCH_PROBES]
@@ -438,7 +450,8 @@ class Cjt188Driver:
         budget[0] -= 1
         request = codec.read_address_request(meter_type, self._next_ser(), address=pattern, di_order=self.di_order)
         try:
-            reply = await self._transact(bus, None, MeterOptions(meter_type=meter_type), request, timeout)
+            # No late-answer guard: an answer names its address and echoes its SER.
+            reply = await self._transact(bus, None, MeterOptions(meter_type=meter_type), request, timeout, guard=False)
         except MeterTimeout:
             return []
         except FrameError as exc:
@@ -535,6 +548,7 @@ class Cjt188Driver:
         timeout: float,
         *,
         also_from: str | None = None,
+        guard: bool = True,
     ) -> Frame:
         """Send ``request``; return the reply to its function from the addressed meter.
 
@@ -565,6 +579,7 @@ class Cjt188Driver:
             timeout=timeout,
             accept=accept,
             settings=meter.settings if meter is not None else None,
+            guard=guard,
         )
         return exchange.frame
 

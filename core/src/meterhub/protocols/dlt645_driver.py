@@ -15,9 +15,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..errors import FrameError, MeterTimeout, NotSupported, UnexpectedReply
+from ..errors import FrameError, MeterError, MeterTimeout, NotSupported, UnexpectedReply
 from ..model import Command, Measurement, Meter, SerialSettings
-from ..timing import response_timeout
+from ..timing import at_least, response_timeout
 from . import dlt645 as codec
 from .dlt645 import BROADCAST, PREAMBLE, WILDCARD, Control, Control1997, Frame, RelayAction, StreamDecoder
 from .dlt645_data import CLOCK_DIS, CLOCK_OBIS, ITEMS, ITEMS_1997, DataItem, clock_iso, decode_value, encode_value, obis_index
@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 #: last byte of the request; 500 ms is the longest a master has to allow.
 MAX_RESPONSE_DELAY = 0.5
 
+#: ... and no sooner than 20 ms: the least a scan query must wait for an answer to be whole.
+MIN_RESPONSE_DELAY = 0.020
+
 #: What a multi-drop scan asks for with an abbreviated address: forward active energy,
 #: total, the one register every DL/T 645-2007 meter has. The reply's address field is
 #: the meter's real address; even an abnormal reply gives it away.
@@ -42,6 +45,8 @@ MAX_FOLLOWUPS = 255
 
 _READ_REQUEST_LEN = len(PREAMBLE) + codec.OVERHEAD + 4  # a read carries one 4-byte DI
 _MAX_READ_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + codec.MAX_READ_DATA_LEN
+#: A scan's answers: read address (6 address bytes) or SCAN_DI (4 DI + 4 data bytes).
+_SCAN_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + 4 + 4
 
 
 def _hex_field(value: object, size: int, what: str) -> bytes:
@@ -197,6 +202,13 @@ class Dlt645Driver:
             max_response_delay=MAX_RESPONSE_DELAY,
         )
 
+    def scan_minimum(self, settings: SerialSettings) -> float:
+        """The shortest wait per scan query in which a whole answer can arrive (§1.6's 20 ms
+        least response delay, the query and the answer on the wire)."""
+        return response_timeout(
+            settings, request_len=_READ_REQUEST_LEN, max_reply_len=_SCAN_REPLY_LEN, max_response_delay=MIN_RESPONSE_DELAY
+        )
+
     def item_for(self, obis: str) -> DataItem:
         """The data item this driver reads for ``obis``; NotSupported if it has none."""
         try:
@@ -216,13 +228,15 @@ class Dlt645Driver:
     async def read_di(self, bus: Bus, meter: Meter, di: int, timeout: float) -> bytes:
         """The payload of one DI, follow-up frames included (each transaction gets ``timeout``)."""
         address = self.normalize_address(meter.address)
-        frame = await self._transact(bus, meter, self._read_request(address, di), self._read_function, timeout)
+        frame = await self._transact(bus, meter, self._read_request(address, di), self._read_function, timeout,
+                                     answers=lambda f: self._answers(lambda: self._check_di(f, di, self._parse_read(f)[0]), f))
         got, payload = self._parse_read(frame)
         self._check_di(frame, di, got)
         for seq in range(1, MAX_FOLLOWUPS + 1):
             if not frame.has_followup:
                 return payload
-            frame = await self._transact(bus, meter, self._followup_request(address, di, seq), self._followup_function, timeout)
+            frame = await self._transact(bus, meter, self._followup_request(address, di, seq), self._followup_function,
+                                         timeout, answers=lambda f, n=seq: self._answers(lambda: self._parse_followup(f, di, n), f))
             payload += self._parse_followup(frame, di, seq)
         raise FrameError(f"meter {address} announced more than {MAX_FOLLOWUPS} follow-up frames for DI {di:X}")
 
@@ -237,7 +251,14 @@ class Dlt645Driver:
         listens for its whole ``timeout`` so that two meters answering one after the
         other are both heard. Cost: 100 queries per level searched, so a bus whose meters
         differ in their last two digits takes 100 × ``timeout``.
+
+        Only addresses read back whole in a clean answer are reported: a clean answer that
+        arrives late, in the next query's window, still names a meter that is there; a
+        collision that stays garbled down to a full address names nobody (two meters with
+        one address, or noise) and is left out with a warning. ``timeout`` shorter than a
+        query and its answer take on the wire is raised to that (:meth:`scan_minimum`).
         """
+        timeout = at_least(timeout, self.scan_minimum(bus.settings), f"a {self.name} scan query")
         answers, garbled = await self._listen(bus, codec.read_address_request(), Control.READ_ADDRESS, timeout)
         if answers and not garbled:
             return sorted(answers)
@@ -262,9 +283,9 @@ class Dlt645Driver:
             found.update(answers)
             if garbled:
                 if len(low) == 12:
-                    log.warning("scan: the answers to %s stay garbled (two meters with one address, or a noisy line); "
-                                "recorded once", low)
-                    found.add(low)
+                    if low not in answers:
+                        log.warning("scan: the answers to %s stay garbled (two meters with one address, or a noisy "
+                                    "line); not reported, as no answer named it whole", low)
                 else:
                     await self._search(bus, low, timeout, found)
 
@@ -275,13 +296,17 @@ class Dlt645Driver:
 
         def accept(frame: object) -> bool:
             if isinstance(frame, Frame) and frame.is_reply and frame.function == function:
-                if self._address_matches(request.address, frame.address):
+                # A clean answer names a meter that is there, even one answering an
+                # earlier query late; an address with AA bytes is only this query's pattern.
+                if self._address_matches(request.address, frame.address) or "AA" not in _address_bytes(frame.address):
                     heard.add(frame.address)
             return False  # keep listening: another meter may answer after this one
 
         decoder = StreamDecoder()
         try:
-            await bus.transact(codec.encode(request, preamble=self.preamble), decoder, timeout=timeout, accept=accept)
+            # No late-answer guard: every answer carries the full address it is credited to.
+            await bus.transact(codec.encode(request, preamble=self.preamble), decoder, timeout=timeout, accept=accept,
+                               guard=False)
         except MeterTimeout:
             return heard, False
         except UnexpectedReply:
@@ -349,8 +374,34 @@ class Dlt645Driver:
         if got != wanted:
             raise UnexpectedReply(f"meter {frame.address} answered DI {got:X} when {wanted:X} was asked for")
 
-    async def _transact(self, bus: Bus, meter: Meter | None, request: Frame, function: int, timeout: float) -> Frame:
-        """Send ``request``, return the reply to ``function`` from the addressed meter."""
+    @staticmethod
+    def _answers(check: Callable[[], object], frame: Frame) -> bool:
+        """Whether a reply from the right meter to the right function answers *this*
+        request: ``check`` parses it and raises UnexpectedReply for another DI or follow-up
+        number (a late answer to an earlier request). An abnormal reply carries no DI and
+        a damaged one cannot tell: both are taken, and parsing them says what they are."""
+        if frame.is_abnormal:
+            return True
+        try:
+            check()
+        except UnexpectedReply:
+            return False
+        except (FrameError, MeterError):
+            return True
+        return True
+
+    async def _transact(
+        self,
+        bus: Bus,
+        meter: Meter | None,
+        request: Frame,
+        function: int,
+        timeout: float,
+        *,
+        answers: Callable[[Frame], bool] | None = None,
+    ) -> Frame:
+        """Send ``request``, return the reply to ``function`` from the addressed meter that
+        ``answers`` (if given) recognises as the answer to this very request."""
 
         def accept(frame: object) -> bool:
             return (
@@ -358,6 +409,7 @@ class Dlt645Driver:
                 and frame.is_reply
                 and frame.function == function
                 and self._address_matches(request.address, frame.address)
+                and (answers is None or answers(frame))
             )
 
         exchange = await bus.transact(
@@ -497,6 +549,7 @@ class Dlt645_1997Driver(Dlt645Driver):
         A meter that answers with AA…AA itself cannot tell its address; [WILDCARD] is then
         returned, which still reaches it on a point-to-point line.
         """
+        timeout = at_least(timeout, self.scan_minimum(bus.settings), f"a {self.name} scan query")
         try:
             frame = await self._transact(bus, None, codec.read_request_1997(WILDCARD, 0x9010), self._read_function, timeout)
         except MeterTimeout:

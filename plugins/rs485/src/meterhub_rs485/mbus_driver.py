@@ -49,7 +49,7 @@ from meterhub.api import read_one
 from meterhub.errors import FrameError, LinkError, MeterError, MeterTimeout, NotSupported, UnknownQuantity
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import resolve
-from meterhub.timing import response_timeout
+from meterhub.timing import at_least, response_timeout
 
 from . import mbus
 from .mbus import Ack, Function, LongFrame, LongHeader, Record, StreamDecoder, Telegram
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 #: within 330 bit times + 50 ms after the end of the request.
 RESPONSE_BITS = 330
 RESPONSE_EXTRA_S = 0.050
+#: ... and no sooner than 11 bit times: the least a scan request must wait.
+MIN_RESPONSE_BITS = 11
 #: The longest request (a selection, 17 bytes) and answer (L = 255: 261 bytes).
 _LONGEST_REQUEST = 4 + 3 + mbus.SELECT_LEN + 2
 DEFAULT_MAX_TELEGRAMS = 16
@@ -498,9 +500,11 @@ class MbusDriver:
             raise type(exc)(f"meter {address}: {exc}") from exc
 
     async def _transact(
-        self, bus: Bus, request: mbus.Frame, accept: Callable[[object], bool], timeout: float, settings: SerialSettings | None
+        self, bus: Bus, request: mbus.Frame, accept: Callable[[object], bool], timeout: float, settings: SerialSettings | None,
+        *, guard: bool = True,
     ) -> Any:
-        exchange = await bus.transact(mbus.encode(request), StreamDecoder(), timeout=timeout, accept=accept, settings=settings)
+        exchange = await bus.transact(mbus.encode(request), StreamDecoder(), timeout=timeout, accept=accept, settings=settings,
+                                      guard=guard)
         return exchange.frame
 
     async def _expect_ack(self, bus: Bus, request: mbus.Frame, timeout: float, settings: SerialSettings | None) -> None:
@@ -585,21 +589,50 @@ class MbusDriver:
 
     # -- scanning -----------------------------------------------------------------------
 
+    def scan_minimum(self, settings: SerialSettings) -> float:
+        """The shortest wait per sweep request in which its E5 can arrive: the request and
+        the one-byte answer on the wire after the slave's least response delay."""
+        return response_timeout(settings, request_len=_LONGEST_REQUEST, max_reply_len=1,
+                                max_response_delay=MIN_RESPONSE_BITS / settings.baudrate)
+
     async def _scan_primary(self, bus: Bus, timeout: float) -> list[str]:
+        """SND_NKE to every primary address; an E5 names no address, so each address that
+        acknowledges is read back (REQ_UD2: the answer carries its address) before it is
+        reported. Several slaves sharing an address collide and are left to the secondary
+        search, with a warning."""
+        wait = at_least(timeout, self.scan_minimum(bus.settings), f"an {self.name} scan request")
         found: list[str] = []
         for address in range(mbus.PRIMARY_MAX + 1):
             try:
-                await self._expect_ack(bus, mbus.snd_nke(address), timeout, None)
+                # No late-answer guard: a late E5 credited to the next address is caught
+                # by the read-back.
+                await self._transact(bus, mbus.snd_nke(address), lambda frame: isinstance(frame, Ack), wait, None,
+                                     guard=False)
             except MeterTimeout:
                 continue
             except FrameError as exc:  # a garbled answer: several slaves share this address
-                log.warning("M-Bus primary address %d: garbled answer (%s); several slaves may share it", address, exc)
-            found.append(str(address))
-            state = self._links.setdefault((bus.name, str(address)), _LinkState())
-            state.fcb, state.reset = True, False
+                log.warning("M-Bus primary address %d: garbled answers (%s), several slaves may share it; not reported "
+                            "(find them with the secondary search, --option mode=secondary)", address, exc)
+                continue
+            if await self._read_back(bus, address, max(timeout, self.transaction_timeout(bus.settings))):
+                found.append(str(address))
         return found
 
+    async def _read_back(self, bus: Bus, address: int, timeout: float) -> bool:
+        """Whether a REQ_UD2 to ``address`` brings an answer from that very address (the
+        first after SND_NKE, so FCB set; the link state follows)."""
+        state = self._links.setdefault((bus.name, str(address)), _LinkState())
+        try:
+            await self._transact(bus, mbus.req_ud2(address, fcb=True), self._response_check(str(address)), timeout, None)
+        except (MeterTimeout, FrameError) as exc:
+            log.warning("M-Bus primary address %d acknowledged but did not answer REQ_UD2 (%s); not reported", address, exc)
+            state.reset = True
+            return False
+        state.fcb, state.reset = False, False
+        return True
+
     async def _scan_secondary(self, bus: Bus, timeout: float) -> list[str]:
+        timeout = at_least(timeout, self.scan_minimum(bus.settings), f"an {self.name} scan request")
         found: list[str] = []
         await self._deselect(bus, timeout, None)
         await self._search(bus, mbus.WILDCARD, 0, found, timeout)

@@ -41,6 +41,7 @@ from meterhub.errors import (
     FrameError,
     MeterError,
     MeterTimeout,
+    NotAttempted,
     NotSupported,
     TruncatedFrame,
     UnknownQuantity,
@@ -48,7 +49,7 @@ from meterhub.errors import (
 from meterhub.framing import FrameFinder
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import Quantity, resolve
-from meterhub.timing import response_timeout
+from meterhub.timing import at_least, inter_frame_gap, response_timeout
 
 from .modbus_profiles import (
     MAX_REGISTERS_PER_READ,
@@ -362,6 +363,7 @@ SCAN_RESPONSE_DELAY = 0.100
 DEFAULT_MAX_GAP = 4
 
 _READ_REQUEST_LEN = 8  # unit, function, address (2), count (2), CRC (2)
+_SCAN_REPLY_LEN = 9  # unit, function, byte count, two registers, CRC: the longest identity probe
 _MAX_READ_REPLY_LEN = 5 + 2 * MAX_REGISTERS_PER_READ  # unit, function, byte count, data, CRC
 
 #: Exceptions that say "this span cannot be read as one": read its quantities one by one.
@@ -486,7 +488,15 @@ class ModbusDriver:
 
     def scan_timeout(self, settings: SerialSettings) -> float:
         """How long a sweep waits for one unit id: a one-register read and SCAN_RESPONSE_DELAY."""
-        return response_timeout(settings, request_len=_READ_REQUEST_LEN, max_reply_len=9, max_response_delay=SCAN_RESPONSE_DELAY)
+        return response_timeout(settings, request_len=_READ_REQUEST_LEN, max_reply_len=_SCAN_REPLY_LEN,
+                                max_response_delay=SCAN_RESPONSE_DELAY)
+
+    def scan_minimum(self, settings: SerialSettings) -> float:
+        """The shortest wait per unit id in which a whole answer can arrive: the request and
+        the answer on the wire, and the 3.5 characters of silence (V1.02 §2.5.1.1) after
+        which the slave knows the request has ended."""
+        return response_timeout(settings, request_len=_READ_REQUEST_LEN, max_reply_len=_SCAN_REPLY_LEN,
+                                max_response_delay=inter_frame_gap(settings))
 
     def profile_settings(self, options: Mapping[str, Any]) -> SerialSettings | None:
         """The serial format the named profile's meters ship with (SDM120: 2400 8N1), for
@@ -537,7 +547,9 @@ class ModbusDriver:
         One entry per quantity, in order: a Measurement or the exception it failed with.
         A batch that the meter refuses as a whole (exception 02 illegal data address or
         03 illegal data value, e.g. over a register it does not have) is read again one
-        quantity at a time. Only LinkError is raised.
+        quantity at a time. Once a request goes unanswered the unit is asked nothing else
+        in this call (its other blocks are NotAttempted): a silent meter costs one timeout,
+        and the next request it gets is the same one again. Only LinkError is raised.
         """
         results: list[Measurement | Exception | None] = [None] * len(quantities)
         try:
@@ -555,8 +567,14 @@ class ModbusDriver:
                 results[i] = exc if isinstance(exc, NotSupported) else NotSupported(str(exc))
         max_gap = self._max_gap(meter, profile)
         values: dict[Point, Measurement | Exception] = {}
+        silent: MeterTimeout | None = None
         for block in plan_reads(wanted.values(), profile, max_gap=max_gap):
+            if silent is not None:
+                for point in block.points:
+                    values[point] = NotAttempted(f"unit {unit} did not answer an earlier request ({silent})")
+                continue
             await self._read_block(bus, meter, unit, block, timeout, values)
+            silent = next((v for p in block.points if isinstance(v := values[p], MeterTimeout)), None)
         for i, point in wanted.items():
             results[i] = values[point]
         return [r if r is not None else NotSupported("not read") for r in results]
@@ -602,17 +620,24 @@ class ModbusDriver:
         timeout: float,
         *,
         settings: SerialSettings | None = None,
+        guard: bool = True,
     ) -> list[int]:
         """``count`` registers from ``address``: a list of 16-bit values.
 
         An exception response raises MeterError with the exception code (2: illegal data
-        address) and its reason; a reply of the wrong length raises FrameError.
+        address) and its reason; a reply of the wrong length raises FrameError. ``guard``
+        as :meth:`meterhub.bus.Bus.transact` (a sweep of unit ids turns it off: each
+        answer names its unit).
         """
         if unit == BROADCAST:
             raise ValueError("a read cannot be broadcast: nobody answers unit id 0")
 
         def accept(frame: object) -> bool:
-            return isinstance(frame, Frame) and frame.unit == unit and frame.function & 0x7F == function
+            # An RTU answer names no register, only the unit, the function and (§6.3/§6.4)
+            # its byte count: everything it carries must match the request.
+            if not isinstance(frame, Frame) or frame.unit != unit or frame.function & 0x7F != function:
+                return False
+            return frame.is_exception or (len(frame.data) >= 1 and frame.data[0] == 2 * count)
 
         exchange = await bus.transact(
             read_request(unit, function, address, count),
@@ -620,6 +645,7 @@ class ModbusDriver:
             timeout=timeout,
             accept=accept,
             settings=settings,
+            guard=guard,
         )
         frame: Frame = exchange.frame
         what = f"unit {unit}: {READ_FUNCTIONS[function]} {address:#06x} x{count}"
@@ -639,17 +665,19 @@ class ModbusDriver:
         that answers with an exception is there too, unless it is a gateway's 0A/0B
         saying the target is absent). Found meters are then identified by
         the profiles' identity registers; ``last_scan`` maps each id to the profile that
-        matched, or None. ``timeout`` is capped at :meth:`scan_timeout` per id.
+        matched, or None. ``timeout`` is capped at :meth:`scan_timeout` per id and raised
+        to :meth:`scan_minimum`. Every unit reported answered with its own unit id.
         """
         probes = self._identity_probes()
         first = probes[0] if probes else (3, 0, 1)
-        wait = min(timeout, self.scan_timeout(bus.settings))
+        wait = at_least(min(timeout, self.scan_timeout(bus.settings)), self.scan_minimum(bus.settings),
+                        f"a {self.name} scan query")
         found: list[str] = []
         self.last_scan = {}
         for unit in units:
             answers: dict[tuple[int, int, int], list[int] | None] = {}
             try:
-                answers[first] = await self.read_registers(bus, unit, *first, wait)
+                answers[first] = await self.read_registers(bus, unit, *first, wait, guard=False)
             except MeterTimeout:
                 continue
             except MeterError as exc:
@@ -683,7 +711,7 @@ class ModbusDriver:
                 key = (check.function, check.address, check.count)
                 if key not in answers:
                     try:
-                        answers[key] = await self.read_registers(bus, unit, *key, wait)
+                        answers[key] = await self.read_registers(bus, unit, *key, wait, guard=False)
                     except (MeterError, MeterTimeout, FrameError):
                         answers[key] = None
                 registers = answers[key]

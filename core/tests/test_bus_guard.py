@@ -1,0 +1,195 @@
+"""The bus's late-answer guard and its quiet-line rule, with a scripted link whose far end
+answers when told to: a late answer is heard in the guard and never taken for the next
+request's, nothing is sent onto a busy line, and a line that never falls quiet is jammed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from meterhub.bus import LATE_GUARD_TIMEOUTS, Bus, LateAnswer
+from meterhub.errors import ChecksumError, FrameError, LineJammed, MeterTimeout
+from meterhub.model import SerialSettings
+
+#: 115200 Bd: the line's own gaps (inter-frame gap, turnaround) are well under a millisecond.
+FAST = SerialSettings(115200, 8, "N", 1)
+TIMEOUT = 0.1
+
+
+class ToyDecoder:
+    """Frames are ``<text>``; ``<!text>`` is one with a bad checksum; bytes outside are noise."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[object]:
+        out: list[object] = []
+        for byte in data:
+            if not self._buffer and byte != ord("<"):
+                self.skipped += 1
+                continue
+            self._buffer.append(byte)
+            if byte == ord(">"):
+                text = self._buffer[1:-1].decode()
+                self._buffer.clear()
+                out.append(ChecksumError(f"bad frame {text}") if text.startswith("!") else text)
+        return out
+
+
+class ScriptLink:
+    """A link whose far end runs ``answer(request) -> [(delay, bytes), ...]`` after each write."""
+
+    def __init__(self, answer: Callable[[bytes], list[tuple[float, bytes]]]) -> None:
+        self.name = "script"
+        self.settings = FAST
+        self.answer = answer
+        self.writes: list[tuple[float, bytes]] = []
+        self._rx = bytearray()
+        self._arrived = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append((time.monotonic(), bytes(data)))
+        for delay, reply in self.answer(bytes(data)):
+            self.later(delay, reply)
+
+    def later(self, delay: float, data: bytes) -> None:
+        async def deliver() -> None:
+            await asyncio.sleep(delay)
+            self._rx += data
+            self._arrived.set()
+
+        task = asyncio.get_running_loop().create_task(deliver())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def read(self, timeout: float) -> bytes:
+        if not self._rx:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            except TimeoutError:
+                return b""
+        data = bytes(self._rx)
+        self._rx.clear()
+        return data
+
+    async def reset_input(self) -> None:
+        self._rx.clear()
+
+    async def apply_settings(self, settings: SerialSettings) -> None:
+        self.settings = settings
+
+
+def _ask(bus: Bus, request: bytes, **kw: object):
+    return bus.transact(request, ToyDecoder(), timeout=TIMEOUT, accept=lambda f: f == request.decode()[1:-1], **kw)
+
+
+def test_a_late_answer_is_heard_in_the_guard_and_not_taken_for_the_next_request():
+    async def scenario() -> tuple[list[LateAnswer], str, list[tuple[float, bytes]]]:
+        # A answers 1.5 timeouts late; B answers in time. Unguarded, B's request would get
+        # A's answer first; here A's answer is heard in the guard and B gets its own.
+        link = ScriptLink(lambda req: [(1.5 * TIMEOUT, b"<A>")] if req == b"<A>" else [(0.01, b"<B>")])
+        bus = Bus("b", link)
+        with pytest.raises(MeterTimeout):
+            await _ask(bus, b"<A>")
+        assert bus.owes_answer
+        late = await bus.settle()
+        exchange = await _ask(bus, b"<B>")
+        return late, exchange.frame, link.writes
+
+    late, frame, writes = asyncio.run(scenario())
+    assert frame == "B"
+    assert [(a.request, a.frame) for a in late] == [(b"<A>", "A")]
+    assert TIMEOUT < late[0].after < LATE_GUARD_TIMEOUTS * TIMEOUT + 0.05
+
+
+def test_a_retry_is_not_sent_before_the_guard_is_over():
+    async def scenario() -> list[tuple[float, bytes]]:
+        link = ScriptLink(lambda req: [])
+        bus = Bus("b", link)
+        for _ in range(2):
+            with pytest.raises(MeterTimeout):
+                await _ask(bus, b"<A>")
+        return link.writes
+
+    (first, _), (second, _) = asyncio.run(scenario())
+    assert second - first >= LATE_GUARD_TIMEOUTS * TIMEOUT  # window, then the guard
+
+
+def test_the_next_transaction_runs_the_guard_itself_and_keeps_what_it_heard():
+    async def scenario() -> tuple[str, list[LateAnswer]]:
+        link = ScriptLink(lambda req: [(1.2 * TIMEOUT, b"<A>")] if req == b"<A>" else [(0.01, b"<A>"), (0.02, b"<B>")])
+        bus = Bus("b", link)
+        with pytest.raises(MeterTimeout):
+            await _ask(bus, b"<A>")
+        exchange = await _ask(bus, b"<B>")  # no settle() in between: the bus does it
+        return exchange.frame, await bus.settle()
+
+    frame, late = asyncio.run(scenario())
+    assert frame == "B"
+    assert [a.frame for a in late] == ["A"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "guard"),
+    [([(0.01, b"<A>")], True), ([(0.01, b"<!A>")], True), ([], False)],
+    ids=["answered", "damaged answer", "guard off"],
+)
+def test_no_guard_when_nothing_is_owed(answer, guard):
+    async def scenario() -> tuple[bool, list[tuple[float, bytes]]]:
+        link = ScriptLink(lambda req: answer if req == b"<A>" else [(0.01, b"<B>")])
+        bus = Bus("b", link)
+        try:
+            await _ask(bus, b"<A>", guard=guard)
+        except (MeterTimeout, FrameError):
+            pass
+        owed = bus.owes_answer
+        await _ask(bus, b"<B>")
+        return owed, link.writes
+
+    owed, [(first, _), (second, _)] = asyncio.run(scenario())
+    assert not owed
+    assert second - first < LATE_GUARD_TIMEOUTS * TIMEOUT
+
+
+def test_stray_bytes_on_the_line_are_dropped_before_sending():
+    async def scenario() -> tuple[str, int]:
+        link = ScriptLink(lambda req: [(0.01, b"<B>")])
+        bus = Bus("b", link)
+        link.later(0.0, b"<B>junk")  # an answer to nobody, already on the line
+        await asyncio.sleep(0.01)
+        exchange = await _ask(bus, b"<B>")
+        return exchange.frame, bus.stray_bytes
+
+    frame, stray = asyncio.run(scenario())
+    assert frame == "B"
+    assert stray == len(b"<B>junk")
+
+
+def test_a_line_that_never_falls_quiet_is_jammed_and_nothing_is_sent():
+    async def scenario() -> ScriptLink:
+        link = ScriptLink(lambda req: [])
+        bus = Bus("b", link)
+        for i in range(400):  # garbage every millisecond for 0.4 s
+            link.later(i * 0.001, b"\x55")
+        await asyncio.sleep(0.01)  # the babbling has begun
+        with pytest.raises(LineJammed, match="jammed"):
+            await _ask(bus, b"<A>")
+        return link
+
+    assert asyncio.run(scenario()).writes == []
