@@ -193,3 +193,26 @@ def test_a_line_that_never_falls_quiet_is_jammed_and_nothing_is_sent():
         return link
 
     assert asyncio.run(scenario()).writes == []
+
+
+def test_an_answer_that_began_in_time_is_heard_to_its_end():
+    async def scenario() -> str:
+        # The first bytes arrive just before the deadline, the rest in pieces after it, as a
+        # USB adapter hands them over (packets about 10 ms apart).
+        link = ScriptLink(lambda req: [(TIMEOUT - 0.005, b"<AAAA"), (TIMEOUT + 0.005, b"AAAA"),
+                                       (TIMEOUT + 0.015, b"AA>")])
+        return (await _ask(Bus("b", link), b"<AAAAAAAAAA>")).frame
+
+    assert asyncio.run(scenario()) == "AAAAAAAAAA"
+
+
+def test_an_answer_that_begins_after_the_deadline_is_late():
+    async def scenario() -> list[LateAnswer]:
+        link = ScriptLink(lambda req: [(1.2 * TIMEOUT, b"<A>")])
+        bus = Bus("b", link)
+        with pytest.raises(MeterTimeout):
+            await _ask(bus, b"<A>")
+        return await bus.settle()
+
+    (late,) = asyncio.run(scenario())
+    assert TIMEOUT < late.began <= late.after

@@ -60,7 +60,7 @@ from meterhub.quantities import VOCABULARY, resolve
 from meterhub.runtime import Concentrator
 from meterhub.simulator import Fault, PtyBus
 from meterhub.store import open_store
-from meterhub.timing import response_timeout
+from meterhub.timing import answer_deadline
 
 link_module = pytest.importorskip("meterhub_rs485.link", reason="the end-to-end tests run over the rs485 plugin's SerialLink")
 SerialLink = link_module.SerialLink
@@ -739,10 +739,10 @@ def test_a_scan_probe_waits_for_a_short_answer_only():
     assert MAX_RESPONSE_DELAY < DRIVER.scan_timeout(slow) < DRIVER.transaction_timeout(slow)
 
 
-def test_transaction_timeout_allows_the_response_delay_and_the_longest_reply():
+def test_transaction_timeout_allows_the_response_delay_and_the_start_of_the_reply():
     slow = SerialSettings(2400, 8, "E", 1)
-    assert DRIVER.transaction_timeout(slow) == response_timeout(
-        slow, request_len=16 + 13 + 3 + 7, max_reply_len=4 + 13 + 0x2E, max_response_delay=0.5)
+    assert DRIVER.transaction_timeout(slow) == answer_deadline(
+        slow, request_len=16 + 13 + 3 + 7, max_response_delay=0.5, header_len=4 + 1)
     assert DRIVER.transaction_timeout(slow) > DRIVER.transaction_timeout(SETTINGS) > MAX_RESPONSE_DELAY
 
 

@@ -19,7 +19,7 @@ from meterhub.protocols.dlt645 import Control, Control1997, Frame, RelayAction, 
 from meterhub.protocols.dlt645_data import ITEMS, DataItem, encode_value
 from meterhub.protocols.dlt645_driver import MAX_RESPONSE_DELAY, Dlt645_1997Driver, Dlt645Driver
 from meterhub.quantities import VOCABULARY, resolve
-from meterhub.timing import response_timeout
+from meterhub.timing import answer_deadline
 
 ADDRESS = "000000000161"
 SETTINGS = SerialSettings(9600, 8, "E", 1)
@@ -354,8 +354,9 @@ def test_normalize_address_refuses_with_a_reason(given, message):
 def test_transaction_timeout_allows_the_500_ms_response_delay():
     timeout = Dlt645Driver().transaction_timeout(SerialSettings(2400, 8, "E", 1))
     assert MAX_RESPONSE_DELAY == 0.5
-    assert timeout == response_timeout(
-        SerialSettings(2400, 8, "E", 1), request_len=4 + 12 + 4, max_reply_len=4 + 12 + 200, max_response_delay=0.5
+    # by then the answer must have begun (wake-up bytes and 68h); once begun it is heard to its end
+    assert timeout == answer_deadline(
+        SerialSettings(2400, 8, "E", 1), request_len=4 + 12 + 4, max_response_delay=0.5, header_len=4 + 1
     )
 
 

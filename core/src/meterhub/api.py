@@ -96,7 +96,9 @@ class MeterDriver(Protocol):
         ...
 
     def transaction_timeout(self, settings: SerialSettings) -> float:
-        """Default seconds to wait for one answer at these settings."""
+        """Default seconds from the start of a request by which its answer must have begun
+        at these settings (an answer under way by then is heard to its end); see
+        :func:`meterhub.timing.answer_deadline`."""
         ...
 
     async def read(self, bus: Bus, meter: Meter, quantity: Quantity, timeout: float) -> Measurement:

@@ -81,6 +81,7 @@ class LateAnswer:
 
     request: bytes  #: the request it answers
     frame: Any  #: the decoded answer
+    began: float  #: seconds from the start of the request until the answer's first bytes arrived
     after: float  #: seconds from the start of the request until the answer was complete
     timeout: float  #: what the request had been given
 
@@ -96,6 +97,7 @@ class _Owed:
     timeout: float
     until: float  #: end of the guard
     skipped: int = 0  #: noise bytes of the decoder already counted as stray
+    began: float | None = None  #: when the bytes the decoder holds began to arrive
 
 
 class Bus:
@@ -167,9 +169,11 @@ class Bus:
         if owed is None:
             self.stray_bytes += len(data)
             return
+        began = owed.began if owed.began is not None else now  # of what the decoder holds, or of these bytes
         for item in owed.decoder.feed(data):
             if not isinstance(item, FrameError) and owed.accept(item):
-                self._late.append(LateAnswer(owed.request, item, now - owed.started, owed.timeout))
+                self._late.append(LateAnswer(owed.request, item, began - owed.started, now - owed.started, owed.timeout))
+        owed.began = began if owed.decoder.pending else None
         self.stray_bytes += owed.decoder.skipped - owed.skipped
         owed.skipped = owed.decoder.skipped
 

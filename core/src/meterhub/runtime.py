@@ -470,21 +470,22 @@ class Concentrator:
                 self._raise_event(Event(
                     "late_answer", source=source, severity="warning",
                     data={"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel,
-                          "timeout": round(answer.timeout, 3), "answered_after": round(answer.after, 3)},
+                          "timeout": round(answer.timeout, 3), "began_after": round(answer.began, 3),
+                          "complete_after": round(answer.after, 3)},
                 ))
-                log.warning("meter %s answered %.3f s after its request, later than its %.3f s timeout; its answer "
-                            "was dropped (raise its timeout: above %.2f s)", source, answer.after, answer.timeout,
-                            answer.after)
+                log.warning("meter %s began its answer %.3f s after the request, later than its %.3f s timeout; the "
+                            "answer was dropped (give it a timeout above %.2f s)", source, answer.began, answer.timeout,
+                            answer.began)
         return late, None
 
     @staticmethod
     def _late_timeout(outcome: BaseException, late: Sequence[LateAnswer]) -> MeterTimeout:
         """The failure of an attempt whose answer came after it was given up: a timeout,
         whatever the window saw, saying how late the meter was."""
-        answer = max(late, key=lambda a: a.after)
+        answer = max(late, key=lambda a: a.began)
         return MeterTimeout(
-            f"no answer within {answer.timeout:.3f} s; it came {answer.after:.3f} s after the request and was "
-            f"dropped (give this meter a timeout above {answer.after:.2f} s)"
+            f"no answer began within {answer.timeout:.3f} s; one began {answer.began:.3f} s after the request and "
+            f"was dropped (give this meter a timeout above {answer.began:.2f} s)"
         )
 
     async def _read_quantity(

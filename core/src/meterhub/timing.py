@@ -66,6 +66,29 @@ def response_timeout(
     )
 
 
+def answer_deadline(
+    settings: SerialSettings,
+    *,
+    request_len: int,
+    max_response_delay: float,
+    header_len: int,
+) -> float:
+    """By when an answer must have begun, counted from the start of our request.
+
+    The request's own time on the wire, the turnaround, the meter's worst allowed response
+    delay (a protocol figure, e.g. DL/T 645's 500 ms) and the ``header_len`` bytes that show
+    a frame has begun (wake-up bytes and the start byte). An answer under way by then is
+    heard to its end (:meth:`meterhub.bus.Bus.transact`), however long it is, so a dead
+    meter costs this, not the longest answer's wire time.
+    """
+    return (
+        frame_time(request_len, settings)
+        + turnaround(settings)
+        + max_response_delay
+        + frame_time(header_len, settings)
+    )
+
+
 def at_least(wait: float, minimum: float, what: str) -> float:
     """``wait``, raised to ``minimum`` with a warning when it is shorter.
 

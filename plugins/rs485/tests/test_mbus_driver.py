@@ -436,10 +436,10 @@ def test_validate_meter_names_the_keys_that_are_wrong():
     assert dict(driver.validate_meter(Meter(address="5", protocol="mbus", channel="b", options={"medium": "lava"})))["options.medium"].startswith("unknown medium")
 
 
-def test_the_transaction_timeout_covers_the_answer_window_and_the_longest_frame():
+def test_the_transaction_timeout_covers_the_answer_window():
     settings = SerialSettings(2400, 8, "E", 1)
     timeout = MbusDriver().transaction_timeout(settings)
-    assert timeout > 330 / 2400 + 0.050 + 261 * 11 / 2400
+    assert timeout > 330 / 2400 + 0.050  # a long frame begun by then is heard to its end
     assert timeout < slow_delay(settings)  # a SLOW simulated slave is always too late
 
 

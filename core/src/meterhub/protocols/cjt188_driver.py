@@ -28,7 +28,7 @@ import attrs
 from ..api import read_one
 from ..errors import FrameError, MeterError, MeterTimeout, NotSupported
 from ..model import Command, Measurement, Meter, SerialSettings
-from ..timing import at_least, response_timeout
+from ..timing import answer_deadline, at_least, response_timeout
 from . import cjt188 as codec
 from . import cjt188_data as data
 from .cjt188 import (
@@ -68,10 +68,8 @@ DEFAULT_METER_TYPE = codec.MeterType.COLD_WATER
 MAX_PREAMBLE = 16  #: the most FE bytes a meter's ``preamble`` option may ask for
 
 #: The longest request the driver sends (write address: DI + SER + 7 address bytes, after
-#: the longest preamble) and the longest answer it waits for (a heat meter's 901F record,
-#: after 4 FE: the most any capture shows).
+#: the longest preamble).
 _MAX_REQUEST_LEN = MAX_PREAMBLE + codec.OVERHEAD + 3 + ADDRESS_LEN
-_MAX_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + 3 + data.HEAT_RECORD_LEN
 _READ_ADDRESS_LEN = codec.OVERHEAD + 3
 
 #: Every type byte the standard assigns, tried in turn by :meth:`Cjt188Driver.scan`.
@@ -281,22 +279,23 @@ class Cjt188Driver:
         return data.ALL_QUANTITIES
 
     def transaction_timeout(self, settings: SerialSettings) -> float:
-        """Request on the wire + turnaround + the 500 ms response delay + the longest reply."""
-        return response_timeout(
+        """By when an answer must have begun: request on the wire + turnaround + the 500 ms
+        response delay + the wake-up bytes and 68h that start a reply."""
+        return answer_deadline(
             settings,
             request_len=_MAX_REQUEST_LEN,
-            max_reply_len=_MAX_REPLY_LEN,
             max_response_delay=MAX_RESPONSE_DELAY,
+            header_len=len(PREAMBLE) + 1,
         )
 
     def scan_timeout(self, settings: SerialSettings) -> float:
-        """The wait per probe of a scan: a read-address request and its short reply (L = 3,
-        or 10 with the address echoed) instead of the longest read reply."""
-        return response_timeout(
+        """The wait per probe of a scan for an answer to begin: a read-address request, which
+        is shorter than the longest request a read may send."""
+        return answer_deadline(
             settings,
             request_len=self.preamble + _READ_ADDRESS_LEN,
-            max_reply_len=len(PREAMBLE) + _READ_ADDRESS_LEN + ADDRESS_LEN,
             max_response_delay=MAX_RESPONSE_DELAY,
+            header_len=len(PREAMBLE) + 1,
         )
 
     def scan_minimum(self, settings: SerialSettings) -> float:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FrameError, MeterError, MeterTimeout, NotSupported, UnexpectedReply
 from ..model import Command, Measurement, Meter, SerialSettings
-from ..timing import at_least, response_timeout
+from ..timing import answer_deadline, at_least, response_timeout
 from . import dlt645 as codec
 from .dlt645 import BROADCAST, PREAMBLE, WILDCARD, Control, Control1997, Frame, RelayAction, StreamDecoder
 from .dlt645_data import CLOCK_DIS, CLOCK_OBIS, ITEMS, ITEMS_1997, DataItem, clock_iso, decode_value, encode_value, obis_index
@@ -44,7 +44,8 @@ SCAN_DI = 0x00010000
 MAX_FOLLOWUPS = 255
 
 _READ_REQUEST_LEN = len(PREAMBLE) + codec.OVERHEAD + 4  # a read carries one 4-byte DI
-_MAX_READ_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + codec.MAX_READ_DATA_LEN
+#: What shows a reply has begun: the wake-up bytes a meter may send and the start byte 68h.
+_REPLY_HEADER_LEN = len(PREAMBLE) + 1
 #: A scan's answers: read address (6 address bytes) or SCAN_DI (4 DI + 4 data bytes).
 _SCAN_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + 4 + 4
 
@@ -194,12 +195,13 @@ class Dlt645Driver:
         return sorted(found)
 
     def transaction_timeout(self, settings: SerialSettings) -> float:
-        """Request on the wire + turnaround + 500 ms response delay (§1.6) + the longest read reply."""
-        return response_timeout(
+        """By when an answer must have begun: request on the wire + turnaround + the 500 ms
+        response delay (§1.6) + the wake-up bytes and 68h that start a reply."""
+        return answer_deadline(
             settings,
             request_len=_READ_REQUEST_LEN,
-            max_reply_len=_MAX_READ_REPLY_LEN,
             max_response_delay=MAX_RESPONSE_DELAY,
+            header_len=_REPLY_HEADER_LEN,
         )
 
     def scan_minimum(self, settings: SerialSettings) -> float:

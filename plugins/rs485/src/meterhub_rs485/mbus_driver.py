@@ -49,7 +49,7 @@ from meterhub.api import read_one
 from meterhub.errors import FrameError, LinkError, MeterError, MeterTimeout, NotSupported, UnknownQuantity
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import resolve
-from meterhub.timing import at_least, response_timeout
+from meterhub.timing import answer_deadline, at_least, response_timeout
 
 from . import mbus
 from .mbus import Ack, Function, LongFrame, LongHeader, Record, StreamDecoder, Telegram
@@ -66,7 +66,7 @@ RESPONSE_BITS = 330
 RESPONSE_EXTRA_S = 0.050
 #: ... and no sooner than 11 bit times: the least a scan request must wait.
 MIN_RESPONSE_BITS = 11
-#: The longest request (a selection, 17 bytes) and answer (L = 255: 261 bytes).
+#: The longest request: a selection, 17 bytes.
 _LONGEST_REQUEST = 4 + 3 + mbus.SELECT_LEN + 2
 DEFAULT_MAX_TELEGRAMS = 16
 
@@ -322,12 +322,14 @@ class MbusDriver:
         return sorted({m.obis for m in MAPPINGS} | {CLOCK_OBIS, SERIAL_OBIS} | extra)
 
     def transaction_timeout(self, settings: SerialSettings) -> float:
-        """Longest request on the wire + the slave's answer window + the longest answer."""
-        return response_timeout(
+        """By when an answer must have begun: longest request on the wire + the slave's
+        answer window + its first byte (E5h, 10h or 68h); a long frame under way is heard
+        to its end."""
+        return answer_deadline(
             settings,
             request_len=_LONGEST_REQUEST,
-            max_reply_len=mbus.MAX_FRAME_LEN,
             max_response_delay=RESPONSE_BITS / settings.baudrate + RESPONSE_EXTRA_S,
+            header_len=1,
         )
 
     async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:

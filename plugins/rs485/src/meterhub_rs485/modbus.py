@@ -49,7 +49,7 @@ from meterhub.errors import (
 from meterhub.framing import FrameFinder
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import Quantity, resolve
-from meterhub.timing import at_least, inter_frame_gap, response_timeout
+from meterhub.timing import answer_deadline, at_least, inter_frame_gap, response_timeout
 
 from .modbus_profiles import (
     MAX_REGISTERS_PER_READ,
@@ -364,7 +364,6 @@ DEFAULT_MAX_GAP = 4
 
 _READ_REQUEST_LEN = 8  # unit, function, address (2), count (2), CRC (2)
 _SCAN_REPLY_LEN = 9  # unit, function, byte count, two registers, CRC: the longest identity probe
-_MAX_READ_REPLY_LEN = 5 + 2 * MAX_REGISTERS_PER_READ  # unit, function, byte count, data, CRC
 
 #: Exceptions that say "this span cannot be read as one": read its quantities one by one.
 _SPLIT_ON = (0x02, 0x03)
@@ -478,18 +477,21 @@ class ModbusDriver:
         return sorted({obis for profile in self.profiles.values() for obis in profile.points})
 
     def transaction_timeout(self, settings: SerialSettings) -> float:
-        """Request on the wire + turnaround + MAX_RESPONSE_DELAY + the longest read reply (255 bytes)."""
-        return response_timeout(
+        """By when an answer must have begun: request on the wire + turnaround +
+        MAX_RESPONSE_DELAY + its first byte (the unit id); a long reply under way is heard
+        to its end."""
+        return answer_deadline(
             settings,
             request_len=_READ_REQUEST_LEN,
-            max_reply_len=_MAX_READ_REPLY_LEN,
             max_response_delay=MAX_RESPONSE_DELAY,
+            header_len=1,
         )
 
     def scan_timeout(self, settings: SerialSettings) -> float:
-        """How long a sweep waits for one unit id: a one-register read and SCAN_RESPONSE_DELAY."""
-        return response_timeout(settings, request_len=_READ_REQUEST_LEN, max_reply_len=_SCAN_REPLY_LEN,
-                                max_response_delay=SCAN_RESPONSE_DELAY)
+        """How long a sweep waits for one unit id to begin answering: a read request and
+        SCAN_RESPONSE_DELAY."""
+        return answer_deadline(settings, request_len=_READ_REQUEST_LEN, max_response_delay=SCAN_RESPONSE_DELAY,
+                               header_len=1)
 
     def scan_minimum(self, settings: SerialSettings) -> float:
         """The shortest wait per unit id in which a whole answer can arrive: the request and
