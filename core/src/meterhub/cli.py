@@ -181,7 +181,9 @@ def _serial_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--bytesize", type=click.IntRange(5, 8), default=None),
         click.option("--stopbits", type=click.Choice(["1", "1.5", "2"]), default=None),
         click.option("--protocol", required=True, help="Meter protocol (see `meterhub plugins`)."),
-        click.option("--timeout", type=float, default=None, help="Seconds per transaction (default: derived from the baud rate)."),
+        click.option("--timeout", type=float, default=None,
+                     help="Seconds from the start of a request by which the answer must have begun "
+                          "(default: the protocol's longest response delay at this baud rate)."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout."),
     ]
     for option in reversed(options):
@@ -867,7 +869,7 @@ def sim_cmd() -> None:
 @click.option("--first-address", default="000000000001", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, metavar="ADDRESS=KIND",
-              help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address.")
+              help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address, jam.")
 def sim_dlt645_cmd(count: int, baudrate: int, first_address: str, seed: int, faults: Sequence[str]) -> None:
     """DL/T 645-2007 meters on a pseudo-terminal; prints the port and runs until interrupted."""
     from .protocols.dlt645_sim import Fault
@@ -941,7 +943,7 @@ class _UntilInterrupted:
 @click.option("--baudrate", type=int, default=None, help="Put every meter at this rate (default: each protocol's own).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--fault", "faults", multiple=True, metavar="[PROTOCOL:]ADDRESS=KIND",
-              help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address.")
+              help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address, jam.")
 @click.option("--site", "site_path", type=click.Path(dir_okay=False), default=None,
               help="Also write a site file that reads every simulated meter (meterhub run FILE --once).")
 def sim_bus_cmd(specs: Sequence[str], baudrate: int | None, seed: int, faults: Sequence[str], site_path: str | None) -> None:
