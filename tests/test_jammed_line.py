@@ -33,21 +33,24 @@ def test_a_jammed_line_is_the_lines_fault_and_the_meters_are_read_once_it_clears
     site = attrs.evolve(site, meters=tuple(attrs.evolve(m, quantities=("1-0:1.8.0",)) for m in site.meters))
     babbler = line.bus.devices[3]
 
-    async def rounds() -> tuple[list, list, list]:
+    async def rounds() -> tuple[list, list, list, list]:
         with open_store(site.store) as store:
             async with Concentrator(site, plugins=plugins, store=store) as conc:
                 line.bus.set_fault(babbler.address, "jam")
                 jammed = await conc.run_round()
+                down = [conc.channel_errors()]  # what run --once reports (and exits 3 for)
                 line.bus.set_fault(babbler.address, None)
                 clear = await conc.run_round()
-            return list(jammed.readings), list(clear.readings), store.events()
+                down.append(conc.channel_errors())
+            return list(jammed.readings), list(clear.readings), store.events(), down
 
-    jammed, clear, events = asyncio.run(rounds())
+    jammed, clear, events, down = asyncio.run(rounds())
 
     assert {r.quality for r in jammed} == {Quality.LINK_ERROR}, jammed
     assert "jammed" in jammed[0].detail and all("jammed" in r.detail for r in jammed), jammed
     kinds = [e.kind for e in events]
     assert kinds.count("line_jammed") == 1 and "line_clear" in kinds, kinds
     assert "meter_dead" not in kinds, kinds  # no meter was blamed
+    assert "jammed" in down[0]["bus1"] and down[1] == {}, down
     # nobody was backed off: every meter is read in the next round, once the line is clear
     assert [r.quality for r in clear] == [Quality.OK] * 4, clear

@@ -120,7 +120,7 @@ class _Channel:
     bus: Bus | None = None
     error: str = ""  #: why the channel is down; empty while it is up or never tried
     down: bool = False
-    jammed: bool = False  #: the line was found jammed (LineJammed) and has not carried a round since
+    jam: str = ""  #: why the line is jammed (LineJammed); empty once it has carried a round again
     failure: LinkError | None = None  #: the link error of the meter being read, if any
 
 
@@ -214,8 +214,10 @@ class Concentrator:
         await self.close()
 
     def channel_errors(self) -> dict[str, str]:
-        """Channels currently down, with the reason."""
-        return {name: ch.error for name, ch in self._channels.items() if ch.down}
+        """Channels currently down or jammed (open, but nothing could be sent), with the reason."""
+        errors = {name: ch.error for name, ch in self._channels.items() if ch.down}
+        errors.update({name: ch.jam for name, ch in self._channels.items() if ch.jam and not ch.down})
+        return errors
 
     async def _open_channel(self, ch: _Channel) -> bool:
         if ch.bus is not None:
@@ -383,16 +385,16 @@ class Concentrator:
                     await self._drop_link(ch)
                     self._channel_down(ch, broken.detail)
             self._finish_meter(index, meter, readings, rnd)
-        if ch.jammed and not jam and ch.bus is not None:
-            ch.jammed = False
+        if ch.jam and not jam and ch.bus is not None:
+            ch.jam = ""
             log.warning("channel %s: the line is clear again", ch.name)
             self._raise_event(Event("line_clear", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
 
     def _line_jammed(self, ch: _Channel, reason: str) -> None:
         """A channel-level event: the line, not a meter, failed this round."""
         self._report("channel_down", {"channel": ch.name, "reason": reason})
-        if not ch.jammed:
-            ch.jammed = True
+        was_jammed, ch.jam = bool(ch.jam), reason
+        if not was_jammed:
             log.warning("channel %s: %s", ch.name, reason)
             self._raise_event(Event("line_jammed", source=ch.name, severity="warning",
                                     data={"channel": ch.name, "port": ch.config.port, "reason": reason}))
