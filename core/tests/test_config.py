@@ -16,12 +16,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meterhub import yamlnodes
 from meterhub.config import DEFAULT_QUANTITY, load_site, parse_duration, parse_site
 from meterhub.errors import ConfigError, ConfigIssue
 from meterhub.model import DEFAULT_STORE, ChannelConfig, Collector, Meter, Schedule, SerialSettings, Site
 
 DATA = Path(__file__).parent / "data" / "configs"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "site.yaml"
+
+
+@pytest.fixture(autouse=True, params=["libyaml", "python"])
+def parser(request, monkeypatch):
+    """Every test runs with libyaml's parser (where PyYAML has it) and the pure-Python one:
+    the lines and messages a user sees must not depend on which PyYAML is installed."""
+    if request.param == "libyaml" and yamlnodes.FAST_LOADER is None:
+        pytest.skip("PyYAML was built without libyaml")
+    if request.param == "python":
+        monkeypatch.setattr(yamlnodes, "FAST_LOADER", None)
+    return request.param
 
 
 # -- stand-ins for the real drivers and transports (written elsewhere) ----------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -70,8 +71,15 @@ def test_yaml_syntax_errors_are_located():
 
 
 def test_a_missing_bench_file_is_one_clear_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read the bench file"):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read the file: No such file"):
         load_bench(tmp_path / "nope.yaml")
+
+
+def test_a_bench_file_that_is_a_fifo_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "bench.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="it is a FIFO"):
+        load_bench(fifo)
 
 
 def test_visa_resource_names_are_taken_apart():

@@ -4,7 +4,9 @@ Every mistake in a file is collected into one :class:`~meterhub.errors.ConfigErr
 issue naming the file, the 1-based line and the key path (``meters[2].quantities[1]``), so
 a user fixes a site file in one pass instead of one error per run. Lines come from
 PyYAML's composed nodes (SafeLoader semantics); the values themselves are checked here,
-and channel settings are also handed to the channel's transport for its own checks.
+and channel settings are also handed to the channel's transport for its own checks. The
+file's size, nesting and every number and duration in it are bounded, so no file can
+hang the loader or hand the runtime a value it cannot use.
 
 The format, top-level keys and defaults::
 
@@ -46,9 +48,12 @@ from .model import (
 from .quantities import VOCABULARY, resolve
 from .yamlnodes import Node as _Node
 from .yamlnodes import child_path as _child_path
+from .yamlnodes import clip as _clip
 from .yamlnodes import compose_into as _compose
 from .yamlnodes import locate as _locate
 from .yamlnodes import plain as _plain
+from .yamlnodes import read_document, too_large
+from .yamlnodes import shorten as _shorten
 
 __all__ = ["load_site", "parse_site", "parse_duration", "DEFAULT_QUANTITY"]
 
@@ -68,6 +73,23 @@ SCHEDULE_KEYS = ("interval", "retries", "backoff_initial", "backoff_max")
 DEFAULT_QUANTITY = "1-0:1.8.0"
 #: bound on retries so that one dead meter cannot hold its bus for a whole round
 MAX_RETRIES = 10
+#: The largest site file read, in bytes. A concentrator serves at most 2040 measuring
+#: points (Q/GDW 1376.1), and even 10,000 meters written out at 400 bytes each, comments
+#: included, fit. A larger file is something else given by mistake (a log, a database)
+#: and would take tens of seconds and hundreds of MB to parse.
+MAX_SITE_FILE_BYTES = 4 * 1024 * 1024
+#: The longest interval and back-off, in seconds: a year. A yearly reading is the rarest
+#: schedule in metering; a longer one is a slip (3000000d) and would overflow the runtime's
+#: date arithmetic (a datetime ends in the year 9999).
+LONGEST_SCHEDULE = 366 * 24 * 3600.0
+#: The longest wait for a meter's answer, in seconds. A request and an answer of 255 bytes
+#: each at 300 bit/s (11 bits a character) take 19 s; a minute leaves room for a modem on
+#: the way, and a longer wait would hold the whole bus for each unanswered attempt.
+LONGEST_METER_TIMEOUT = 60.0
+#: The fastest baud rate: termios' B4000000, Linux's highest (meters use 300 to 115200).
+#: Its transport says which rates a port takes; this bound keeps timing maths (bit times,
+#: gaps) away from numbers no float holds.
+MAX_BAUDRATE = 4_000_000
 #: Q/GDW 1376.1 DA: pn = (DA2 - 1) * 8 + bit + 1 with DA2 in 1..255, so pn 1..2040;
 #: pn 0 is the terminal itself, not a measuring point
 POINT_RANGE = (1, 2040)
@@ -91,25 +113,39 @@ def parse_duration(text: str | int | float) -> float:
     negative numbers and booleans (YAML reads ``yes`` as true).
     """
     hint = "write seconds (90) or a duration such as 30s, 15m, 1h30m, 1d"
+    shown = _shorten(text) if isinstance(text, str) else _clip(repr(text))
     if isinstance(text, bool) or not isinstance(text, (str, int, float)):
-        raise ValueError(f"not a duration: {text!r}; {hint}")
+        raise ValueError(f"not a duration: {shown}; {hint}")
     if isinstance(text, (int, float)):
-        if not math.isfinite(text):
-            raise ValueError(f"not a duration: {text!r}; {hint}")
+        if isinstance(text, float) and not math.isfinite(text):
+            raise ValueError(f"not a duration: {shown}; {hint}")
         if text < 0:
-            raise ValueError(f"a duration cannot be negative: {text!r}")
-        return float(text)
+            raise ValueError(f"a duration cannot be negative: {shown}")
+        return _finite_seconds(text, shown)
     spelled = text.strip().lower()
     if _PLAIN_NUMBER.fullmatch(spelled):
-        return float(spelled)
+        return _finite_seconds(float(spelled), shown)
     if spelled.startswith("-"):
-        raise ValueError(f"a duration cannot be negative: {text!r}")
+        raise ValueError(f"a duration cannot be negative: {shown}")
     if not spelled or not _DURATION_FULL.fullmatch(spelled):
-        raise ValueError(f"not a duration: {text!r}; {hint}")
+        raise ValueError(f"not a duration: {shown}; {hint}")
     units = [unit for _, unit in _DURATION_PART.findall(spelled)]
     if len(units) != len(set(units)):
-        raise ValueError(f"not a duration: {text!r} (a unit appears twice); {hint}")
-    return sum(float(number) * _SECONDS[unit] for number, unit in _DURATION_PART.findall(spelled))
+        raise ValueError(f"not a duration: {shown} (a unit appears twice); {hint}")
+    seconds = sum(float(number) * _SECONDS[unit] for number, unit in _DURATION_PART.findall(spelled))
+    return _finite_seconds(seconds, shown)
+
+
+def _finite_seconds(seconds: int | float, shown: str) -> float:
+    """``seconds`` as a float; ValueError for a number of seconds too large for one (a
+    300-digit number: float() gives infinity for text, OverflowError for an int)."""
+    try:
+        result = float(seconds)
+    except OverflowError:
+        result = math.inf
+    if not math.isfinite(result):
+        raise ValueError(f"a duration too long to count: {shown}")
+    return result
 
 
 def load_site(
@@ -120,14 +156,8 @@ def load_site(
 ) -> Site:
     """Read and validate a site file; raise :class:`ConfigError` listing every problem."""
     filename = os.fspath(path)
-    try:
-        with open(filename, encoding="utf-8-sig") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(filename, None, "", f"cannot read the file: {exc.strerror or exc}")]) from None
-    except UnicodeDecodeError as exc:
-        line = exc.object[: exc.start].count(b"\n") + 1
-        raise ConfigError([ConfigIssue(filename, line, "", f"the file is not UTF-8 text: {exc.reason}")]) from None
+    text = read_document(filename, max_bytes=MAX_SITE_FILE_BYTES, what="a site file",
+                         hint="10,000 meters fit in fewer")
     return parse_site(text, filename=filename, drivers=drivers, transports=transports)
 
 
@@ -139,6 +169,9 @@ def parse_site(
     transports: Mapping[str, Transport],
 ) -> Site:
     """Validate the text of a site file; raise :class:`ConfigError` listing every problem."""
+    if len(text) > MAX_SITE_FILE_BYTES:  # a character takes at least a byte: a file read fits
+        raise ConfigError([ConfigIssue(filename, None, "", too_large(len(text), MAX_SITE_FILE_BYTES, "characters",
+                                                                   "a site file", "10,000 meters fit in fewer"))])
     issues: list[ConfigIssue] = []
     root = _compose(text, filename, issues)
     site = None
@@ -161,12 +194,12 @@ def _describe(node: _Node) -> str:
     if value is None:
         return "nothing"
     if isinstance(value, bool):
-        return f"{node.raw!r} (which YAML reads as {str(value).lower()}; quote it if you meant text)"
+        return f"{_shorten(node.raw)} (which YAML reads as {str(value).lower()}; quote it if you meant text)"
     if isinstance(value, (int, float)):
-        return f"the number {node.raw}"
+        return f"the number {_clip(node.raw)}"
     if isinstance(value, str):
-        return f"the text {value!r}"
-    return f"{node.raw!r} ({type(value).__name__})"
+        return f"the text {_shorten(value)}"
+    return f"{_shorten(node.raw)} ({type(value).__name__})"
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -235,6 +268,10 @@ class _SiteBuilder:
             if not node.value.strip():
                 self.bad(node, "must not be empty")
                 return None
+            problem = _unwritable(node.value)
+            if problem is not None:
+                self.bad(node, problem)
+                return None
             return node.value
         if numbers_ok and node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
             return node.raw
@@ -242,6 +279,9 @@ class _SiteBuilder:
         return None
 
     def integer(self, node: _Node | None, low: int, high: int | None = None) -> int | None:
+        """A whole number from ``low`` to ``high``. Every number in a site file is bounded, so
+        that nothing downstream (timing maths, a date) meets one it cannot hold; a caller
+        without ``high`` checks its own ceiling (:meth:`baudrate`)."""
         if node is None or node.broken:
             return None
         value = node.value if node.kind == "scalar" else None
@@ -250,12 +290,13 @@ class _SiteBuilder:
             self.bad(node, f"must be a whole number {range_text}, got {_describe(node)}")
             return None
         if value < low or (high is not None and value > high):
-            self.bad(node, f"must be a whole number {range_text}, got {value}")
+            self.bad(node, f"must be a whole number {range_text}, got {_clip(node.raw)}")
             return None
         return value
 
-    def duration(self, node: _Node | None) -> float | None:
-        """A positive duration in seconds (``90``, ``30s``, ``15m``, ``1h30m``)."""
+    def duration(self, node: _Node | None, longest: float) -> float | None:
+        """A duration in seconds (``90``, ``30s``, ``15m``, ``1h30m``), above zero and at most
+        ``longest``: the runtime adds it to clocks and dates, which end somewhere."""
         if node is None or node.broken:
             return None
         if node.kind != "scalar":
@@ -267,7 +308,10 @@ class _SiteBuilder:
             self.bad(node, str(exc))
             return None
         if seconds <= 0:
-            self.bad(node, f"must be longer than zero, got {node.raw}")
+            self.bad(node, f"must be longer than zero, got {_clip(node.raw)}")
+            return None
+        if seconds > longest:
+            self.bad(node, f"must be at most {_duration_text(longest)}, got {_clip(node.raw)}")
             return None
         return seconds
 
@@ -275,7 +319,7 @@ class _SiteBuilder:
         for key, child in node.value.items():
             if key not in known:
                 hint = _suggest(key, known) or f"; {_known('keys', known)}"
-                self.bad(child, f"unknown key {key!r}{hint}")
+                self.bad(child, f"unknown key {_shorten(key)}{hint}")
 
     # -- the file --------------------------------------------------------------------
 
@@ -285,7 +329,8 @@ class _SiteBuilder:
             return None
         for key, child in root.value.items():
             if key not in TOP_KEYS and not key.startswith(EXTENSION_PREFIX):
-                self.bad(child, f"unknown top-level key {key!r}{_suggest(key, TOP_KEYS) or '; ' + _known('keys', TOP_KEYS)}")
+                hint = _suggest(key, TOP_KEYS) or "; " + _known("keys", TOP_KEYS)
+                self.bad(child, f"unknown top-level key {_shorten(key)}{hint}")
         for key in ("channels", "meters"):
             if key not in root.value:
                 self.missing(root, key)
@@ -332,6 +377,9 @@ class _SiteBuilder:
                     self.issues.extend(exc.issues)
                 except (OSError, ValueError) as exc:
                     self.bad(item, f"{driver.name} profiles in {path}: {exc}")
+                except Exception as exc:  # a driver's bug (a YAML value it did not expect) must not end in a traceback
+                    failure = f"{type(exc).__name__}: {exc}"
+                    self.bad(item, f"the {driver.name} driver could not load the profiles in {path}: {failure}")
 
     # -- channels ----------------------------------------------------------------------
 
@@ -367,7 +415,7 @@ class _SiteBuilder:
             if transport is None:
                 self.bad(
                     node.value["transport"],
-                    f"unknown transport {transport_name!r}{_suggest(transport_name, self.transports)}"
+                    f"unknown transport {_shorten(transport_name)}{_suggest(transport_name, self.transports)}"
                     f" ({_known('transports', self.transports)})",
                 )
             else:
@@ -395,7 +443,7 @@ class _SiteBuilder:
         made even when the transport is unknown; the transport adds its own limits.
         """
         checks = {
-            "baudrate": lambda n: self.integer(n, 1),
+            "baudrate": self.baudrate,
             "parity": self.parity,
             "bytesize": lambda n: self.choice(n, BYTESIZES, "data bits"),
             "stopbits": lambda n: self.choice(n, STOPBITS, "stop bits"),
@@ -414,6 +462,15 @@ class _SiteBuilder:
             else:
                 changes[key] = value
         return attrs.evolve(base, **changes), given, bad
+
+    def baudrate(self, node: _Node) -> int | None:
+        """Bit/s: any whole number of at least 1, for its transport to say which its port takes,
+        but no more than :data:`MAX_BAUDRATE`."""
+        rate = self.integer(node, 1)
+        if rate is not None and rate > MAX_BAUDRATE:
+            self.bad(node, f"must be at most {MAX_BAUDRATE} bit/s, the fastest a serial port takes; got {_clip(node.raw)}")
+            return None
+        return rate
 
     def parity(self, node: _Node) -> str | None:
         if node.broken:
@@ -483,7 +540,7 @@ class _SiteBuilder:
                 if first is not None:
                     self.bad(
                         address_node,
-                        f"address {meter.address} on channel {meter.channel!r} is already used by"
+                        f"address {meter.address} on channel {_shorten(meter.channel)} is already used by"
                         f" {first.path.rsplit('.', 1)[0]} (line {first.line})",
                     )
                 else:
@@ -537,7 +594,7 @@ class _SiteBuilder:
             if collector is None:
                 self.bad(
                     collector_node,
-                    f"collector {collector_name!r} is not defined{_suggest(collector_name, collectors)}"
+                    f"collector {_shorten(collector_name)} is not defined{_suggest(collector_name, collectors)}"
                     f" ({_known('collectors', collectors) if collectors else 'there is no collectors: section'})",
                 )
             elif channel is None and node.get("channel") is None:
@@ -545,7 +602,8 @@ class _SiteBuilder:
             elif channel in self._channel_nodes and collector.channel and channel != collector.channel:
                 self.bad(
                     node.value["channel"],
-                    f"channel {channel!r} differs from the channel {collector.channel!r} of collector {collector_name!r}",
+                    f"channel {_shorten(channel)} differs from the channel {_shorten(collector.channel)}"
+                    f" of collector {_shorten(collector_name)}",
                 )
         if node.get("channel") is None and collector_node is None:
             self.missing(node, "channel")
@@ -553,7 +611,7 @@ class _SiteBuilder:
         quantities = self.quantities(node, driver)
         point = self.integer(node.get("point"), *POINT_RANGE)
         name = self.text(node.get("name"), numbers_ok=True)
-        timeout = self.duration(node.get("timeout"))
+        timeout = self.duration(node.get("timeout"), LONGEST_METER_TIMEOUT)
         retries = self.integer(node.get("retries"), 0, MAX_RETRIES)
 
         settings = None
@@ -584,14 +642,15 @@ class _SiteBuilder:
     def protocol(self, node: _Node | None) -> str | None:
         name = self.text(node)
         if name is not None and node is not None and name not in self.drivers:
-            self.bad(node, f"unknown protocol {name!r}{_suggest(name, self.drivers)} ({_known('protocols', self.drivers)})")
+            hint = f"{_suggest(name, self.drivers)} ({_known('protocols', self.drivers)})"
+            self.bad(node, f"unknown protocol {_shorten(name)}{hint}")
         return name
 
     def channel_ref(self, node: _Node | None) -> str | None:
         name = self.text(node, numbers_ok=True)
         if name is not None and node is not None and name not in self._channel_nodes:
             defined = f"defined: {', '.join(self._channel_nodes)}" if self._channel_nodes else "no channel is defined"
-            self.bad(node, f"channel {name!r} is not defined{_suggest(name, self._channel_nodes)} ({defined})")
+            self.bad(node, f"channel {_shorten(name)} is not defined{_suggest(name, self._channel_nodes)} ({defined})")
         return name
 
     def address(self, node: _Node | None, protocol: str | None) -> str | None:
@@ -614,7 +673,7 @@ class _SiteBuilder:
         try:
             return driver.normalize_address(address)
         except ValueError as exc:
-            self.bad(node, f"invalid {protocol} address {address!r}: {exc}")
+            self.bad(node, f"invalid {protocol} address {_shorten(address)}: {exc}")
             return None
 
     def quantities(self, node: _Node, driver: MeterDriver | None) -> tuple[str, ...]:
@@ -664,12 +723,12 @@ class _SiteBuilder:
             return default
         assert node is not None
         self.check_keys(node, SCHEDULE_KEYS)
-        interval = self.duration(node.get("interval")) or default.interval
+        interval = self.duration(node.get("interval"), LONGEST_SCHEDULE) or default.interval
         retries = self.integer(node.get("retries"), 0, MAX_RETRIES)
         initial_node = node.get("backoff_initial")
-        backoff_initial = self.duration(initial_node) or interval
+        backoff_initial = self.duration(initial_node, LONGEST_SCHEDULE) or interval
         max_node = node.get("backoff_max")
-        backoff_max = self.duration(max_node)
+        backoff_max = self.duration(max_node, LONGEST_SCHEDULE)
         if backoff_max is None:
             backoff_max = max(default.backoff_max, backoff_initial)
         elif backoff_max < backoff_initial and max_node is not None:
@@ -690,7 +749,8 @@ class _SiteBuilder:
         if not url.startswith(STORE_SCHEME) or len(url) == len(STORE_SCHEME):
             self.bad(
                 node,
-                f"must be a SQLite URL such as {DEFAULT_STORE} (sqlite:////abs/path.db for an absolute path), got {url!r}",
+                f"must be a SQLite URL such as {DEFAULT_STORE} (sqlite:////abs/path.db for an absolute path),"
+                f" got {_shorten(url)}",
             )
             return DEFAULT_STORE
         return url
@@ -698,6 +758,31 @@ class _SiteBuilder:
 
 def _seconds(seconds: float) -> str:
     return f"{seconds:g} s"
+
+
+def _duration_text(seconds: float) -> str:
+    """A bound as a user writes a duration: ``366d``, ``1m``, ``90s``."""
+    for unit in ("d", "h", "m", "s"):
+        size = _SECONDS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def _unwritable(text: str) -> str | None:
+    """Why ``text`` cannot be a name, port, path or URL, or None if it can.
+
+    The YAML reader refuses control characters and lone surrogates written as they are, but
+    a double-quoted string still spells them as escapes: ``"\\0"``, ``"\\ud800"``. A file
+    name cannot hold NUL (POSIX), and a lone surrogate has no UTF-8 for SQLite or a port name.
+    """
+    if "\0" in text:
+        return "must not hold a NUL character (\\0): no file name, port or URL can"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be Unicode text: it holds a lone surrogate (such as \\ud800), which is half a character"
+    return None
 
 
 def _quantity_names() -> list[str]:

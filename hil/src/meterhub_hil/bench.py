@@ -17,7 +17,7 @@ import attrs
 
 from meterhub.errors import ConfigError, ConfigIssue
 from meterhub.model import PARITIES, SerialSettings
-from meterhub.yamlnodes import Node, child_path, compose, locate
+from meterhub.yamlnodes import Node, child_path, compose, locate, read_document
 
 #: Instrument types a bench file may declare.
 ADAPTER = "rs485-adapter"
@@ -30,6 +30,8 @@ SIMULATED_METER = "simulated-meter"  #: our simulator served through one adapter
 PULSE_COLLECTOR = "pulse-collector"  #: counts pulses on its inputs, read over RS485
 GATEWAY = "gateway"  #: a box running meterhub, reached over the network
 DEVICE_TYPES = (METER, SIMULATED_METER, PULSE_COLLECTOR, GATEWAY)
+#: The largest bench file read, in bytes: a lab bench names a few dozen instruments and devices.
+MAX_BENCH_FILE_BYTES = 1024 * 1024
 
 #: Pulse input kinds: an S0 output (IEC 62053-31) or a reed contact that bounces.
 INPUT_KINDS = ("s0", "reed")
@@ -152,10 +154,7 @@ def load_bench(path: str | Path, *, virtual: bool | None = None) -> BenchSpec:
     Raises :class:`ConfigError` with every problem found, each with file, line and key.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read the bench file: {exc.strerror or exc}")]) from None
+    text = read_document(path, max_bytes=MAX_BENCH_FILE_BYTES, what="a bench file")
     return parse_bench(text, filename=str(path), virtual=virtual)
 
 

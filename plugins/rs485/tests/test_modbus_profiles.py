@@ -4,6 +4,7 @@ key, and register values decode exactly (and back, for the simulator)."""
 from __future__ import annotations
 
 import math
+import os
 import struct
 import textwrap
 from decimal import Decimal
@@ -304,8 +305,25 @@ def test_a_profile_folder_reports_the_problems_of_every_file(tmp_path: Path):
 def test_a_missing_folder_or_file_is_a_config_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="no such profiles folder"):
         load_profile_dir(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="cannot read the profile"):
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read the file: No such file"):
         load_profile_file(tmp_path / "nope.yaml")
+
+
+def test_a_profile_that_is_no_regular_file_or_an_alias_bomb_is_refused_at_once(tmp_path: Path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    with pytest.raises(ConfigError, match="it is a FIFO"):
+        load_profile_file(fifo)
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)))
+    with pytest.raises(ConfigError, match="holds more than"):
+        load_profile_file(bomb)
+
+
+def test_a_value_that_is_not_of_its_tags_type_is_a_profile_error():
+    with pytest.raises(ConfigError, match=r"max_gap: invalid value: 'abc'"):
+        parse_profile("serial: {baudrate: 9600}\nmax_gap: !!int abc\nquantities: {}\n", "p.yaml")
 
 
 # --- values ----------------------------------------------------------------------------------

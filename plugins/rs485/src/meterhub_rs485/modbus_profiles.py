@@ -59,6 +59,7 @@ import yaml
 from meterhub.errors import ConfigError, ConfigIssue, FrameError, NotSupported, UnknownQuantity
 from meterhub.model import PARITIES, SerialSettings
 from meterhub.quantities import resolve
+from meterhub.yamlnodes import compose_yaml, read_document
 
 __all__ = [
     "DATA_TYPES",
@@ -81,6 +82,10 @@ __all__ = [
 #: Modbus Application Protocol V1.1b3 §6.3/§6.4: one read of holding or input registers
 #: returns 1 to 125 registers (125 × 2 bytes + byte count fill a 253-byte PDU).
 MAX_REGISTERS_PER_READ = 125
+
+#: The largest profile file read, in bytes: a profile maps a few hundred registers at most
+#: (the shipped ones are under 6 KB); anything far larger was named by mistake.
+MAX_PROFILE_BYTES = 1024 * 1024
 
 #: Function codes a profile may read with (§6.3 read holding registers, §6.4 read input registers).
 READ_FUNCTIONS = {3: "read holding registers", 4: "read input registers"}
@@ -377,19 +382,11 @@ def _compose(text: str, source: str) -> tuple[Any, dict[_Path, int], list[Config
     """
     lines: dict[_Path, int] = {}
     issues: list[ConfigIssue] = []
+    # meterhub's bounded composer: a billion-laughs profile is refused, not expanded
+    loader, root = compose_yaml(text, source, issues)
+    if loader is None:
+        return None, lines, issues
     try:
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:
-        return None, lines, [ConfigIssue(source, None, "", f"invalid YAML: {exc}")]
-    try:
-        try:
-            root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else None
-            return None, lines, [ConfigIssue(source, line, "", f"invalid YAML: {exc.problem or exc}")]
-        except yaml.YAMLError as exc:
-            return None, lines, [ConfigIssue(source, None, "", f"invalid YAML: {exc}")]
         if root is None:
             return None, lines, issues
 
@@ -423,6 +420,9 @@ def _compose(text: str, source: str) -> tuple[Any, dict[_Path, int], list[Config
                 return loader.construct_object(node, deep=True)
             except yaml.YAMLError as exc:
                 issues.append(ConfigIssue(source, line, _key_text(path), f"invalid value: {exc}"))
+                return None
+            except (ValueError, KeyError, AttributeError, IndexError):  # !!int abc, !!bool maybe, 2020-02-30
+                issues.append(ConfigIssue(source, line, _key_text(path), f"invalid value: {node.value!r} is not a {node.tag.rsplit(':', 1)[-1]}"))
                 return None
 
         return convert(root, (), root.start_mark.line + 1), lines, issues
@@ -777,11 +777,7 @@ def profile_from_mapping(name: str, mapping: Mapping[str, Any], source: str = ""
 def load_profile_file(path: str | Path) -> Profile:
     """The profile in one YAML file, named after the file (``eastron-sdm120.yaml``)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(str(path), None, "", f"cannot read the profile: {exc}")]) from None
-    return parse_profile(text, str(path))
+    return parse_profile(read_document(path, max_bytes=MAX_PROFILE_BYTES, what="a device profile"), str(path))
 
 
 def load_profile_dir(path: str | Path) -> dict[str, Profile]:
