@@ -724,7 +724,8 @@ def _print_stats(report: Any, console: Any) -> None:
         console.print(table)
         if title == "per meter" and kinds:
             console.print("failed: " + "; ".join(kinds), highlight=False)
-    console.print("skip: not tried while the meter is backed off; ms: from request to accepted answer",
+    console.print("skip: not tried (backed off, or the meter went unanswered earlier in the round); "
+                  "ms: from request to accepted answer",
                   style="dim", highlight=False)
 
 
