@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from meterhub.bus import LATE_GUARD_TIMEOUTS, Bus, LateAnswer
+from meterhub.bus import LATE_GUARD_TIMEOUTS, Bus, LateAnswer, current_target
 from meterhub.errors import ChecksumError, FrameError, LineJammed, MeterTimeout
 from meterhub.model import SerialSettings
 
@@ -216,3 +216,107 @@ def test_an_answer_that_begins_after_the_deadline_is_late():
 
     (late,) = asyncio.run(scenario())
     assert TIMEOUT < late.began <= late.after
+
+
+# --- answers that look alike (a Modbus read names no register) --------------------------------
+
+
+#: These tests time answers in windows after guards: a longer timeout keeps them clear of
+#: the host's jitter (a late answer lands three quarters into the next window).
+SLOW = 2 * TIMEOUT
+
+
+def _alike(bus: Bus, request: bytes):
+    """A request whose answer cannot be told from another's: any frame starting with V."""
+    return bus.transact(request, ToyDecoder(), timeout=SLOW, accept=lambda f: f.startswith("V"))
+
+
+def test_an_unanswered_request_claims_the_late_answer_that_a_different_one_would_take():
+    async def scenario() -> tuple[str, list[LateAnswer]]:
+        # q1's answer comes 3 timeouts late: after its guard, inside q2's window, before q2's
+        # own (a meter answers in order). q2 would take it (it looks like its own), but q1
+        # asked first; q2 gets its own answer.
+        def meter(req: bytes) -> list[tuple[float, bytes]]:
+            return [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else [(0.9 * SLOW, b"<V-voltage>")]
+
+        bus = Bus("b", ScriptLink(meter))
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<q1>")
+        await bus.settle()  # the guard: q1's answer is not in it
+        exchange = await _alike(bus, b"<q2>")
+        await asyncio.sleep(0.1)
+        return exchange.frame, await bus.settle()
+
+    frame, late = asyncio.run(scenario())
+    assert frame == "V-voltage"
+    assert [(a.request, a.frame) for a in late] == [(b"<q1>", "V-energy")]
+
+
+def test_the_claim_is_made_in_the_window_of_the_later_request():
+    async def scenario() -> tuple[object, list[LateAnswer]]:
+        # q1's answer lands in q2's window and q2's own never comes: q2 is not answered.
+        bus = Bus("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else []))
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<q1>")
+        await bus.settle()
+        try:
+            outcome: object = (await _alike(bus, b"<q2>")).frame
+        except MeterTimeout as exc:
+            outcome = exc
+        return outcome, await bus.settle()
+
+    outcome, late = asyncio.run(scenario())
+    assert isinstance(outcome, MeterTimeout)
+    assert [(a.request, a.frame) for a in late] == [(b"<q1>", "V-energy")]
+
+
+def test_a_retry_answered_after_a_silent_attempt_is_held_and_a_second_answer_makes_it_doubtful():
+    async def scenario() -> list[LateAnswer]:
+        # Every answer comes 3 timeouts late: the retry takes the first attempt's, the hold
+        # hears the retry's own.
+        bus = Bus("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V>")]))
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<q1>")
+        await bus.settle()
+        assert (await _alike(bus, b"<q1>")).frame == "V"  # the answer to the same question
+        return await bus.settle()
+
+    late = asyncio.run(scenario())
+    assert [a.held for a in late] == [True]
+
+
+def test_a_lost_request_costs_nothing_once_its_retry_is_answered():
+    async def scenario() -> str:
+        # q1's first sending is lost; its retry is answered at once. The hold hears nothing
+        # more, so q1 is no longer pending, and q2's answer is q2's.
+        sent: list[bytes] = []
+
+        def meter(req: bytes) -> list[tuple[float, bytes]]:
+            sent.append(req)
+            return [] if len(sent) == 1 else [(0.02, b"<V-" + req[1:-1] + b">")]
+
+        bus = Bus("b", ScriptLink(meter))
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<q1>")
+        await bus.settle()
+        assert (await _alike(bus, b"<q1>")).frame == "V-q1"
+        assert await bus.settle() == []
+        return (await _alike(bus, b"<q2>")).frame
+
+    assert asyncio.run(scenario()) == "V-q2"
+
+
+def test_another_meters_pending_request_does_not_take_what_this_one_is_answered():
+    async def scenario() -> str:
+        # Meter a never answers; meter b's acknowledgement (which names nobody, like an
+        # M-Bus E5) is b's, not a's late one.
+        bus = Bus("b", ScriptLink(lambda req: [] if req == b"<a>" else [(0.02, b"<V>")]))
+        token = current_target.set("bus/a")
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<a>")
+        await bus.settle()
+        current_target.reset(token)
+        current_target.set("bus/b")
+        return (await _alike(bus, b"<b>")).frame
+
+    assert asyncio.run(scenario()) == "V"

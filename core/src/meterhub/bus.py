@@ -1,22 +1,32 @@
 """Bus arbitration: one transaction in flight per half-duplex channel, the inter-frame gap
-and turnaround that the channel's character format demands, and the rule that keeps a
+and turnaround that the channel's character format demands, and the rules that keep a
 late answer from being taken for another request's.
 
 This is a core service so that every meter driver, built-in or third-party, gets the
 same guarantees without knowing about the others sharing its wire.
 
-**The late-answer rule.** An answer is taken only inside its own request's window, and
-only if the request's ``accept`` recognises it (drivers check everything the protocol
-carries: address, function, data identifier, byte count). A request that got no accepted
-answer may still be answered by a meter slower than its timeout: the line *owes* it an
-answer. Before anything else is sent on the line, retries included, the bus listens out a
-*guard*: until :data:`LATE_GUARD_TIMEOUTS` timeouts have passed since the unanswered
-request left the wire (plus :data:`RX_LATENCY_S`), then until the line has been quiet for
-an inter-frame gap. A frame heard in the guard that the unanswered request accepts is a
-:class:`LateAnswer`: it is dropped and reported to whoever calls :meth:`Bus.settle`, never
-handed to the next request. Cost in bus time: a transaction that fails holds the line for
-one more timeout plus its request's wire time (a dead DL/T 645 meter at 2400 Bd: 1.6 s
-window + 1.7 s guard per attempt); a transaction that is answered costs nothing extra.
+**Which request an answer belongs to.** An answer is taken only if the request's
+``accept`` recognises it (drivers check everything the protocol carries: address,
+function, data identifier, byte count). A request that got no accepted answer may still be
+answered by a meter slower than its timeout: it stays *pending* (:data:`PENDING_TIMEOUTS`).
+A meter answers in the order it was asked, so a frame that a pending request would accept
+is that request's late answer, also when it arrives in a later request's window and that
+request would accept it too (two Modbus reads of the same size): the older request claims
+it, and the later one goes on waiting for its own. A :class:`LateAnswer` is dropped and
+reported to whoever calls :meth:`Bus.settle`. Only a repeat of the very same request (a
+retry) takes an answer that an earlier identical request may have been owed: whichever
+attempt it answers, it is the answer to that question.
+
+**The guard.** After a request got no answer, nothing else is sent, retries included,
+until :data:`LATE_GUARD_TIMEOUTS` timeouts have passed since it left the wire (plus
+:data:`RX_LATENCY_S`) and the line has been quiet: a late answer is heard then, instead of
+arriving on top of the next request and its answer. When a retry is answered after
+identical attempts went unanswered, its answer may be the first attempt's and its own
+still to come: the line is held again as long as the meter would take if it was that
+slow, and an answer heard then makes the taken one doubtful (``LateAnswer.held``). Cost in
+bus time: a failed transaction holds the line one more timeout plus its request's wire
+time (a dead DL/T 645 meter at 2400 Bd: 0.62 s window + 0.71 s guard per attempt); an
+answered one nothing, but for a retry that was answered after a silent attempt.
 
 Before it sends, the bus also listens until the line has been quiet for an inter-frame
 gap plus a turnaround (bytes heard meanwhile belong to nobody's answer and are dropped);
@@ -29,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 import attrs
@@ -54,6 +65,21 @@ RX_LATENCY_S = 0.020
 #: takes on the wire, with no inter-frame gap, is jammed.
 LONGEST_FRAME_BYTES = 261
 
+#: How long an unanswered request may still claim its answer, in multiples of its
+#: timeout: a meter up to ten times slower than its timeout allows (a Modbus meter at
+#: 9600 Bd: 2.1 s) never has its answer taken for another request's. Bounded because a
+#: request that was lost on the wire, not answered late, would otherwise take the answers
+#: of the later requests that look like it (the same Modbus unit and size) for its own.
+PENDING_TIMEOUTS = 10.0
+
+#: At most this many unanswered requests are remembered per line (a dead meter adds one
+#: per attempt); the oldest are forgotten first.
+MAX_PENDING = 64
+
+#: What is being read, as its caller names it (the runtime: ``channel/protocol:address``);
+#: set around a meter's transactions so that a late answer says whose it is.
+current_target: ContextVar[str | None] = ContextVar("meterhub_bus_target", default=None)
+
 
 @attrs.frozen
 class Exchange:
@@ -76,26 +102,42 @@ class WireRecord:
 
 @attrs.frozen
 class LateAnswer:
-    """An answer that arrived after its request had been given up; heard in the guard,
-    dropped, and reported so that the caller can say the meter is too slow."""
+    """An answer that arrived after its request had been given up: dropped, and reported so
+    that the caller can say the meter is too slow."""
 
     request: bytes  #: the request it answers
     frame: Any  #: the decoded answer
     began: float  #: seconds from the start of the request until the answer's first bytes arrived
     after: float  #: seconds from the start of the request until the answer was complete
     timeout: float  #: what the request had been given
+    target: str | None = None  #: :data:`current_target` when the request was sent
+    #: heard while the line was held after a retry was answered: that answer may have been
+    #: this one's (an earlier attempt's), so it is doubtful
+    held: bool = False
 
 
 @attrs.define
-class _Owed:
-    """An unanswered request whose answer may still come, and how to recognise it."""
+class _Pending:
+    """An unanswered request that may still be answered, and how to recognise its answer."""
 
     request: bytes
-    decoder: StreamDecoder
     accept: Callable[[Any], bool]
-    started: float  #: time.monotonic() the request started
+    started: float  #: time.monotonic() it started (for a retry: its first attempt)
     timeout: float
-    until: float  #: end of the guard
+    expires: float
+    target: str | None
+
+
+@attrs.define
+class _Listen:
+    """A stretch of listening before the next request: a guard or a hold."""
+
+    request: bytes  #: the unanswered request, or the retry whose answer is doubtful
+    target: str | None  #: whose request it is (:data:`current_target`)
+    decoder: StreamDecoder  #: that request's own, mid-stream
+    until: float
+    timeout: float  #: of that request: how long the line may stay busy after ``until``
+    held: bool = False  #: a hold after a retry was answered
     skipped: int = 0  #: noise bytes of the decoder already counted as stray
     began: float | None = None  #: when the bytes the decoder holds began to arrive
 
@@ -115,8 +157,12 @@ class Bus:
         self._idle_since = 0.0  # monotonic time the line last went quiet
         self._settings: SerialSettings = link.settings
         self._trace = trace
-        self._owed: _Owed | None = None
+        self._pending: list[_Pending] = []  # oldest first
+        self._listen: _Listen | None = None
         self._late: list[LateAnswer] = []
+        #: the request last sent, and when its identical sendings in a row went unanswered
+        self._repeated: bytes | None = None
+        self._unanswered: list[float] = []
         #: the last bytes on the line were a whole frame we know (our request, an accepted
         #: answer); after bytes of unknown extent the line must stay quiet longer to be sure
         self._known_end = True
@@ -128,37 +174,61 @@ class Bus:
 
     @property
     def owes_answer(self) -> bool:
-        """Whether an unanswered request's guard is still to be listened out."""
-        return self._owed is not None
+        """Whether a guard (or hold) is still to be listened out before the next request."""
+        return self._listen is not None
 
-    # -- the late-answer guard ---------------------------------------------------------
+    # -- late answers ------------------------------------------------------------------
 
     async def settle(self) -> list[LateAnswer]:
-        """Listen out the guard of an unanswered request, if there is one; return the late
-        answers heard since the last call (in this guard or in guards that transactions
-        ran before they sent). Raises LinkError if the link fails meanwhile."""
+        """Listen out the guard of an unanswered request (or the hold after a retry), if
+        there is one; return the late answers heard since the last call, here or during
+        transactions. Raises LinkError if the link fails meanwhile."""
         async with self._lock:
             await self._settle_locked()
         late, self._late = self._late, []
         return late
 
     async def _settle_locked(self) -> None:
-        owed = self._owed
-        if owed is None:
+        listen = self._listen
+        if listen is None:
             return
         try:
-            remaining = owed.until - time.monotonic()
+            remaining = listen.until - time.monotonic()
             while remaining > 0:
-                self._heard(await self.link.read(remaining), owed)
-                remaining = owed.until - time.monotonic()
+                self._heard(await self.link.read(remaining), listen)
+                remaining = listen.until - time.monotonic()
             # A late answer may be under way as the guard ends: wait for a quiet line.
-            await self._await_quiet(self._settings, owed.timeout, owed)
+            await self._await_quiet(self._settings, listen.timeout, listen)
+            if listen.held:
+                # Nothing more came from a meter as slow as the answer taken: that answer was
+                # the retry's own, and the earlier attempts were lost, not late.
+                self._pending = [p for p in self._pending if (p.request, p.target) != (listen.request, listen.target)]
         finally:
-            self._owed = None
+            self._listen = None
 
-    def _heard(self, data: bytes, owed: _Owed | None) -> None:
-        """Bytes on a line that owes nobody an answer now: judge them against the
-        unanswered request (a late answer) or count them as stray."""
+    def _claim(
+        self, frame: Any, now: float, began: float, target: str | None, *, mine: bool = False, held: bool = False,
+        skip: bytes | None = None,
+    ) -> bool:
+        """Whether a pending request takes ``frame`` as its late answer; it is then reported
+        and no longer pending. ``target``'s own requests are asked first, oldest first (a
+        meter answers in the order it was asked), then the others'. A frame that the
+        current request would take (``mine``) is left to it unless one of its target's
+        earlier requests, other than repeats of ``skip``, takes it: another meter's late
+        answer can look the same (an M-Bus E5 names no one) and is no concern of this one."""
+        ordered = [p for p in self._pending if p.target == target]
+        if not mine:
+            ordered += [p for p in self._pending if p.target != target]
+        for pending in ordered:
+            if pending.request != skip and pending.expires > now and pending.accept(frame):
+                self._pending.remove(pending)
+                self._late.append(LateAnswer(pending.request, frame, began - pending.started, now - pending.started,
+                                             pending.timeout, pending.target, held))
+                return True
+        return False
+
+    def _heard(self, data: bytes, listen: _Listen | None) -> None:
+        """Bytes between transactions: a pending request's late answer, or stray."""
         if not data:
             return
         now = time.monotonic()
@@ -166,18 +236,18 @@ class Bus:
         self._known_end = False
         if self._trace:
             self._trace(WireRecord("rx", bytes(data), now))
-        if owed is None:
+        if listen is None:
             self.stray_bytes += len(data)
             return
-        began = owed.began if owed.began is not None else now  # of what the decoder holds, or of these bytes
-        for item in owed.decoder.feed(data):
-            if not isinstance(item, FrameError) and owed.accept(item):
-                self._late.append(LateAnswer(owed.request, item, began - owed.started, now - owed.started, owed.timeout))
-        owed.began = began if owed.decoder.pending else None
-        self.stray_bytes += owed.decoder.skipped - owed.skipped
-        owed.skipped = owed.decoder.skipped
+        began = listen.began if listen.began is not None else now  # of what the decoder holds, or of these bytes
+        for item in listen.decoder.feed(data):
+            if not isinstance(item, FrameError):
+                self._claim(item, now, began, listen.target, held=listen.held)
+        listen.began = began if listen.decoder.pending else None
+        self.stray_bytes += listen.decoder.skipped - listen.skipped
+        listen.skipped = listen.decoder.skipped
 
-    async def _await_quiet(self, settings: SerialSettings, limit: float, owed: _Owed | None = None) -> None:
+    async def _await_quiet(self, settings: SerialSettings, limit: float, listen: _Listen | None = None) -> None:
         """Listen until the line has been quiet for an inter-frame gap plus a turnaround
         since anything was last on it (our own frames included). After bytes that were
         not a frame we know the end of, quiet must also outlast RX_LATENCY_S: the host sees
@@ -195,7 +265,7 @@ class Bus:
             if not data:
                 return
             heard += len(data)
-            self._heard(data, owed)
+            self._heard(data, listen)
             if time.monotonic() >= deadline:
                 raise LineJammed(
                     f"line {self.name} is jammed: {heard} bytes in {time.monotonic() - started:.2f} s and never quiet "
@@ -206,6 +276,8 @@ class Bus:
 
     async def _prepare(self, settings: SerialSettings | None, limit: float) -> SerialSettings:
         await self._settle_locked()
+        now = time.monotonic()
+        self._pending = [p for p in self._pending if p.expires > now][-MAX_PENDING:]
         wanted = settings or self.link.settings
         if wanted != self._settings:
             await self.link.apply_settings(wanted)
@@ -241,24 +313,27 @@ class Bus:
         settings: SerialSettings | None = None,
         guard: bool = True,
     ) -> Exchange:
-        """Send ``request`` and return the first decoded frame that ``accept`` takes.
+        """Send ``request`` and return the first decoded frame that ``accept`` takes and no
+        earlier unanswered request claims (module docstring).
 
         ``timeout`` counts from the start of the request; a frame that has begun to arrive
-        by then is heard to its end. Frames that ``accept`` refuses
-        (another meter's answer, an echo) and candidates the decoder rejects are kept in
+        by then is heard to its end. Frames that ``accept`` refuses (another meter's
+        answer, an echo) and candidates the decoder rejects are kept in
         ``Exchange.rejected``; if no acceptable frame arrives in time the most telling
         error is raised: a checksum error beats an unexpected reply, which beats a
         truncated frame, which beats plain silence (:class:`MeterTimeout`).
 
-        Without an accepted answer (or a damaged one: a checksum error) the line owes the
-        request one: the next transaction first listens out the late-answer guard
-        (module docstring). ``guard=False`` skips
-        it, for requests whose late answers cannot be taken for the next request's
-        because ``accept`` checks what tells them apart (scan probes to one address
-        after another); a driver that is unsure keeps the guard.
+        Without an accepted answer (or a damaged one: a checksum error) the request stays
+        pending and the next transaction first listens out the guard. ``guard=False``
+        does neither, for requests whose late answers cannot be taken for another's
+        because ``accept`` checks what tells them apart (scan probes to one address after
+        another, each answer naming its address); a driver that is unsure keeps the guard.
         """
         async with self._lock:
             used = await self._prepare(settings, timeout)
+            if request != self._repeated:
+                self._repeated, self._unanswered = bytes(request), []
+            target = current_target.get()
             start = time.monotonic()
             sent_at = await self._send(request, used)
             deadline = start + timeout
@@ -270,7 +345,7 @@ class Bus:
             rx = bytearray()
             rx_started = 0.0
             last_rx = sent_at
-            answered = False
+            answered_at: float | None = None
             try:
                 while True:
                     now = time.monotonic()
@@ -292,21 +367,46 @@ class Bus:
                     for item in decoder.feed(data):
                         if isinstance(item, FrameError):
                             rejected.append(item)
-                        elif accept(item):
-                            answered = True
+                            continue
+                        mine = accept(item)
+                        # An earlier request asked first; a repeat of this one may not claim it.
+                        if self._claim(item, now, now, target, mine=mine, skip=bytes(request) if mine else None):
+                            continue
+                        if mine:
+                            answered_at = now
                             return Exchange(item, now - sent_at, decoder.skipped, tuple(rejected))
-                        else:
-                            rejected.append(UnexpectedReply(f"unexpected reply: {item!r}"))
+                        rejected.append(UnexpectedReply(f"unexpected reply: {item!r}"))
             finally:
                 self._idle_since = max(last_rx, sent_at)
-                self._known_end = answered and not decoder.pending
+                self._known_end = answered_at is not None and not decoder.pending
                 if self._trace and rx:
                     self._trace(WireRecord("rx", bytes(rx), rx_started))
-                # A damaged answer (bad checksum) is the meter's answer: nothing more is owed.
-                if not answered and guard and not any(isinstance(e, ChecksumError) for e in rejected):
-                    until = sent_at + LATE_GUARD_TIMEOUTS * timeout + RX_LATENCY_S
-                    self._owed = _Owed(bytes(request), decoder, accept, start, timeout, until, decoder.skipped)
+                self._after(request, decoder, accept, start, sent_at, timeout, answered_at, target,
+                            guard and not any(isinstance(e, ChecksumError) for e in rejected))
             raise _timeout_error(rejected, decoder, timeout)
+
+    def _after(
+        self, request: bytes, decoder: StreamDecoder, accept: Callable[[Any], bool], start: float, sent_at: float,
+        timeout: float, answered_at: float | None, target: str | None, owed: bool,
+    ) -> None:
+        """What a transaction leaves the line owing: nothing, a guard, or a hold."""
+        if answered_at is not None:
+            if self._unanswered:
+                # Perhaps the first identical attempt's answer, as slow as that: this one's
+                # own would come that much after it was sent. Hear it before anything else.
+                slowest = answered_at - self._unanswered[0]
+                # (The first attempt's pending entry stands for that one answer still due.)
+                self._listen = _Listen(bytes(request), target, decoder, start + slowest + timeout + RX_LATENCY_S,
+                                       timeout, True, decoder.skipped)
+            self._unanswered = []
+        elif owed:  # a damaged answer (bad checksum) is the meter's answer: nothing is owed then
+            first = self._unanswered[0] if self._unanswered else start  # an answer may be the first attempt's
+            self._unanswered.append(start)
+            expires = start + PENDING_TIMEOUTS * timeout
+            self._pending.append(_Pending(bytes(request), accept, first, timeout, expires, target))
+            self._listen = _Listen(bytes(request), target, decoder,
+                                   sent_at + LATE_GUARD_TIMEOUTS * timeout + RX_LATENCY_S, timeout, False,
+                                   decoder.skipped)
 
 
 def _timeout_error(rejected: list[FrameError], decoder: StreamDecoder, timeout: float) -> Exception:

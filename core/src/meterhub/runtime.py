@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from .api import Link, MeterDriver
-from .bus import Bus, LateAnswer
+from .bus import Bus, LateAnswer, current_target
 from .errors import (
     ChecksumError,
     CommandRefused,
@@ -132,7 +132,7 @@ class _Round:
     started: datetime
     book: StatsBook
     readings: dict[int, list[Reading]] = attrs.field(factory=dict)  #: by meter index in the site
-    late: dict[str, LateAnswer] = attrs.field(factory=dict)  #: the first late answer per meter label
+    late: dict[str, LateAnswer] = attrs.field(factory=dict)  #: per meter (events' source) that failed late: its latest answer
 
 
 _FAILURE_QUALITY: tuple[tuple[type[BaseException], Quality], ...] = (
@@ -374,7 +374,11 @@ class Concentrator:
                 readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam}", channel=ch.name)
             else:
                 ch.failure = None
-                readings = await self._read_meter(ch, index, meter, rnd)
+                token = current_target.set(_meter_source(meter))
+                try:
+                    readings = await self._read_meter(ch, index, meter, rnd)
+                finally:
+                    current_target.reset(token)
                 if isinstance(ch.failure, LineJammed):
                     # The line's fault, not this meter's nor the port's: keep the port
                     # open, spare the other meters a wait each, try again next round.
@@ -442,13 +446,10 @@ class Concentrator:
                 answered = True
             elif reading.quality is Quality.LINK_ERROR:
                 link_error = reading.detail
-            elif late:
-                # It answers, but after we gave up: each further request would cost a
-                # timeout and a guard for nothing.
-                skip = DETAIL_LATE
-            elif all_timeouts and not answered:
-                # Every attempt went unanswered: don't spend the retries again on the rest.
-                skip = DETAIL_SILENT
+            elif (late or all_timeouts) and not answered:
+                # Every attempt went unanswered (or was answered too late): don't spend the
+                # retries again on the rest.
+                skip = DETAIL_LATE if late else DETAIL_SILENT
         return readings
 
     def _timeout(self, driver: MeterDriver, meter: Meter, ch: _Channel) -> float:
@@ -457,9 +458,9 @@ class Concentrator:
         return float(driver.transaction_timeout(meter.settings or ch.config.settings))
 
     async def _settle(self, ch: _Channel, meter: Meter, rnd: _Round) -> tuple[list[LateAnswer], LinkError | None]:
-        """Let the bus listen out the late-answer guard of the meter's last request, if it
-        went unanswered; the late answers heard are this meter's (one meter at a time per
-        channel), and each is an event."""
+        """Let the bus listen out the guard of the meter's last request, if it went
+        unanswered; returns the late answers to this meter's requests (another meter's,
+        heard meanwhile, is an event of its own)."""
         assert ch.bus is not None
         try:
             late = await ch.bus.settle()
@@ -467,21 +468,33 @@ class Concentrator:
             return [], exc
         source = _meter_source(meter)
         for answer in late:
-            if rnd.late.get(source) is None:
-                rnd.late[source] = answer
-                self._raise_event(Event(
-                    "late_answer", source=source, severity="warning",
-                    data={"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel,
-                          "timeout": round(answer.timeout, 3), "began_after": round(answer.began, 3),
-                          "complete_after": round(answer.after, 3)},
-                ))
-                log.warning("meter %s began its answer %.3f s after the request, later than its %.3f s timeout; the "
-                            "answer was dropped (give it a timeout above %.2f s)", source, answer.began, answer.timeout,
-                            answer.began)
-        return late, None
+            if answer.target not in (None, source) and answer.target not in rnd.late:
+                rnd.late[answer.target] = answer
+                channel, _, name = answer.target.partition("/")
+                protocol, _, address = name.partition(":")
+                self._late_event(answer.target, answer, {"meter": address, "protocol": protocol, "channel": channel})
+        return [a for a in late if a.target in (None, source)], None
+
+    def _late_meter(self, meter: Meter, late: Sequence[LateAnswer], rnd: _Round) -> None:
+        """A meter whose reading failed and whose answers came after they were given up:
+        tell the operator once a round, with the timeout it needs."""
+        source = _meter_source(meter)
+        if source in rnd.late:
+            return
+        answer = rnd.late[source] = max(late, key=lambda a: a.began)
+        self._late_event(source, answer, {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel})
+
+    def _late_event(self, source: str, answer: LateAnswer, data: Mapping[str, Any]) -> None:
+        self._raise_event(Event(
+            "late_answer", source=source, severity="warning",
+            data={**data, "timeout": round(answer.timeout, 3), "began_after": round(answer.began, 3),
+                  "complete_after": round(answer.after, 3)},
+        ))
+        log.warning("meter %s began an answer %.3f s after the request, later than its %.3f s timeout; the answer was "
+                    "dropped (give it a timeout above %.2f s)", source, answer.began, answer.timeout, answer.began)
 
     @staticmethod
-    def _late_timeout(outcome: BaseException, late: Sequence[LateAnswer]) -> MeterTimeout:
+    def _late_timeout(late: Sequence[LateAnswer]) -> MeterTimeout:
         """The failure of an attempt whose answer came after it was given up: a timeout,
         whatever the window saw, saying how late the meter was."""
         answer = max(late, key=lambda a: a.began)
@@ -502,6 +515,7 @@ class Concentrator:
         assert ch.bus is not None
         attempts = 0
         timeouts = 0
+        heard_late: list[LateAnswer] = []
         while True:
             attempts += 1
             started = time.monotonic()
@@ -511,19 +525,25 @@ class Concentrator:
                 outcome = exc
             latency = time.monotonic() - started
             late, link_error = await self._settle(ch, meter, rnd)
-            late_now = bool(late) and isinstance(outcome, RETRYABLE)
-            if late_now:
-                outcome = self._late_timeout(outcome, late)  # type: ignore[arg-type]
+            heard_late += late
+            if any(a.held for a in late) and not isinstance(outcome, (MeterError, NotSupported, LinkError)):
+                # Answered, but the answer may have been an earlier attempt's: the bus held
+                # the line and heard another, so this attempt's answer is doubtful.
+                outcome = self._late_timeout(late)
             elif link_error is not None and isinstance(outcome, Exception):
                 outcome = link_error
             if isinstance(outcome, LinkError):
                 ch.failure = outcome
             if isinstance(outcome, RETRYABLE):
                 timeouts += isinstance(outcome, MeterTimeout)
-                if attempts <= retries and not late_now:
-                    continue
+                if attempts <= retries:
+                    continue  # after the guard the line is clear: the retry gets its own answer
+            if heard_late and isinstance(outcome, RETRYABLE):
+                outcome = self._late_timeout(heard_late)  # the reason the meter failed: it answers too late
+                self._late_meter(meter, heard_late, rnd)
             reading = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
-            return reading, bool(timeouts) and timeouts == attempts, late_now
+            late_meter = bool(heard_late) and isinstance(outcome, RETRYABLE)
+            return reading, bool(timeouts) and timeouts == attempts, late_meter
 
     async def _read_batched(
         self, ch: _Channel, driver: MeterDriver, meter: Meter, timeout: float, retries: int, rnd: _Round
@@ -540,6 +560,7 @@ class Concentrator:
             except UnknownQuantity as exc:
                 done[name] = self._failed(meter, name, Quality.NOT_SUPPORTED, str(exc), channel=ch.name)
         attempts = 0
+        heard_late: list[LateAnswer] = []
         while pending:
             attempts += 1
             started = time.monotonic()
@@ -551,19 +572,26 @@ class Concentrator:
                 outcomes = [exc] * len(pending)
             latency = time.monotonic() - started
             late, link_error = await self._settle(ch, meter, rnd)
-            failed = [o for o in outcomes if isinstance(o, RETRYABLE)]
-            if late and failed:
-                timed_out = self._late_timeout(failed[0], late)
-                skipped = NotAttempted(DETAIL_LATE.removeprefix("not tried: "))
-                outcomes = [timed_out if isinstance(o, (MeterTimeout, FrameError)) else skipped if isinstance(o, NotAttempted)
-                            else o for o in outcomes]
-            elif link_error is not None and failed:
+            heard_late += late
+            if any(a.held for a in late):  # as in _read_quantity: what was answered is doubtful
+                timed_out = self._late_timeout(late)
+                outcomes = [o if isinstance(o, (MeterError, NotSupported, LinkError, NotAttempted)) else timed_out
+                            for o in outcomes]
+            elif link_error is not None and any(isinstance(o, RETRYABLE) for o in outcomes):
                 outcomes = [link_error if isinstance(o, RETRYABLE) else o for o in outcomes]
             if any(isinstance(o, LinkError) for o in outcomes):
                 ch.failure = next(o for o in outcomes if isinstance(o, LinkError))
+            last = attempts > retries
+            if last and heard_late and any(isinstance(o, RETRYABLE) for o in outcomes):
+                # the meter failed because it answers too late: say so, and not tried is why
+                self._late_meter(meter, heard_late, rnd)
+                timed_out = self._late_timeout(heard_late)
+                skipped = NotAttempted(DETAIL_LATE.removeprefix("not tried: "))
+                outcomes = [skipped if isinstance(o, NotAttempted) else timed_out if isinstance(o, RETRYABLE) else o
+                            for o in outcomes]
             retry: list[Quantity] = []
             for quantity, outcome in zip(pending, outcomes):
-                if isinstance(outcome, RETRYABLE) and attempts <= retries and not late:
+                if isinstance(outcome, RETRYABLE) and not last:
                     retry.append(quantity)
                 else:
                     done[quantity.obis] = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)

@@ -10,6 +10,7 @@ faults a real installation shows (silence, noise, truncation, slow answers, coll
 
 from __future__ import annotations
 
+import bisect
 import enum
 import errno
 import logging
@@ -20,7 +21,6 @@ import select
 import threading
 import time
 import tty
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -174,8 +174,9 @@ class PtyBus:
         self._thread: threading.Thread | None = None
         self._master: int | None = None
         self._slave: int | None = None
-        self._tx: deque[_Chunk] = deque()
-        self._line_free_at = 0.0  # monotonic time our transmitter goes quiet
+        self._tx: list[_Chunk] = []  # by due time
+        self._busy: list[tuple[float, float]] = []  # (start, end) of each transmission scheduled, by start
+        self._line_free_at = 0.0  # monotonic time the last transmission scheduled ends
         self._rx_end = 0.0  # monotonic time the request being received ends on the wire
         self._next_idle_noise: float | None = None
 
@@ -382,8 +383,7 @@ class PtyBus:
             if self._line_free_at > now + JAM_BURST_CHARS * timing.char_time(self.settings) / 2:
                 return  # enough already queued
             garbage = bytes(self._rng.randrange(256) for _ in range(JAM_BURST_CHARS))
-            self._schedule(garbage, now, self.settings, frame=False)
-            self._line_free_at -= timing.turnaround(self.settings)  # no pause between bursts
+            self._schedule(garbage, max(now, self._line_free_at), self.settings, frame=False, pause=0.0)
 
     def _turnaround_delay(self) -> float:
         if isinstance(self.turnaround, (int, float)):
@@ -420,17 +420,30 @@ class PtyBus:
             out[self._rng.randrange(length)] ^= 1 << self._rng.randrange(8)
         return bytes(out)
 
-    def _schedule(self, data: bytes, at: float, settings: SerialSettings, *, frame: bool) -> float:
-        """Queue ``data`` to go out from ``at`` (or when the line frees), paced at the baud
-        rate; returns when its last character has left. Call with the lock held."""
-        start = max(at, self._line_free_at)
+    def _schedule(
+        self, data: bytes, at: float, settings: SerialSettings, *, frame: bool, pause: float | None = None
+    ) -> float:
+        """Queue ``data`` to go out from ``at``, or from the first moment after it when no
+        other transmission is on the line (a device waits out one that is under way; one
+        scheduled for later, a slow device's answer, does not hold up an earlier one),
+        paced at the baud rate and followed by ``pause`` (default: a turnaround) before
+        the next; returns when its last character has left. Call with the lock held."""
+        now = time.monotonic()
+        self._busy = [(s, e) for s, e in self._busy if e > now]
+        duration = timing.frame_time(len(data), settings)
+        start = at
+        for busy_start, busy_end in self._busy:
+            if start < busy_end and start + duration > busy_start:
+                start = busy_end
+        finished = start + duration
+        end = finished + (timing.turnaround(settings) if pause is None else pause)
+        bisect.insort(self._busy, (start, end))
+        self._line_free_at = max(self._line_free_at, end)
         step = max(1, math.floor(CHUNK_INTERVAL_S / timing.char_time(settings)))
         for i in range(0, len(data), step):
-            end = min(i + step, len(data))
-            due = start + timing.frame_time(end, settings)
-            self._tx.append(_Chunk(due, data[i:end], ends_frame=frame and end == len(data)))
-        finished = start + timing.frame_time(len(data), settings)
-        self._line_free_at = finished + timing.turnaround(settings)
+            stop = min(i + step, len(data))
+            due = start + timing.frame_time(stop, settings)
+            bisect.insort(self._tx, _Chunk(due, data[i:stop], ends_frame=frame and stop == len(data)), key=lambda c: c.due)
         return finished
 
     def _write_due(self, master: int) -> None:
@@ -438,7 +451,7 @@ class PtyBus:
             with self._lock:
                 if not self._tx or self._tx[0].due > time.monotonic():
                     return
-                chunk = self._tx.popleft()
+                chunk = self._tx.pop(0)
             try:
                 written = os.write(master, chunk.data)
             except BlockingIOError:

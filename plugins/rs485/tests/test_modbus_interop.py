@@ -9,6 +9,7 @@ import os
 import random
 import select
 import threading
+import time
 import tty
 from collections.abc import Iterator
 from decimal import Decimal
@@ -218,7 +219,9 @@ class PtyBridge:
     slave fds stay open so the masters never read EIO while a side reopens.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, answer_delay: float = 0.0) -> None:
+        self.answer_delay = answer_delay  #: seconds the server's bytes are held back (a slow meter)
+        self._held: list[tuple[float, bytes]] = []
         self.ends = [os.openpty(), os.openpty()]
         for master, slave in self.ends:
             tty.setraw(slave)  # before anyone opens it: a fresh pty is in cooked mode
@@ -232,14 +235,19 @@ class PtyBridge:
         (a, _), (b, _) = self.ends
         peer = {a: b, b: a}
         while not self._stop.is_set():
-            ready, _, _ = select.select([a, b], [], [], PEER_POLL_S)
+            wait = PEER_POLL_S if not self._held else max(0.0, min(PEER_POLL_S, self._held[0][0] - time.monotonic()))
+            ready, _, _ = select.select([a, b], [], [], wait)
             for fd in ready:
                 try:
                     data = os.read(fd, 4096)
                 except OSError:  # EIO while nobody has the slave open
                     continue
-                if data:
+                if data and fd == a and self.answer_delay:
+                    self._held.append((time.monotonic() + self.answer_delay, data))
+                elif data:
                     os.write(peer[fd], data)
+            while self._held and self._held[0][0] <= time.monotonic():
+                os.write(b, self._held.pop(0)[1])
 
     def close(self) -> None:
         self._stop.set()
@@ -302,7 +310,21 @@ def _absent_targets() -> SimDevice:
 @pytest.fixture
 def pymodbus_sdm630() -> Iterator[str]:
     """pymodbus's ModbusSerialServer as an SDM630 at unit 1; yields the path to open."""
-    bridge = PtyBridge()
+    yield from _pymodbus_sdm630(0.0)
+
+
+@pytest.fixture
+def slow_pymodbus_sdm630() -> Iterator[str]:
+    """The same, answering 650 ms after each request (the field report's slow meter)."""
+    yield from _pymodbus_sdm630(SLOW_ANSWER_S)
+
+
+#: How late the slow SDM630 answers: 3 × the 0.21 s Modbus timeout at 9600 Bd.
+SLOW_ANSWER_S = 0.650
+
+
+def _pymodbus_sdm630(answer_delay: float) -> Iterator[str]:
+    bridge = PtyBridge(answer_delay=answer_delay)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     holder: dict[str, ModbusSerialServer] = {}
@@ -381,3 +403,36 @@ def test_our_frames_are_what_pymodbus_builds():
         request_class = ReadHoldingRegistersRequest if function == 3 else ReadInputRegistersRequest
         theirs = FramerRTU(DecodePDU(is_server=False)).buildFrame(request_class(address=address, count=count, dev_id=unit))
         assert read_request(unit, function, address, count) == theirs
+
+
+def test_an_sdm630_answering_650_ms_late_never_gets_a_value_stored(slow_pymodbus_sdm630, tmp_path):
+    """The field report: voltage and import energy are two reads of two registers each, so a
+    late answer to one fits the other. Read every second for several rounds, nothing is
+    stored ok (or, if it were, only the meter's own value), and the meter is named late."""
+    from meterhub.plugins import get_plugins
+    from meterhub.runtime import Concentrator
+    from meterhub.model import ChannelConfig, Quality, Schedule, Site
+    from meterhub.store import open_store
+
+    settings = SerialSettings(9600, 8, "N", 1)
+    site = Site(
+        channels={"bus1": ChannelConfig("bus1", "rs485", slow_pymodbus_sdm630, settings)},
+        meters=(Meter("1", "modbus", "bus1", ("1-0:32.7.0", "1-0:1.8.0"), options={"profile": "eastron-sdm630"}),),
+        schedule=Schedule(interval=1.0, retries=2, backoff_initial=1.0, backoff_max=1.0),
+        store=f"sqlite:///{tmp_path / 'slow.db'}",
+    )
+
+    async def rounds() -> tuple[list, list]:
+        with open_store(site.store) as store:
+            async with Concentrator(site, plugins=get_plugins(), store=store) as conc:
+                stop = asyncio.Event()
+                asyncio.get_running_loop().call_later(6.0, stop.set)
+                await conc.run(stop=stop)
+            return store.readings(), store.events()
+
+    readings, events = asyncio.run(rounds())
+    assert len(readings) >= 4
+    for r in readings:
+        assert r.quality is not Quality.OK or r.value == Decimal(SDM630_VALUES[r.quantity]), r
+    assert {r.quality for r in readings} <= {Quality.TIMEOUT, Quality.BACKED_OFF}, readings
+    assert any(e.kind == "late_answer" for e in events)

@@ -509,13 +509,18 @@ class MbusDriver:
                                       guard=guard)
         return exchange.frame
 
-    async def _expect_ack(self, bus: Bus, request: mbus.Frame, timeout: float, settings: SerialSettings | None) -> None:
-        await self._transact(bus, request, lambda frame: isinstance(frame, Ack), timeout, settings)
+    async def _expect_ack(
+        self, bus: Bus, request: mbus.Frame, timeout: float, settings: SerialSettings | None, *, guard: bool = True
+    ) -> None:
+        await self._transact(bus, request, lambda frame: isinstance(frame, Ack), timeout, settings, guard=guard)
 
     async def _deselect(self, bus: Bus, timeout: float, settings: SerialSettings | None) -> None:
-        """SND_NKE to 253: whichever slaves are selected answer E5 (or collide) and let go."""
+        """SND_NKE to 253: whichever slaves are selected answer E5 (or collide) and let go.
+
+        Silence is a normal answer here (nobody was selected), so the request is not left
+        pending: an E5 names nobody, and the next selection's E5 would be taken for it."""
         try:
-            await self._expect_ack(bus, mbus.snd_nke(mbus.ADDRESS_NETWORK), timeout, settings)
+            await self._expect_ack(bus, mbus.snd_nke(mbus.ADDRESS_NETWORK), timeout, settings, guard=False)
         except (MeterTimeout, FrameError):
             pass  # nobody was selected, or several were: either way nobody is now
 
@@ -659,8 +664,11 @@ class MbusDriver:
             await self._search(bus, mask[:pos] + digit + mask[pos + 1 :], pos + 1, found, timeout)
 
     async def _probe(self, bus: Bus, mask: str, timeout: float) -> tuple[_Probe, str | None]:
+        # Silence is a normal answer to a probe (no slave matches), so neither request is
+        # left pending for a late answer: an E5 names nobody, and the RSP_UD's
+        # identification below is what a slave is found by.
         try:
-            await self._expect_ack(bus, mbus.select_request(mask), timeout, None)
+            await self._expect_ack(bus, mbus.select_request(mask), timeout, None, guard=False)
         except MeterTimeout:
             return _Probe.NOTHING, None
         except FrameError:
@@ -668,7 +676,8 @@ class MbusDriver:
         # Two E5 answers on top of each other may still look like one E5: only the
         # RSP_UD proves a single slave is selected (libmbus does the same).
         try:
-            frame = await self._transact(bus, mbus.req_ud2(mbus.ADDRESS_NETWORK), lambda f: isinstance(f, LongFrame) and f.is_response, timeout, None)
+            frame = await self._transact(bus, mbus.req_ud2(mbus.ADDRESS_NETWORK),
+                                         lambda f: isinstance(f, LongFrame) and f.is_response, timeout, None, guard=False)
         except (MeterTimeout, FrameError):
             return _Probe.COLLISION, None
         if frame.ci != mbus.CI_RSP_LONG or len(frame.data) < mbus.SELECT_LEN:
