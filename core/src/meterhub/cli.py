@@ -874,7 +874,7 @@ def sim_cmd() -> None:
 def sim_dlt645_cmd(count: int, baudrate: int, first_address: str, seed: int, faults: Sequence[str]) -> None:
     """DL/T 645-2007 meters on a pseudo-terminal; prints the port and runs until interrupted."""
     from .protocols.dlt645_sim import Fault
-    from .simulator import start_dlt645_sim
+    from .protocols.dlt645_sim import start_dlt645_sim
 
     fault_map: dict[str, Any] = {}
     for spec in faults:

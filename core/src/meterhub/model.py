@@ -187,3 +187,32 @@ class Site:
     store: str = DEFAULT_STORE
     uplink: Mapping[str, Any] | None = None
     source: str = ""  #: the file it was loaded from, for messages
+
+
+@attrs.frozen
+class RoundReport:
+    """What one reading round did: every reading and the round's own statistics."""
+
+    started: datetime
+    finished: datetime
+    readings: tuple[Reading, ...] = attrs.field(converter=tuple)
+    #: this round's numbers per meter (``channel/protocol:address``) and per channel; see ReadStats.snapshot
+    meter_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
+    channel_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+    @property
+    def ok_count(self) -> int:
+        return sum(1 for r in self.readings if r.quality is Quality.OK)
+
+    @property
+    def failed_count(self) -> int:
+        """Readings without a value, back-off included (``ok_count + failed_count`` = all)."""
+        return len(self.readings) - self.ok_count
+
+    @property
+    def backed_off_count(self) -> int:
+        return sum(1 for r in self.readings if r.quality is Quality.BACKED_OFF)
+
+    @property
+    def duration(self) -> float:
+        return (self.finished - self.started).total_seconds()

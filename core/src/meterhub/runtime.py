@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -35,7 +34,7 @@ from .errors import (
     UnexpectedReply,
     UnknownQuantity,
 )
-from .model import Command, Event, Measurement, Meter, Quality, Reading, Site, utcnow
+from .model import Command, Event, Measurement, Meter, Quality, Reading, RoundReport, Site, utcnow
 from .plugins import Plugins
 from .quantities import VOCABULARY, Quantity, resolve
 from .stats import StatsBook
@@ -65,39 +64,6 @@ DETAIL_LATE = "not tried: meter answers too late"
 RETRYABLE = (MeterTimeout, FrameError, NotAttempted)
 
 ProgressCallback = Callable[[str, dict[str, Any]], None]
-
-
-def _freeze(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(value or {}))
-
-
-@attrs.frozen
-class RoundReport:
-    """What one reading round did: every reading and the round's own statistics."""
-
-    started: datetime
-    finished: datetime
-    readings: tuple[Reading, ...] = attrs.field(converter=tuple)
-    #: this round's numbers per meter (``channel/protocol:address``) and per channel; see ReadStats.snapshot
-    meter_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze)
-    channel_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze)
-
-    @property
-    def ok_count(self) -> int:
-        return sum(1 for r in self.readings if r.quality is Quality.OK)
-
-    @property
-    def failed_count(self) -> int:
-        """Readings without a value, back-off included (``ok_count + failed_count`` = all)."""
-        return len(self.readings) - self.ok_count
-
-    @property
-    def backed_off_count(self) -> int:
-        return sum(1 for r in self.readings if r.quality is Quality.BACKED_OFF)
-
-    @property
-    def duration(self) -> float:
-        return (self.finished - self.started).total_seconds()
 
 
 @attrs.define

@@ -500,18 +500,3 @@ def start_bus(
     for address, fault in (faults or {}).items():
         bus.set_fault(address, fault)
     return bus.start()
-
-
-def start_dlt645_sim(
-    n: int = 5,
-    *,
-    baudrate: int = 2400,
-    faults: Mapping[str, Fault | str] | None = None,
-    seed: int = 0,
-    **options: Any,
-) -> PtyBus:
-    """``n`` simulated DL/T 645-2007 meters on a started pty bus (see
-    :func:`meterhub.protocols.dlt645_sim.start_dlt645_sim`)."""
-    from .protocols.dlt645_sim import start_dlt645_sim as start
-
-    return start(n, baudrate=baudrate, faults=faults, seed=seed, **options)

@@ -15,15 +15,12 @@ import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from .errors import MeterhubError
-from .model import Event, Quality, Reading
-
-if TYPE_CHECKING:
-    from .runtime import RoundReport
+from .model import Event, Quality, Reading, RoundReport
 
 URL_PREFIX = "sqlite:///"
 MEMORY = ":memory:"
