@@ -249,17 +249,14 @@ class Bus:
 
     async def _await_quiet(self, settings: SerialSettings, limit: float, listen: _Listen | None = None) -> None:
         """Listen until the line has been quiet for an inter-frame gap plus a turnaround
-        since anything was last on it (our own frames included). After bytes that were
-        not a frame we know the end of, quiet must also outlast RX_LATENCY_S: the host sees
-        a busy line in packets, with pauses longer than the gap. LineJammed if it does
-        not fall quiet within ``limit`` seconds (at least a longest frame's wire time)."""
+        since anything was last on it (our own frames included; :func:`_quiet`). LineJammed
+        if it does not fall quiet within ``limit`` seconds (at least a longest frame's wire
+        time)."""
         started = time.monotonic()
         deadline = started + max(limit, timing.frame_time(LONGEST_FRAME_BYTES, settings))
         heard = 0
         while True:
-            quiet = timing.inter_frame_gap(settings) + timing.turnaround(settings)
-            if not self._known_end:
-                quiet = max(quiet, RX_LATENCY_S)
+            quiet = _quiet(settings, known_end=self._known_end)
             wait = self._idle_since + quiet - time.monotonic()
             data = await self.link.read(max(wait, 0.0))
             if not data:
@@ -340,7 +337,7 @@ class Bus:
             # An answer that began in time is in time: one under way at the deadline is
             # heard to its end (while bytes keep coming, at most a longest frame longer).
             overtime = deadline + timing.frame_time(LONGEST_FRAME_BYTES, used)
-            pause = max(timing.inter_frame_gap(used) + timing.turnaround(used), RX_LATENCY_S)
+            pause = _quiet(used, known_end=False)
             rejected: list[FrameError] = []
             rx = bytearray()
             rx_started = 0.0
@@ -407,6 +404,14 @@ class Bus:
             self._listen = _Listen(bytes(request), target, decoder,
                                    sent_at + LATE_GUARD_TIMEOUTS * timeout + RX_LATENCY_S, timeout, False,
                                    decoder.skipped)
+
+
+def _quiet(settings: SerialSettings, *, known_end: bool) -> float:
+    """How long the line must be silent to be quiet: an inter-frame gap plus a turnaround
+    after a frame we know the end of; after bytes of unknown extent at least RX_LATENCY_S
+    too, as the host sees a busy line in packets with pauses longer than the gap."""
+    quiet = timing.inter_frame_gap(settings) + timing.turnaround(settings)
+    return quiet if known_end else max(quiet, RX_LATENCY_S)
 
 
 def _timeout_error(rejected: list[FrameError], decoder: StreamDecoder, timeout: float) -> Exception:

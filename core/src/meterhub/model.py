@@ -93,6 +93,19 @@ class Meter:
     def label(self) -> str:
         return f"{self.protocol}:{self.address}"
 
+    @property
+    def key(self) -> str:
+        """``channel/protocol:address``: see :func:`meter_key`."""
+        return meter_key(self.channel, self.protocol, self.address)
+
+
+def meter_key(channel: str, protocol: str, address: str) -> str:
+    """How statistics, events and export name a meter: ``channel/protocol:address``.
+    Addresses repeat across buses (Modbus unit 1 on two RS485 lines) and across protocols
+    on one mixed bus (Modbus unit 1 next to M-Bus primary address 1)."""
+    name = f"{protocol}:{address}" if protocol else address
+    return f"{channel}/{name}" if channel else name
+
 
 @attrs.frozen
 class Measurement:

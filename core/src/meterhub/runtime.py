@@ -109,9 +109,9 @@ _FAILURE_QUALITY: tuple[tuple[type[BaseException], Quality], ...] = (
 )
 
 
-def _meter_source(meter: Meter) -> str:
-    """A meter as events and statistics name it (:func:`meterhub.stats.meter_key`)."""
-    return f"{meter.channel}/{meter.protocol}:{meter.address}"
+def _meter_data(meter: Meter) -> dict[str, str]:
+    """What an event about a meter says of it."""
+    return {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel}
 
 
 def _quality_for(exc: BaseException) -> Quality:
@@ -340,7 +340,7 @@ class Concentrator:
                 readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam}", channel=ch.name)
             else:
                 ch.failure = None
-                token = current_target.set(_meter_source(meter))
+                token = current_target.set(meter.key)
                 try:
                     readings = await self._read_meter(ch, index, meter, rnd)
                 finally:
@@ -432,25 +432,19 @@ class Concentrator:
             late = await ch.bus.settle()
         except LinkError as exc:
             return [], exc
-        source = _meter_source(meter)
         for answer in late:
-            if answer.target not in (None, source) and answer.target not in rnd.late:
-                rnd.late[answer.target] = answer
+            if answer.target not in (None, meter.key):  # an earlier meter's, from its key
                 channel, _, name = answer.target.partition("/")
                 protocol, _, address = name.partition(":")
-                self._late_event(answer.target, answer, {"meter": address, "protocol": protocol, "channel": channel})
-        return [a for a in late if a.target in (None, source)], None
+                self._late_meter(answer.target, {"meter": address, "protocol": protocol, "channel": channel}, [answer], rnd)
+        return [a for a in late if a.target in (None, meter.key)], None
 
-    def _late_meter(self, meter: Meter, late: Sequence[LateAnswer], rnd: _Round) -> None:
-        """A meter whose reading failed and whose answers came after they were given up:
-        tell the operator once a round, with the timeout it needs."""
-        source = _meter_source(meter)
+    def _late_meter(self, source: str, data: Mapping[str, Any], late: Sequence[LateAnswer], rnd: _Round) -> None:
+        """A meter (events' ``source``) whose answers came after they were given up: tell the
+        operator once a round, with the timeout it needs."""
         if source in rnd.late:
             return
         answer = rnd.late[source] = max(late, key=lambda a: a.began)
-        self._late_event(source, answer, {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel})
-
-    def _late_event(self, source: str, answer: LateAnswer, data: Mapping[str, Any]) -> None:
         self._raise_event(Event(
             "late_answer", source=source, severity="warning",
             data={**data, "timeout": round(answer.timeout, 3), "began_after": round(answer.began, 3),
@@ -504,11 +498,11 @@ class Concentrator:
                 timeouts += isinstance(outcome, MeterTimeout)
                 if attempts <= retries:
                     continue  # after the guard the line is clear: the retry gets its own answer
-            if heard_late and isinstance(outcome, RETRYABLE):
-                outcome = self._late_timeout(heard_late)  # the reason the meter failed: it answers too late
-                self._late_meter(meter, heard_late, rnd)
-            reading = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
             late_meter = bool(heard_late) and isinstance(outcome, RETRYABLE)
+            if late_meter:
+                outcome = self._late_timeout(heard_late)  # the reason the meter failed: it answers too late
+                self._late_meter(meter.key, _meter_data(meter), heard_late, rnd)
+            reading = self._outcome(meter, quantity, outcome, ch.name, attempts, latency)
             return reading, bool(timeouts) and timeouts == attempts, late_meter
 
     async def _read_batched(
@@ -550,7 +544,7 @@ class Concentrator:
             last = attempts > retries
             if last and heard_late and any(isinstance(o, RETRYABLE) for o in outcomes):
                 # the meter failed because it answers too late: say so, and not tried is why
-                self._late_meter(meter, heard_late, rnd)
+                self._late_meter(meter.key, _meter_data(meter), heard_late, rnd)
                 timed_out = self._late_timeout(heard_late)
                 skipped = NotAttempted(DETAIL_LATE.removeprefix("not tried: "))
                 outcomes = [skipped if isinstance(o, NotAttempted) else timed_out if isinstance(o, RETRYABLE) else o
@@ -664,8 +658,8 @@ class Concentrator:
     def _update_backoff(self, index: int, meter: Meter, readings: Sequence[Reading], rnd: _Round) -> None:
         qualities = {r.quality for r in readings}
         state = self._states.setdefault(index, _MeterState())
-        source = _meter_source(meter)
-        data = {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel}
+        source = meter.key
+        data = _meter_data(meter)
         if qualities & ANSWERED:
             if state.dead:
                 self._raise_event(Event("meter_recovered", source=source,
@@ -694,7 +688,7 @@ class Concentrator:
         Both outcomes are recorded as events (``command_refused`` / ``command_executed``)
         for the audit trail; command arguments (passwords) are not stored.
         """
-        source = _meter_source(meter)
+        source = meter.key
         data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name}
         answers = self.plugins.call_each("meterhub_before_command", command=command)
         reasons = [a.strip() for a in answers if isinstance(a, str) and a.strip()]

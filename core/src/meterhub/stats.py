@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from .model import Quality, Reading
+from .model import meter_key as model_meter_key
 
 
 class ReadStats:
@@ -91,11 +92,8 @@ class ReadStats:
 
 
 def meter_key(reading: Reading) -> str:
-    """How statistics name a meter: ``channel/protocol:address``. Addresses repeat across
-    buses (Modbus unit 1 on two RS485 lines) and across protocols on one mixed bus (Modbus
-    unit 1 next to M-Bus primary address 1)."""
-    name = f"{reading.protocol}:{reading.meter}" if reading.protocol else reading.meter
-    return f"{reading.channel}/{name}" if reading.channel else name
+    """How statistics name a reading's meter: ``channel/protocol:address`` (:func:`meterhub.model.meter_key`)."""
+    return model_meter_key(reading.channel, reading.protocol, reading.meter)
 
 
 class StatsBook:

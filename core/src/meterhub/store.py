@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import attrs
 
 from .errors import MeterhubError
-from .model import Event, Quality, Reading, RoundReport
+from .model import Event, Quality, Reading, RoundReport, meter_key
 
 URL_PREFIX = "sqlite:///"
 MEMORY = ":memory:"
@@ -100,9 +100,8 @@ class MeterIdentity:
 
     @property
     def key(self) -> str:
-        """``channel/protocol:address``, as read statistics name a meter (see stats.meter_key)."""
-        name = f"{self.protocol}:{self.meter}" if self.protocol else self.meter
-        return f"{self.channel}/{name}" if self.channel else name
+        """``channel/protocol:address``, as read statistics name a meter (model.meter_key)."""
+        return meter_key(self.channel, self.protocol, self.meter)
 
 
 class Store(Protocol):
