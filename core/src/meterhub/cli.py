@@ -873,8 +873,7 @@ def sim_cmd() -> None:
               help="Make a meter misbehave: silence, bad_checksum, noise, truncated, slow, wrong_address, jam.")
 def sim_dlt645_cmd(count: int, baudrate: int, first_address: str, seed: int, faults: Sequence[str]) -> None:
     """DL/T 645-2007 meters on a pseudo-terminal; prints the port and runs until interrupted."""
-    from .protocols.dlt645_sim import Fault
-    from .protocols.dlt645_sim import start_dlt645_sim
+    from .protocols.dlt645_sim import Fault, start_dlt645_sim
 
     fault_map: dict[str, Any] = {}
     for spec in faults:
