@@ -12,7 +12,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def test_the_example_site_file_is_valid_for_the_installed_drivers():
     plugins = get_plugins()
-    site = load_site(EXAMPLES / "site.yaml", drivers=plugins.meter_drivers(), transports=plugins.transports())
+    site = load_site(EXAMPLES / "site.yaml", drivers=plugins.meter_drivers(), transports=plugins.transports(),
+                     uplinks=plugins.uplinks())
     assert {m.protocol for m in site.meters} == {"dlt645", "modbus", "cjt188", "mbus"}
     # the vendor profile beside the site file was loaded through profiles: [profiles]
     assert "acme-em100" in plugins.meter_drivers()["modbus"].profiles

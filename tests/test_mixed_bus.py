@@ -8,11 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.model import SerialSettings
 from meterhub.plugins import get_plugins
 from meterhub.simsite import MeterSpec, SimBus, site_text, start_bus
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 from system_helpers import meterhub, parse_json
 
 #: Per scan query: the simulated meters answer within 30-60 ms plus their frame at 9600 Bd.
@@ -74,7 +74,7 @@ def test_modbus_sweep_finds_both_meters_and_names_their_models(mixed):
 
     async def sweep() -> list[str]:
         async with SerialLink("bus1", mixed.port, SerialSettings(9600, 8, "N", 1)) as link:
-            return await driver.scan(Bus("bus1", link), float(SCAN_TIMEOUT), units=range(1, 9))
+            return await driver.scan(HalfDuplexChannel("bus1", link), float(SCAN_TIMEOUT), units=range(1, 9))
 
     assert asyncio.run(sweep()) == _expected(mixed, "modbus")
     assert {driver.last_scan[u] for u in ("1", "2")} == {"eastron-sdm630", "eastron-sdm120"}

@@ -55,10 +55,9 @@ def test_a_disabled_vendor_plugin_is_not_loaded():
     assert "acme-dlt645" not in listed.stdout
 
 
-def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus):
+def _trip(sim_bus, command_credential: str, secrets=None) -> None:
     import asyncio
 
-    from meterhub.errors import MeterhubError
     from meterhub.model import ChannelConfig, Command, Meter, SerialSettings, Site
     from meterhub.plugins import get_plugins
     from meterhub.runtime import Concentrator
@@ -70,14 +69,44 @@ def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus):
 
     async def trip() -> None:
         with open_store(site.store) as store:
-            async with Concentrator(site, plugins=get_plugins(), store=store) as conc:
-                await conc.execute(meter, Command(meter.address, meter.protocol, "relay", {"action": "trip"}))
+            async with Concentrator(site, plugins=get_plugins(), store=store, secrets=secrets) as conc:
+                try:
+                    await conc.execute(meter, Command(meter.address, meter.protocol, "relay", {"action": "trip"},
+                                                      credential=command_credential))
+                finally:
+                    _trip.records = store.commands()  # type: ignore[attr-defined]
 
+    asyncio.run(trip())
+
+
+def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus, monkeypatch):
+    from meterhub.errors import CommandRefused
+    from meterhub.model import CommandState
+    from meterhub.secrets import EnvSecrets
+
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_PASSWORD", "123456")
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_OPERATOR", "00000001")
     frames_before = sim_bus.frames_in
-    with pytest.raises(MeterhubError, match="ACME policy"):
-        asyncio.run(trip())
+    with pytest.raises(CommandRefused, match="ACME policy"):
+        _trip(sim_bus, "meter-000000000001", EnvSecrets())
     assert sim_bus.frames_in == frames_before  # refused before anything went on the wire
     assert not sim_bus.device("000000000001").relay_open
+    (record,) = _trip.records  # type: ignore[attr-defined]
+    assert record.state is CommandState.REFUSED and "ACME policy" in record.reason
+    assert "123456" not in repr(record)
+
+
+def test_a_relay_trip_without_credentials_is_refused_before_anything_is_sent(sim_bus):
+    from meterhub.errors import CommandRefused
+    from meterhub.model import CommandState
+    from meterhub.secrets import EnvSecrets
+
+    frames_before = sim_bus.frames_in
+    with pytest.raises(CommandRefused, match="needs credentials"):
+        _trip(sim_bus, "", EnvSecrets(environ={}))
+    assert sim_bus.frames_in == frames_before
+    (record,) = _trip.records  # type: ignore[attr-defined]
+    assert record.state is CommandState.REFUSED
 
 
 def test_a_modbus_profile_registered_by_the_vendor_plugin_reads_a_meter():

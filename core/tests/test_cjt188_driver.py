@@ -19,7 +19,7 @@ import attrs
 import pytest
 from meterhub import plugins as plugins_module
 from meterhub.api import MeterDriver
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import (
     ChecksumError,
     FrameError,
@@ -62,7 +62,7 @@ from meterhub.simulator import Fault, PtyBus
 from meterhub.store import open_store
 from meterhub.timing import answer_deadline
 
-link_module = pytest.importorskip("meterhub_rs485.link", reason="the end-to-end tests run over the rs485 plugin's SerialLink")
+link_module = pytest.importorskip("meterhub.channels.serial", reason="the end-to-end tests run over the rs485 plugin's SerialLink")
 SerialLink = link_module.SerialLink
 
 BAUD = 115200
@@ -98,7 +98,7 @@ def _over_pty(pty: PtyBus, scenario: Callable[[Bus], Awaitable[T]]) -> T:
 
     async def go() -> T:
         async with SerialLink("bus1", pty.port, SETTINGS) as link:
-            return await scenario(Bus("bus1", link))
+            return await scenario(HalfDuplexChannel("bus1", link))
 
     with pty:
         return asyncio.run(go())
@@ -632,7 +632,7 @@ def _search(addresses: list[str], **driver_kw: Any) -> tuple[list[tuple[int, str
     sims.append(SimulatedCjt188Meter("00000000000777", meter_type=0x20, seed=25, clock=clock))
     link = SimLink(sims)
     driver = Cjt188Driver(scan_types=(0x10, 0x20), **driver_kw)
-    return asyncio.run(driver.discover(Bus("sim", link), SCAN_WAIT)), link
+    return asyncio.run(driver.discover(HalfDuplexChannel("sim", link), SCAN_WAIT)), link
 
 
 def test_several_meters_of_one_type_are_singled_out_by_wildcard_search():
@@ -645,7 +645,7 @@ def test_several_meters_of_one_type_are_singled_out_by_wildcard_search():
 def test_without_the_search_a_collision_is_reported():
     with pytest.raises(FrameError, match="several meters answering at once"):
         asyncio.run(Cjt188Driver(scan_types=(0x10,), scan_search=False).discover(
-            Bus("sim", SimLink([SimulatedCjt188Meter(a, seed=26, clock=Clock()) for a in SAME_TYPE[:2]])), SCAN_WAIT))
+            HalfDuplexChannel("sim", SimLink([SimulatedCjt188Meter(a, seed=26, clock=Clock()) for a in SAME_TYPE[:2]])), SCAN_WAIT))
 
 
 def test_collision_left_unresolved_still_returns_the_others(caplog):
@@ -726,12 +726,12 @@ def test_scan_takes_meter_types_and_the_search_switch_as_options():
     sims = [SimulatedCjt188Meter(a, seed=27, clock=Clock()) for a in SAME_TYPE[:2]]
     sims.append(SimulatedCjt188Meter("00000000000777", meter_type=0x30, seed=27, clock=Clock()))
     link = SimLink(sims)
-    assert asyncio.run(DRIVER.scan(Bus("sim", link), SCAN_WAIT, meter_type="30")) == ["00000000000777"]
+    assert asyncio.run(DRIVER.scan(HalfDuplexChannel("sim", link), SCAN_WAIT, meter_type="30")) == ["00000000000777"]
     assert link.requests == 1
     with pytest.raises(FrameError, match="stayed garbled"):
-        asyncio.run(DRIVER.scan(Bus("sim", SimLink(sims)), SCAN_WAIT, meter_type="10", search="false"))
+        asyncio.run(DRIVER.scan(HalfDuplexChannel("sim", SimLink(sims)), SCAN_WAIT, meter_type="10", search="false"))
     link = SimLink(sims)
-    assert asyncio.run(DRIVER.scan(Bus("sim", link), SCAN_WAIT, meter_type=[0x30, "10"], search="no")) == ["00000000000777"]
+    assert asyncio.run(DRIVER.scan(HalfDuplexChannel("sim", link), SCAN_WAIT, meter_type=[0x30, "10"], search="no")) == ["00000000000777"]
 
 
 def test_a_scan_probe_waits_for_a_short_answer_only():
@@ -772,7 +772,7 @@ def test_simulator_puts_meters_on_a_mixed_bus_that_their_site_entries_read():
 
         async def scenario() -> list:
             async with SerialLink("bus1", sim.port, SETTINGS) as link:
-                bus = Bus("bus1", link)
+                bus = HalfDuplexChannel("bus1", link)
                 return [await DRIVER.read_many(bus, m, [resolve(q) for q in m.quantities], TIMEOUT) for m in meters]
 
         results = asyncio.run(scenario())

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from meterhub import jsonout
-from meterhub.bus import WireRecord
+from meterhub.channels.halfduplex import WireRecord
 from meterhub.cli import EXIT_USAGE, Failure, MeterFilter, ScanProgress, _csv_cell, _print_report, _round_line, parse_since
 from meterhub.model import Quality, Reading, Schedule, Site
 from meterhub.runtime import RoundReport

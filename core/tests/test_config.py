@@ -19,7 +19,18 @@ from hypothesis import strategies as st
 from meterhub import yamlnodes
 from meterhub.config import DEFAULT_QUANTITY, load_site, parse_duration, parse_site
 from meterhub.errors import ConfigError, ConfigIssue
-from meterhub.model import DEFAULT_STORE, ChannelConfig, Collector, Meter, Schedule, SerialSettings, Site
+from meterhub.default_plugins.jsonl import JsonlUplinkDriver
+from meterhub.model import (
+    DEFAULT_STORE,
+    ChannelConfig,
+    Collector,
+    Hop,
+    Meter,
+    Schedule,
+    SerialSettings,
+    Site,
+    UplinkConfig,
+)
 
 DATA = Path(__file__).parent / "data" / "configs"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "site.yaml"
@@ -125,12 +136,28 @@ DRIVERS = {
 TRANSPORTS = {"rs485": FakeRS485(), "tcp": FakeTCP()}
 
 
+class FakeMasterStation:
+    """An uplink driver that needs a server: key."""
+
+    name = "gdw1376.1"
+    description = "in-test master-station uplink"
+
+    def validate(self, config: UplinkConfig) -> list[tuple[str, str]]:
+        return [] if "server" in config.options else [("", "missing required key server")]
+
+    def create(self, config, terminal):  # pragma: no cover - config tests never run uplinks
+        raise NotImplementedError
+
+
+UPLINKS = {"gdw1376.1": FakeMasterStation(), "jsonl": JsonlUplinkDriver()}
+
+
 def load(name: str) -> Site:
-    return load_site(DATA / name, drivers=DRIVERS, transports=TRANSPORTS)
+    return load_site(DATA / name, drivers=DRIVERS, transports=TRANSPORTS, uplinks=UPLINKS)
 
 
 def parse(text: str) -> Site:
-    return parse_site(text, filename="site.yaml", drivers=DRIVERS, transports=TRANSPORTS)
+    return parse_site(text, filename="site.yaml", drivers=DRIVERS, transports=TRANSPORTS, uplinks=UPLINKS)
 
 
 def issues_of(name: str) -> list[ConfigIssue]:
@@ -259,6 +286,8 @@ def test_file_that_is_not_utf8_is_a_config_error_with_its_line(tmp_path):
 
 # -- good files -------------------------------------------------------------------------------
 
+HUB1 = Hop("hub1", "000000009001", "dlt645")
+
 
 def test_good_file_becomes_the_right_site():
     site = load("good.yaml")
@@ -286,12 +315,19 @@ def test_good_file_becomes_the_right_site():
                 settings=SerialSettings(1200, 8, "E", 1),
                 options={"password": "02000000"},
             ),
-            Meter(address="000000000003", protocol="dlt645", channel="bus2", quantities=(DEFAULT_QUANTITY,), timeout=0.5),
+            Meter(address="000000000003", protocol="dlt645", channel="bus2", quantities=(DEFAULT_QUANTITY,), timeout=0.5,
+                  hops=(HUB1,)),
+            Meter(address="000000000004", protocol="dlt645", channel="bus2", quantities=(DEFAULT_QUANTITY,),
+                  hops=(HUB1, Hop("relay2", delay=0.3))),
         ),
-        collectors={"hub1": Collector("hub1", "bus2", "000000009001", "dlt645", {"ports": 12})},
+        collectors={"hub1": Collector("hub1", "bus2", "000000009001", "dlt645", {"ports": 12}),
+                    "relay2": Collector("relay2", "bus2", via="hub1", delay=0.3)},
         schedule=Schedule(interval=900.0, retries=1, backoff_initial=1800.0, backoff_max=86400.0),
         store="sqlite:///var/meterhub.db",
         uplink={"protocol": "gdw1376.1", "server": "10.0.0.1:7000"},
+        uplinks=(UplinkConfig("gdw1376.1", "gdw1376.1", {"server": "10.0.0.1:7000"}),
+                 UplinkConfig("jsonl", "jsonl", {"path": "feed.jsonl"})),
+        terminal="3201/0001",
         source=str(DATA / "good.yaml"),
     )
 
@@ -408,7 +444,7 @@ def test_transport_is_not_asked_about_a_key_already_reported():
 
 @pytest.mark.skipif(not EXAMPLE.exists(), reason="examples/ is not beside this source tree")
 def test_the_example_site_file_is_valid():
-    site = load_site(EXAMPLE, drivers=DRIVERS, transports=TRANSPORTS)
+    site = load_site(EXAMPLE, drivers=DRIVERS, transports=TRANSPORTS, uplinks=UPLINKS)
     assert len(site.channels) == 2 and all(c.transport == "rs485" for c in site.channels.values())
     assert {m.protocol for m in site.meters} == {"dlt645", "modbus", "cjt188", "mbus"}
 
@@ -418,7 +454,8 @@ def test_the_example_site_file_uses_every_documented_key():
     text = EXAMPLE.read_text()
     from meterhub.config import CHANNEL_KEYS, COLLECTOR_KEYS, METER_KEYS, SCHEDULE_KEYS, TOP_KEYS
 
-    for key in {*TOP_KEYS, *CHANNEL_KEYS, *METER_KEYS, *COLLECTOR_KEYS, *SCHEDULE_KEYS}:
+    # uplink: is the one-uplink form of uplinks:, which the example shows
+    for key in {*TOP_KEYS, *CHANNEL_KEYS, *METER_KEYS, *COLLECTOR_KEYS, *SCHEDULE_KEYS} - {"uplink"}:
         assert re.search(rf"^\s*(- )?{key}:", text, re.M), key
 
 

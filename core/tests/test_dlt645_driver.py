@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from meterhub.api import Link, MeterDriver
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import ChecksumError, MeterError, MeterTimeout, NotSupported, UnexpectedReply
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.plugins import Plugins
@@ -113,7 +113,7 @@ def _meter(address: str = ADDRESS, protocol: str = "dlt645", **kw) -> Meter:
 
 def _read(driver, peer, quantity: str, *, timeout: float = 1.0, meter: Meter | None = None):
     link = LoopbackLink(peer)
-    return asyncio.run(driver.read(Bus("bus1", link), meter or _meter(), resolve(quantity), timeout))
+    return asyncio.run(driver.read(HalfDuplexChannel("bus1", link), meter or _meter(), resolve(quantity), timeout))
 
 
 def _energy_meter(value: str = "1234.56") -> LoopbackMeter:
@@ -129,7 +129,7 @@ def test_read_returns_an_exact_decimal_with_its_unit():
 
 def test_read_sends_one_read_request_with_wake_up_bytes():
     link = LoopbackLink(_energy_meter())
-    asyncio.run(Dlt645Driver().read(Bus("bus1", link), _meter(), resolve("1-0:1.8.0"), 1.0))
+    asyncio.run(Dlt645Driver().read(HalfDuplexChannel("bus1", link), _meter(), resolve("1-0:1.8.0"), 1.0))
     assert link.written == [dlt645.encode(dlt645.read_request(ADDRESS, 0x00010000), preamble=4)]
 
 
@@ -169,7 +169,7 @@ def test_ff_value_raises_not_supported():
 def test_quantity_without_a_di_is_not_supported_and_sends_nothing():
     link = LoopbackLink(_energy_meter())
     with pytest.raises(NotSupported, match="8-0:1.0.0"):
-        asyncio.run(Dlt645Driver().read(Bus("bus1", link), _meter(), resolve("water_volume"), 1.0))
+        asyncio.run(Dlt645Driver().read(HalfDuplexChannel("bus1", link), _meter(), resolve("water_volume"), 1.0))
     assert link.written == []
 
 
@@ -244,7 +244,7 @@ def test_clock_just_after_midnight_reads_the_date_again():
 def test_per_meter_settings_are_applied_to_the_link():
     link = LoopbackLink(_energy_meter())
     meter = _meter(settings=SerialSettings(1200, 8, "E", 1))
-    asyncio.run(Dlt645Driver().read(Bus("bus1", link), meter, resolve("energy_import"), 1.0))
+    asyncio.run(Dlt645Driver().read(HalfDuplexChannel("bus1", link), meter, resolve("energy_import"), 1.0))
     assert link.settings == SerialSettings(1200, 8, "E", 1)
 
 
@@ -253,7 +253,7 @@ def test_per_meter_settings_are_applied_to_the_link():
 
 def test_scan_returns_the_address_of_the_one_meter():
     link = LoopbackLink(LoopbackMeter(address="201000000012"))
-    assert asyncio.run(Dlt645Driver().scan(Bus("bus1", link), 1.0)) == ["201000000012"]
+    assert asyncio.run(Dlt645Driver().scan(HalfDuplexChannel("bus1", link), 1.0)) == ["201000000012"]
     assert dlt645.decode(link.written[0]) == dlt645.read_address_request()
 
 
@@ -261,7 +261,7 @@ def test_a_garbled_answer_to_the_wildcard_starts_a_search_by_abbreviated_address
     peer = LoopbackMeter()
     peer.wrap = lambda wire: wire[:-2] + bytes(((wire[-2] + 1) & 0xFF,)) + wire[-1:]  # every answer garbled
     link = LoopbackLink(peer)
-    asyncio.run(Dlt645Driver().scan(Bus("bus1", link), 0.02))
+    asyncio.run(Dlt645Driver().scan(HalfDuplexChannel("bus1", link), 0.02))
     sent = [dlt645.decode(raw) for raw in link.written]
     assert sent[0] == dlt645.read_address_request()
     # §4.1.2: the low byte A0 given, the high bytes AAh; each BCD value once
@@ -271,7 +271,7 @@ def test_a_garbled_answer_to_the_wildcard_starts_a_search_by_abbreviated_address
 
 def test_scan_of_a_silent_line_is_empty():
     link = LoopbackLink(lambda frame: b"")
-    assert asyncio.run(Dlt645Driver().scan(Bus("bus1", link), SILENCE)) == []
+    assert asyncio.run(Dlt645Driver().scan(HalfDuplexChannel("bus1", link), SILENCE)) == []
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_scan_of_a_silent_line_is_empty():
 
 def _execute(driver, peer, name: str, **args):
     link = LoopbackLink(peer)
-    result = asyncio.run(driver.execute(Bus("bus1", link), _meter(), Command(ADDRESS, "dlt645", name, args), 1.0))
+    result = asyncio.run(driver.execute(HalfDuplexChannel("bus1", link), _meter(), Command(ADDRESS, "dlt645", name, args), 1.0))
     return result, link
 
 
@@ -427,7 +427,7 @@ def test_1997_voltage_is_integer_volts():
 
 def test_1997_scan_reads_9010_with_the_wildcard_address():
     peer = Loopback1997Meter({0x9010: bytes.fromhex("79 26 14 00")})
-    assert asyncio.run(Dlt645_1997Driver().scan(Bus("bus1", LoopbackLink(peer)), 1.0)) == [dlt645.WILDCARD]
+    assert asyncio.run(Dlt645_1997Driver().scan(HalfDuplexChannel("bus1", LoopbackLink(peer)), 1.0)) == [dlt645.WILDCARD]
     assert peer.requests == [dlt645.read_request_1997(dlt645.WILDCARD, 0x9010)]
 
 

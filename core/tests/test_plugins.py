@@ -65,7 +65,7 @@ GOOD = """
         description = "carrier pigeon"
         def validate(self, channel):
             return []
-        def create_link(self, channel):
+        def create_channel(self, channel):
             raise NotImplementedError
 
     @hookimpl
@@ -93,7 +93,7 @@ DUPLICATE = """
         description = "a second pigeon"
         def validate(self, channel):
             return []
-        def create_link(self, channel):
+        def create_channel(self, channel):
             raise NotImplementedError
 
     @hookimpl

@@ -11,13 +11,14 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import pytest
 
 from meterhub import plugins as plugins_module
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import ChecksumError, CommandRefused, FrameError, LinkError, MeterError, NotSupported
 from meterhub.hookspecs import hookimpl
-from meterhub.model import ChannelConfig, Command, Measurement, Meter, Quality, Schedule, SerialSettings, Site
+from meterhub.model import ChannelConfig, Command, CommandState, Measurement, Meter, Quality, Schedule, SerialSettings, Site
 from meterhub.plugins import STRICT_ENV, Plugins
 from meterhub.runtime import DETAIL_SILENT, Concentrator, RoundReport, next_round_start
 from meterhub.store import StoreError, open_store
@@ -179,8 +180,8 @@ class FakeTransport:
     def validate(self, channel: ChannelConfig) -> list[tuple[str, str]]:
         return []
 
-    def create_link(self, channel: ChannelConfig) -> FakeLink:
-        return FakeLink(channel.name, channel.port, channel.settings, self.field)
+    def create_channel(self, channel: ChannelConfig) -> HalfDuplexChannel:
+        return HalfDuplexChannel(channel.name, FakeLink(channel.name, channel.port, channel.settings, self.field))
 
 
 class LineDriver:
@@ -766,8 +767,11 @@ def test_policy_hook_refusal_raises_and_the_driver_is_not_called() -> None:
     with pytest.raises(CommandRefused, match="locked during billing"):
         asyncio.run(go())
     assert rig.driver.executed == []
-    assert rig.recorder.commands_seen == [command]
-    assert rig.store.events(kind="command_refused")[0].data["reason"] == "relay control is locked during billing"
+    assert rig.recorder.commands_seen == [attrs.evolve(command, channel="bus1")]
+    assert rig.store.events(kind="command_refused")[0].data["reason"] == (
+        "refused by policy plugin 'testplugin': relay control is locked during billing")
+    (record,) = rig.store.commands()
+    assert record.state is CommandState.REFUSED and "locked during billing" in record.reason
 
 
 def test_allowed_command_reaches_the_driver() -> None:
@@ -779,7 +783,10 @@ def test_allowed_command_reaches_the_driver() -> None:
             return await rig.concentrator.execute(rig.site.meters[0], command)
 
     assert asyncio.run(go()) == {"done": "time_sync"}
-    assert rig.driver.executed == [command]
+    assert rig.driver.executed == [attrs.evolve(command, channel="bus1")]
+    (record,) = rig.store.commands()
+    assert (record.command.id, record.state, dict(record.answer or {})) == (command.id, CommandState.ANSWERED,
+                                                                          {"done": "time_sync"})
 
 
 def test_command_on_a_down_channel_raises_link_error() -> None:

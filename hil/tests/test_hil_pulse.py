@@ -9,13 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.model import Meter
 from meterhub.plugins import get_plugins
 from meterhub.quantities import resolve
 from meterhub_hil.plugin import COLLECTOR_PROTOCOL
 from meterhub_hil.pulse import Injected, register_value
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 
 pytestmark = [pytest.mark.hil, pytest.mark.needs("pulse")]
 
@@ -34,7 +34,7 @@ def _read_input(bench, spec, device) -> dict[str, Decimal]:
 
     async def go() -> dict[str, Decimal]:
         async with SerialLink("bench", bench.port(master), settings) as link:
-            bus = Bus("bench", link)
+            bus = HalfDuplexChannel("bench", link)
             meter = Meter(address=spec.address, protocol=COLLECTOR_PROTOCOL, channel="bench")
             timeout = driver.transaction_timeout(settings)
             return {q: (await driver.read(bus, meter, resolve(q), timeout)).value for q in ("pulse_count", value_quantity)}

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from meterhub import timing
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import FrameError
 from meterhub.model import Meter, SerialSettings
 from meterhub.protocols.dlt645 import StreamDecoder
@@ -20,7 +20,7 @@ from meterhub.protocols.dlt645_driver import MAX_RESPONSE_DELAY, Dlt645Driver
 from meterhub.protocols.dlt645_sim import SimulatedMeter
 from meterhub.quantities import resolve
 from meterhub_hil.meterport import AdapterMeterServer
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 
 pytestmark = [pytest.mark.hil, pytest.mark.needs("two-adapters")]
 
@@ -37,7 +37,7 @@ def _read(bench, master: str, quantities, *, settings: SerialSettings | None = N
 
     async def go():
         async with SerialLink("bench", bench.port(master), settings) as link:
-            bus = Bus("bench", link, trace=trace)
+            bus = HalfDuplexChannel("bench", link, trace=trace)
             driver = Dlt645Driver()
             meter = Meter(address=ADDRESS, protocol="dlt645", channel="bench")
             found = []
@@ -145,7 +145,7 @@ def test_the_meters_under_test_answer_on_their_pair(bench, pair):
 
     async def read_all():
         async with SerialLink("bench", bench.port(pair.master), settings) as link:
-            bus = Bus("bench", link)
+            bus = HalfDuplexChannel("bench", link)
             found = {}
             for dev in meters:
                 driver = drivers[dev.protocol]

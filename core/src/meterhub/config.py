@@ -13,10 +13,15 @@ The format, top-level keys and defaults::
     channels:      name -> {transport, port, baudrate, parity, bytesize, stopbits, <transport options>}
     meters:        list of {address, protocol, channel | collector, quantities, point, name,
                             timeout, retries, baudrate, parity, bytesize, stopbits, options}
-    collectors:    name -> {channel, address, protocol, <options>}         (optional)
+    collectors:    name -> {channel | collector, address, protocol, relay_delay, <options>}  (optional)
     schedule:      {interval, retries, backoff_initial, backoff_max}       (optional)
     store:         sqlite:///meterhub.db                                   (optional)
-    uplink:        a mapping, kept as is for the uplink driver             (optional)
+    uplink:        {protocol, name, <the uplink driver's keys>}            (optional)
+    uplinks:       a list of such mappings, for several uplinks at once    (optional)
+    terminal:      this concentrator's identity (area code/address)        (optional)
+
+A collector reached through another names it as ``collector:`` (a relay chain); a
+meter's route is its channel, then every collector from the concentrator outwards.
 
 Top-level keys starting with ``x-`` are ignored, so they can hold YAML anchors
 (``x-dlt645: &dlt645 {...}`` then ``<<: *dlt645`` in each meter).
@@ -33,17 +38,19 @@ from typing import Any
 
 import attrs
 
-from .api import MeterDriver, Transport
+from .api import MeterDriver, MeterValidator, ProfileFolders, Transport, UplinkDriver
 from .errors import ConfigError, ConfigIssue, UnknownQuantity
 from .model import (
     DEFAULT_STORE,
     PARITIES,
     ChannelConfig,
     Collector,
+    Hop,
     Meter,
     Schedule,
     SerialSettings,
     Site,
+    UplinkConfig,
 )
 from .quantities import VOCABULARY, resolve
 from .yamlnodes import Node as _Node
@@ -55,9 +62,9 @@ from .yamlnodes import plain as _plain
 from .yamlnodes import read_document, too_large
 from .yamlnodes import shorten as _shorten
 
-__all__ = ["load_site", "parse_site", "parse_duration", "DEFAULT_QUANTITY"]
+__all__ = ["DEFAULT_QUANTITY", "load_site", "parse_duration", "parse_site"]
 
-TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink", "profiles")
+TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink", "uplinks", "terminal", "profiles")
 #: top-level keys with this prefix are free for YAML anchors (docker-compose's convention)
 EXTENSION_PREFIX = "x-"
 SERIAL_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
@@ -66,7 +73,12 @@ METER_KEYS = (
     "address", "protocol", "channel", "collector", "quantities", "point", "name",
     "timeout", "retries", *SERIAL_KEYS, "options",
 )  # fmt: skip
-COLLECTOR_KEYS = ("channel", "address", "protocol")  # any other key is a collector option
+COLLECTOR_KEYS = ("channel", "collector", "address", "protocol", "relay_delay")  # any other key is a collector option
+UPLINK_KEYS = ("protocol", "name")  # any other key is the uplink driver's
+#: The longest a relay may add to an answer: as long as a meter's whole timeout may be.
+LONGEST_RELAY_DELAY = 60.0
+#: Collector and uplink names appear in routes (``bus1/c1/c2``) and outbox queues.
+NAME_SEPARATOR = "/"
 SCHEDULE_KEYS = ("interval", "retries", "backoff_initial", "backoff_max")
 
 #: what a meter reads when its ``quantities`` are left out: the billing register
@@ -106,7 +118,7 @@ _DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h|d)")
 _DURATION_FULL = re.compile(rf"(?:\s*{_NUMBER}\s*(?:ms|s|m|h|d))+\s*")
 _PLAIN_NUMBER = re.compile(rf"\s*{_NUMBER}\s*")
 
-def parse_duration(text: str | int | float) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds in a duration: a number of seconds (``90``) or units ``ms s m h d`` (``1h30m``).
 
     Raises ``ValueError`` with a message a user can act on for anything else, including
@@ -136,7 +148,7 @@ def parse_duration(text: str | int | float) -> float:
     return _finite_seconds(seconds, shown)
 
 
-def _finite_seconds(seconds: int | float, shown: str) -> float:
+def _finite_seconds(seconds: float, shown: str) -> float:
     """``seconds`` as a float; ValueError for a number of seconds too large for one (a
     300-digit number: float() gives infinity for text, OverflowError for an int)."""
     try:
@@ -153,12 +165,15 @@ def load_site(
     *,
     drivers: Mapping[str, MeterDriver],
     transports: Mapping[str, Transport],
+    uplinks: Mapping[str, UplinkDriver] | None = None,
 ) -> Site:
-    """Read and validate a site file; raise :class:`ConfigError` listing every problem."""
+    """Read and validate a site file; raise :class:`ConfigError` listing every problem.
+    ``uplinks`` are the installed uplink drivers; an uplink section naming another (or
+    with none given) is an error, never ignored."""
     filename = os.fspath(path)
     text = read_document(filename, max_bytes=MAX_SITE_FILE_BYTES, what="a site file",
                          hint="10,000 meters fit in fewer")
-    return parse_site(text, filename=filename, drivers=drivers, transports=transports)
+    return parse_site(text, filename=filename, drivers=drivers, transports=transports, uplinks=uplinks)
 
 
 def parse_site(
@@ -167,6 +182,7 @@ def parse_site(
     filename: str,
     drivers: Mapping[str, MeterDriver],
     transports: Mapping[str, Transport],
+    uplinks: Mapping[str, UplinkDriver] | None = None,
 ) -> Site:
     """Validate the text of a site file; raise :class:`ConfigError` listing every problem."""
     if len(text) > MAX_SITE_FILE_BYTES:  # a character takes at least a byte: a file read fits
@@ -176,7 +192,7 @@ def parse_site(
     root = _compose(text, filename, issues)
     site = None
     if root is not None:
-        site = _SiteBuilder(filename, issues, drivers, transports).build(root)
+        site = _SiteBuilder(filename, issues, drivers, transports, uplinks or {}).build(root)
     elif not issues:
         issues.append(ConfigIssue(filename, None, "", "the file is empty: it needs at least channels: and meters:"))
     if issues or site is None:
@@ -224,12 +240,15 @@ class _SiteBuilder:
         issues: list[ConfigIssue],
         drivers: Mapping[str, MeterDriver],
         transports: Mapping[str, Transport],
+        uplinks: Mapping[str, UplinkDriver],
     ) -> None:
         self.filename = filename
         self.issues = issues
         self.drivers = drivers
         self.transports = transports
+        self.uplink_drivers = uplinks
         self._channel_nodes: dict[str, _Node] = {}  # every channel named, even a broken one
+        self._collector_nodes: dict[str, _Node] = {}  # every collector named, even a broken one
 
     # -- recording -----------------------------------------------------------------
 
@@ -341,16 +360,79 @@ class _SiteBuilder:
         schedule = self.schedule(root.get("schedule"))
         store = self.store(root.get("store"))
         uplink_node = root.get("uplink")
-        uplink = self.mapping(uplink_node)
+        uplinks = self.uplinks(uplink_node, root.get("uplinks"))
+        terminal_node = root.get("terminal")
+        terminal = self.text(terminal_node, numbers_ok=True) if terminal_node is not None else None
         return Site(
             channels=channels,
             meters=tuple(meters),
             collectors=collectors,
             schedule=schedule,
             store=store,
-            uplink=_plain(uplink_node) if uplink is not None and uplink_node is not None else None,
+            uplink=_plain(uplink_node) if uplink_node is not None and uplink_node.kind == "map" else None,
+            uplinks=uplinks,
+            terminal=terminal or "",
             source=self.filename,
         )
+
+    # -- uplinks -----------------------------------------------------------------------------
+
+    def uplinks(self, single: _Node | None, several: _Node | None) -> list[UplinkConfig]:
+        """``uplink:`` (one) and ``uplinks:`` (a list), each checked by its uplink driver."""
+        nodes: list[_Node] = []
+        if single is not None and self.mapping(single, "a mapping with protocol:") is not None:
+            nodes.append(single)
+        nodes += [item for item in self.sequence(several, "a list of uplinks, each a mapping with protocol:") or ()]
+        result: list[UplinkConfig] = []
+        names: dict[str, _Node] = {}
+        for node in nodes:
+            if node is not single and self.mapping(node, "a mapping with protocol:") is None:
+                if node.is_null:
+                    self.bad(node, "must be a mapping with protocol:, got nothing")
+                continue
+            protocol_node = node.get("protocol")
+            if protocol_node is None:
+                self.missing(node, "protocol")
+                continue
+            protocol = self.text(protocol_node)
+            if protocol is None:
+                continue
+            driver = self.uplink_drivers.get(protocol)
+            if driver is None:
+                installed = _known("uplink protocols", self.uplink_drivers) if self.uplink_drivers else "no uplink plugin is installed"
+                self.bad(protocol_node, f"unknown uplink protocol {_shorten(protocol)}"
+                                        f"{_suggest(protocol, self.uplink_drivers)} ({installed})")
+                continue
+            name_node = node.get("name")
+            name = self.name(name_node) if name_node is not None else protocol
+            if name is None:
+                continue
+            if name in names:
+                where = names[name]
+                self.bad(name_node or protocol_node,
+                         f"uplink name {_shorten(name)} is already used at line {where.line}; give each uplink its own name:")
+                continue
+            names[name] = node
+            options = {key: _plain(child) for key, child in node.value.items() if key not in UPLINK_KEYS}
+            config = UplinkConfig(name, protocol, options)
+            try:
+                problems = list(driver.validate(config))
+            except Exception as exc:  # a driver bug must not hide the rest of the file's mistakes
+                problems = [("", f"the {protocol} uplink could not check this section: {type(exc).__name__}: {exc}")]
+            for key, message in problems:
+                self.issue(_locate(node, key) if key else node.line, _child_path(node.path, key) if key else node.path,
+                           message)
+            result.append(config)
+        return result
+
+    def name(self, node: _Node) -> str | None:
+        """A collector's or uplink's name: text without the route separator."""
+        name = self.text(node, numbers_ok=True)
+        if name is not None and NAME_SEPARATOR in name:
+            self.bad(node, f"must not contain {NAME_SEPARATOR!r} (it separates the collectors of a route), "
+                           f"got {_shorten(name)}")
+            return None
+        return name
 
     # -- profile folders ----------------------------------------------------------------
 
@@ -358,7 +440,7 @@ class _SiteBuilder:
         """``profiles: [folder, ...]``: device profiles (YAML) a vendor keeps beside the site
         file, relative to it; every driver that takes profile folders loads each folder."""
         items = self.sequence(node, "a list of folders with device profiles")
-        loaders = [d for d in self.drivers.values() if callable(getattr(d, "load_profile_dir", None))]
+        loaders = [d for d in self.drivers.values() if isinstance(d, ProfileFolders)]
         base = os.path.dirname(os.path.abspath(self.filename)) if not self.filename.startswith("<") else os.getcwd()
         for item in items or ():
             folder = self.text(item)
@@ -496,25 +578,91 @@ class _SiteBuilder:
     # -- collectors ----------------------------------------------------------------------
 
     def collectors(self, node: _Node | None) -> dict[str, Collector]:
+        """``collectors:``: each sits on a channel or behind another collector (``collector:``);
+        chains are followed to their channel, and an unknown link or a cycle is reported."""
         entries = self.mapping(node, "a mapping of collector names to their settings")
+        self._collector_nodes = dict(entries or {})
         result: dict[str, Collector] = {}
+        nodes: dict[str, _Node] = {}
         for name, coll in (entries or {}).items():
-            if self.mapping(coll, "a mapping with channel:") is None:
+            if self.mapping(coll, "a mapping with channel: or collector:") is None:
                 if coll.is_null:
-                    self.bad(coll, "must be a mapping with channel:, got nothing")
+                    self.bad(coll, "must be a mapping with channel: or collector:, got nothing")
                 continue
-            channel_node = coll.get("channel")
-            if channel_node is None:
+            if NAME_SEPARATOR in name:
+                self.bad(coll, f"collector name {_shorten(name)} must not contain {NAME_SEPARATOR!r} "
+                               "(it separates the collectors of a route)")
+                continue
+            channel_node, via_node = coll.get("channel"), coll.get("collector")
+            if channel_node is None and via_node is None:
                 self.missing(coll, "channel")
             channel = self.channel_ref(channel_node)
+            via = self.text(via_node, numbers_ok=True) if via_node is not None else None
             protocol = self.protocol(coll.get("protocol"))
             address = ""
             address_node = coll.get("address")
             if address_node is not None:
                 address = self.address(address_node, protocol) or ""
+            delay = self.relay_delay(coll.get("relay_delay"))
             options = {key: _plain(child) for key, child in coll.value.items() if key not in COLLECTOR_KEYS}
-            result[name] = Collector(name, channel or "", address, protocol or "", options)
-        return result
+            result[name] = Collector(name, channel or "", address, protocol or "", options, via=via or "", delay=delay)
+            nodes[name] = coll
+        return self.chained(result, nodes)
+
+    def relay_delay(self, node: _Node | None) -> float | None:
+        """``relay_delay:``: what a collector adds to an answer; zero is allowed (a transparent hub)."""
+        if node is None or node.broken:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(node.value, bool) \
+                and node.value == 0:
+            return 0.0
+        return self.duration(node, LONGEST_RELAY_DELAY)
+
+    def chained(self, collectors: dict[str, Collector], nodes: Mapping[str, _Node]) -> dict[str, Collector]:
+        """Collectors behind collectors: each ``collector:`` must name a collector, the chain
+        must end on a channel without coming back to where it started, and a collector's
+        own ``channel:`` (if given) must be its chain's."""
+        result = dict(collectors)
+        broken: set[str] = set()
+        for name, coll in collectors.items():
+            seen = [name]
+            current = coll
+            while current.via:
+                via_node = nodes[current.name].get("collector")
+                assert via_node is not None
+                nxt = collectors.get(current.via)
+                if nxt is None:
+                    if current.name == name:
+                        self.bad(via_node, f"collector {_shorten(current.via)} is not defined"
+                                           f"{_suggest(current.via, collectors)} ({_known('collectors', collectors)})")
+                    broken.add(name)
+                    break
+                if nxt.name in seen:
+                    if current.name == name or nxt.name == name:
+                        cycle = " -> ".join([*seen[seen.index(nxt.name):], nxt.name])
+                        self.bad(nodes[name], f"collector {_shorten(name)} is in a cycle of collectors: {cycle}"
+                                              " (a chain must end on a channel)")
+                    broken.add(name)
+                    break
+                seen.append(nxt.name)
+                current = nxt
+            if name in broken:
+                continue
+            channel = current.channel
+            if coll.channel and channel and coll.channel != channel:
+                self.bad(nodes[name].value["channel"], f"channel {_shorten(coll.channel)} differs from the channel "
+                                                       f"{_shorten(channel)} of collector {_shorten(coll.via)}")
+            result[name] = attrs.evolve(coll, channel=channel)
+        return {name: coll for name, coll in result.items() if name not in broken}
+
+    def hops(self, collectors: Mapping[str, Collector], name: str) -> tuple[Hop, ...]:
+        """The relays from the concentrator out to collector ``name`` (a valid chain)."""
+        chain: list[Hop] = []
+        current: Collector | None = collectors.get(name)
+        while current is not None and len(chain) <= len(collectors):
+            chain.append(Hop(current.name, current.address, current.protocol, current.delay))
+            current = collectors.get(current.via) if current.via else None
+        return tuple(reversed(chain))
 
     # -- meters ----------------------------------------------------------------------------
 
@@ -561,11 +709,10 @@ class _SiteBuilder:
         """What the meter's driver finds wrong with it (a Modbus profile that does not exist,
         a quantity the profile lacks), at the line of the key it names."""
         driver = self.drivers.get(meter.protocol)
-        validate = getattr(driver, "validate_meter", None)
-        if validate is None or not meter.address:
+        if not isinstance(driver, MeterValidator) or not meter.address:
             return
         try:
-            problems = list(validate(meter))
+            problems = list(driver.validate_meter(meter))
         except Exception as exc:  # a driver bug must not hide the rest of the file's mistakes
             problems = [("", f"the {meter.protocol} driver could not check this meter: {type(exc).__name__}: {exc}")]
         for key, message in problems:
@@ -589,9 +736,14 @@ class _SiteBuilder:
         channel = self.channel_ref(node.get("channel"))
         collector_node = node.get("collector")
         collector_name = self.text(collector_node, numbers_ok=True)
+        hops: tuple[Hop, ...] = ()
         if collector_name is not None and collector_node is not None:
             collector = collectors.get(collector_name)
-            if collector is None:
+            if collector is not None:
+                hops = self.hops(collectors, collector_name)
+            if collector is None and collector_name in self._collector_nodes:
+                pass  # defined, but broken: reported at the collector
+            elif collector is None:
                 self.bad(
                     collector_node,
                     f"collector {_shorten(collector_name)} is not defined{_suggest(collector_name, collectors)}"
@@ -637,6 +789,7 @@ class _SiteBuilder:
             retries=retries,
             settings=settings,
             options=_plain(options_node) if options is not None and options_node is not None else {},
+            hops=hops,
         )
 
     def protocol(self, node: _Node | None) -> str | None:

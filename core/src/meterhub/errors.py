@@ -79,7 +79,29 @@ class PluginError(MeterhubError):
 
 
 class CommandRefused(MeterhubError):
-    """A policy hook vetoed a command before it was sent."""
+    """A command that was not sent: a policy hook vetoed it, or its credentials could not be
+    had, or it carried secrets in its arguments. Nothing reached the meter."""
+
+
+class CommandFailed(MeterhubError):
+    """A command that was sent but got no good answer, where the driver's own error could
+    not be passed on as it was (its text held a secret, or the driver answered nonsense)."""
+
+
+class CredentialError(MeterhubError):
+    """A credential cannot be had from the secret store: a source is unusable (a secrets
+    file others may read, malformed content) or the entry lacks a field. Messages say which
+    sources were tried and never hold a secret value."""
+
+
+class CredentialNotFound(CredentialError):
+    """No source of the secret store has the entry. ``tried`` says where it was looked for,
+    one phrase per source, so a chain of sources can report them all."""
+
+    def __init__(self, ref: str, tried: tuple[str, ...] | list[str]) -> None:
+        self.ref = ref
+        self.tried = tuple(tried)
+        super().__init__(f"no credential entry {ref!r} in the secret store; tried: " + "; ".join(self.tried))
 
 
 @attrs.frozen

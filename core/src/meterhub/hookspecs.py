@@ -92,9 +92,11 @@ def meterhub_register_transports(register: Any) -> None:
 def meterhub_register_uplinks(register: Any) -> None:
     """Register uplink drivers that report to a master station (``gdw1376.1``).
 
-    Called once, when the uplink registry is first needed. Call ``register(name, factory)``
-    where ``factory(config: Mapping)`` returns an object implementing
-    :class:`meterhub.api.Uplink`. Return nothing.
+    Called once, when the uplink registry is first needed. Call ``register(driver)`` for
+    each object implementing :class:`meterhub.api.UplinkDriver`; its ``name`` is what a
+    site file writes as an uplink's ``protocol:``. The driver checks its section when the
+    site file is loaded and makes the running :class:`meterhub.api.Uplink`, which the
+    concentrator starts with its :class:`meterhub.api.Terminal`. Return nothing.
     """
 
 
@@ -120,13 +122,20 @@ def meterhub_event(event: Any) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def meterhub_before_command(command: Any) -> str | None:
     """Policy check of a :class:`meterhub.model.Command` about to be sent to a meter.
 
-    Called before every command (relay control, time sync, clear, ...). Return a
-    non-empty string to refuse it: the string is the reason shown to the user and the
-    command is not sent. Return ``None`` to let it pass. The first non-None answer wins.
+    Called before every command (relay or valve control, time sync, clear, ...), from
+    every origin (CLI, uplink, schedule, plugin), after its credentials were found and
+    before anything is sent. Every implementation is asked, in no promised order; the
+    command is sent only if each of them returns ``None``. Return a non-empty string to
+    refuse: it is the reason shown to the user and kept in the command journal.
+
+    Fails closed: an implementation that raises, or returns anything but ``None`` or a
+    non-empty string, refuses the command too (and is reported); it is never skipped.
+    ``command`` carries no secrets: credentials go to the driver alone. Runs in the event
+    loop: do not block, and do not define it ``async`` (a coroutine would refuse).
     """
 
 

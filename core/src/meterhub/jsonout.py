@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from .model import Reading
+from .model import Event, Reading
 
 
 def decimal_text(value: Decimal) -> str:
@@ -76,5 +76,15 @@ def reading_to_dict(reading: Reading, *, full: bool = True) -> dict[str, Any]:
             protocol=reading.protocol,
             attempts=reading.attempts,
             latency=reading.latency,
+            route="/".join(reading.route),
+            data_time=reading.data_time,
+            period=reading.period,
+            terminal=reading.terminal,
         )
     return out
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """An event as plain data: ``kind``, ``source``, ``timestamp``, ``severity``, ``data``."""
+    return {"kind": event.kind, "source": event.source, "timestamp": event.timestamp, "severity": event.severity,
+            "data": dict(event.data)}

@@ -6,8 +6,9 @@ They are frozen and slotted; behaviour lives in drivers and the runtime, not her
 from __future__ import annotations
 
 import enum
+import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +18,7 @@ import attrs
 
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (every timestamp meterhub stores is)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -75,6 +76,43 @@ class ChannelConfig:
 
 
 @attrs.frozen
+class Hop:
+    """One relay on the way from a channel to a meter: a collector (or a carrier node)
+    that passes the meter's frames on."""
+
+    collector: str  #: its name in the site file
+    address: str = ""  #: its own address on the medium, where it has one
+    protocol: str = ""  #: the protocol it is addressed in, where it is addressed at all
+    #: seconds it adds to a transaction's answer time (store and forward, both ways);
+    #: None = what the channel derives from the medium
+    delay: float | None = None
+
+
+@attrs.frozen
+class Route:
+    """The path of a meter's frames: concentrator → channel → relays → meter.
+
+    ``hops`` run from the concentrator outwards; a meter wired straight to the channel
+    has none. Every reading records the route it came by (:attr:`Reading.route`).
+    """
+
+    channel: str
+    hops: tuple[Hop, ...] = attrs.field(default=(), converter=tuple)
+
+    @property
+    def depth(self) -> int:
+        """Relays between the channel and the meter (0: wired straight to the channel)."""
+        return len(self.hops)
+
+    @property
+    def collectors(self) -> tuple[str, ...]:
+        return tuple(hop.collector for hop in self.hops)
+
+    def __str__(self) -> str:
+        return "/".join((self.channel, *self.collectors))
+
+
+@attrs.frozen
 class Meter:
     """A meter as configured: where it is, how to talk to it and what to read."""
 
@@ -88,10 +126,16 @@ class Meter:
     retries: int | None = None  #: None = the site default
     settings: SerialSettings | None = None  #: per-meter serial settings on a mixed bus
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    #: the collectors its frames pass through, nearest the concentrator first (see :class:`Route`)
+    hops: tuple[Hop, ...] = attrs.field(default=(), converter=tuple)
 
     @property
     def label(self) -> str:
         return f"{self.protocol}:{self.address}"
+
+    @property
+    def route(self) -> Route:
+        return Route(self.channel, self.hops)
 
     @property
     def key(self) -> str:
@@ -109,10 +153,17 @@ def meter_key(channel: str, protocol: str, address: str) -> str:
 
 @attrs.frozen
 class Measurement:
-    """What a driver returns for one quantity: a value and its unit, before bookkeeping."""
+    """What a driver returns for one quantity: a value and its unit, before bookkeeping.
+
+    ``data_time`` is the meter's own time for the value where the protocol carries one
+    (a frozen value's freeze time, an M-Bus record's time point); ``period`` is the billing
+    period of a frozen value (OBIS F group: 0 = the current one, 1 = the last closed, ...).
+    """
 
     value: Decimal | str
     unit: str = ""
+    data_time: datetime | None = None
+    period: int | None = None
 
 
 @attrs.frozen
@@ -136,10 +187,26 @@ class Reading:
     protocol: str = ""
     attempts: int = 1  #: transactions tried (1 = no retry)
     latency: float | None = None  #: seconds from request to accepted answer
+    #: the collectors the answer came through, nearest the concentrator first (empty: wired
+    #: straight to ``channel``)
+    route: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    data_time: datetime | None = None  #: the meter's own time for the value (freeze time), if it gives one
+    period: int | None = None  #: billing period of a frozen value (OBIS F group), None for current values
+    terminal: str = ""  #: the concentrator that read it ("" = this one); a head-end stores many
 
     @property
     def ok(self) -> bool:
         return self.quality is Quality.OK
+
+    @property
+    def collector(self) -> str:
+        """The collector nearest the meter, or "" for a meter wired straight to its channel."""
+        return self.route[-1] if self.route else ""
+
+    @property
+    def depth(self) -> int:
+        """Relays between the channel and the meter."""
+        return len(self.route)
 
 
 @attrs.frozen
@@ -153,14 +220,61 @@ class Event:
     data: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
 
 
+class Origin(str, enum.Enum):
+    """Where a command came from, for the audit trail."""
+
+    CLI = "cli"
+    UPLINK = "uplink"
+    SCHEDULE = "schedule"
+    PLUGIN = "plugin"
+
+
+class CommandState(str, enum.Enum):
+    """A command's life: requested → refused, or sent → answered | failed."""
+
+    REQUESTED = "requested"
+    REFUSED = "refused"  #: a policy said no, or its credentials could not be had; nothing was sent
+    SENT = "sent"
+    ANSWERED = "answered"
+    FAILED = "failed"  #: sent, but no (good) answer: timeout, meter error, link down
+
+
+def new_command_id() -> str:
+    """A fresh command id: 32 hex digits, unique without coordination (uuid4)."""
+    return uuid.uuid4().hex
+
+
 @attrs.frozen
 class Command:
-    """An action on a meter (relay trip, time sync, freeze, ...), checked by policy hooks first."""
+    """An action on a meter (relay trip, time sync, freeze, ...), checked by policy hooks first.
+
+    ``args`` are what the command says (``{"action": "open"}``) and are stored in the audit
+    trail; secrets never go there. ``credential`` names an entry of the secret store
+    (``meter-000000000001``) whose fields (``password``, ``operator``, ``level``) the command
+    path resolves just before sending and hands to the driver alone.
+    """
 
     meter: str
     protocol: str
     name: str
     args: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    id: str = attrs.field(factory=new_command_id)
+    origin: Origin = attrs.field(default=Origin.CLI, converter=Origin)
+    issuer: str = ""  #: who asked: a user name, an uplink's master address, a plugin's name
+    credential: str = ""  #: secret-store reference; "" = the command needs none
+    channel: str = ""  #: where the meter is (the meter's key is channel/protocol:address)
+    requested: datetime = attrs.field(factory=utcnow)
+
+
+@attrs.frozen
+class CommandRecord:
+    """A command's row in the audit trail: the command and where its life has got to."""
+
+    command: Command
+    state: CommandState
+    updated: datetime
+    reason: str = ""  #: why it was refused or failed
+    answer: Mapping[str, Any] | None = attrs.field(default=None, converter=attrs.converters.optional(_freeze_mapping))
 
 
 DEFAULT_STORE = "sqlite:///meterhub.db"
@@ -168,13 +282,38 @@ DEFAULT_STORE = "sqlite:///meterhub.db"
 
 @attrs.frozen
 class Collector:
-    """A collector between meters and the concentrator (RS485 hub, pulse collector, PLC node)."""
+    """A collector between meters and the concentrator (RS485 hub, pulse collector, PLC node).
+
+    ``via`` names the collector it is itself reached through (a relay chain), "" if it sits
+    on ``channel`` directly.
+    """
 
     name: str
     channel: str
     address: str = ""
     protocol: str = ""
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    via: str = ""
+    delay: float | None = None  #: seconds it adds to an answer (``relay_delay:``); None = derived
+
+
+@attrs.frozen
+class UplinkConfig:
+    """A configured uplink: which uplink driver (``protocol:``) and its own settings."""
+
+    name: str  #: unique per site; the outbox keeps a queue per name
+    protocol: str
+    options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+
+
+@attrs.frozen
+class OutboxItem:
+    """A reading or event waiting for an uplink to acknowledge it (by ``id``)."""
+
+    id: int  #: the store's; ascending in the order the items were queued
+    uplink: str
+    item: Reading | Event
+    queued: datetime
 
 
 @attrs.frozen
@@ -198,8 +337,10 @@ class Site:
     collectors: Mapping[str, Collector] = attrs.field(factory=dict, converter=_freeze_mapping)
     schedule: Schedule = Schedule()
     store: str = DEFAULT_STORE
-    uplink: Mapping[str, Any] | None = None
+    uplink: Mapping[str, Any] | None = None  #: the ``uplink:`` section as written (see ``uplinks``)
     source: str = ""  #: the file it was loaded from, for messages
+    uplinks: tuple[UplinkConfig, ...] = attrs.field(default=(), converter=tuple)  #: validated, started by ``meterhub run``
+    terminal: str = ""  #: this concentrator's identity (``terminal:``), stamped on what it stores and sends
 
 
 @attrs.frozen
@@ -212,6 +353,9 @@ class RoundReport:
     #: this round's numbers per meter (``channel/protocol:address``) and per channel; see ReadStats.snapshot
     meter_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
     channel_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
+    #: per collector (``channel/collector``; ``channel`` for meters wired straight) and per relay depth ("0", "1", ...)
+    collector_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
+    depth_stats: Mapping[str, dict[str, Any]] = attrs.field(factory=dict, converter=_freeze_mapping)
 
     @property
     def ok_count(self) -> int:

@@ -2,13 +2,16 @@
 
 Entry points in the ``meterhub`` group are loaded one at a time. A plugin that fails to
 import, or whose hook raises, is reported by name and skipped: one broken vendor plugin
-must not take a gateway down. ``METERHUB_STRICT_PLUGINS=1`` turns such failures into
+must not take a gateway down. Policy hooks are the exception: a policy that raises refuses
+the command it was asked about (:meth:`Plugins.ask_policies`), for a command must not go
+out because the check of it broke. ``METERHUB_STRICT_PLUGINS=1`` turns such failures into
 errors (for CI); ``METERHUB_DISABLE_PLUGINS=a,b`` keeps plugins from loading at all.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -19,6 +22,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
+from .api import ProfileTaker
 from .errors import MeterhubError, PluginError
 from .quantities import VOCABULARY, Quantity
 
@@ -27,9 +31,11 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "meterhub"
 STRICT_ENV = "METERHUB_STRICT_PLUGINS"
 DISABLE_ENV = "METERHUB_DISABLE_PLUGINS"
+#: The hook every command is put to before it is sent (see :meth:`Plugins.ask_policies`).
+POLICY_HOOK = "meterhub_before_command"
 
 #: Built-in plugins, registered through the same hooks as third-party ones.
-DEFAULT_PLUGINS = ("meterhub.default_plugins.dlt645", "meterhub.default_plugins.cjt188")
+DEFAULT_PLUGINS = ("meterhub.default_plugins.dlt645", "meterhub.default_plugins.cjt188", "meterhub.default_plugins.jsonl")
 
 
 @attrs.frozen
@@ -115,11 +121,15 @@ class Plugins:
                 continue
             self._register_module(ep.name, plugin, dist, version)
 
-    def _fail(self, name: str, dist: str, version: str, message: str) -> None:
+    def _note_error(self, name: str, dist: str, version: str, message: str) -> None:
+        """Remember a plugin's failure, for ``meterhub plugins`` to show."""
         old = self._info.get(name)
         hooks = old.hooks if old else ()
         error = f"{old.error}; {message}" if old and old.error else message
         self._info[name] = PluginInfo(name, dist, version, hooks, error)
+
+    def _fail(self, name: str, dist: str, version: str, message: str) -> None:
+        self._note_error(name, dist, version, message)
         if _strict():
             raise PluginError(f"plugin {name!r} ({dist}): {message}")
         log.warning("plugin %r (%s) skipped: %s", name, dist, message)
@@ -131,8 +141,11 @@ class Plugins:
 
         Results that are not ``None`` are returned in call order. An implementation
         that raises is reported against its plugin (fatal in strict mode); the others
-        still run.
+        still run. The policy hook is the exception: a failing policy is not skipped but
+        refuses, and the result is the list of refusal reasons (see :meth:`ask_policies`).
         """
+        if hook_name == POLICY_HOOK:
+            return [reason for _, reason in self.ask_policies(**kwargs)]
         results = []
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):  # pluggy calls the last registered first
@@ -150,6 +163,50 @@ class Plugins:
             if result is not None:
                 results.append(result)
         return results
+
+    def ask_policies(self, command: Any) -> list[tuple[str, str]]:
+        """Ask every ``meterhub_before_command`` implementation about ``command``; return
+        ``(plugin name, reason)`` for each one that refused, in call order (empty: all agreed).
+
+        Fails closed: an implementation that raises refuses (reason ``policy plugin X
+        failed: TypeError: ...``; also logged and shown by ``meterhub plugins``, but never
+        fatal, even in strict mode: the refusal is the safe outcome), and so does one that
+        answers anything but ``None`` or a non-empty reason, or cannot be called plainly
+        (a hook wrapper, an ``async def``).
+        """
+        refusals: list[tuple[str, str]] = []
+        caller = getattr(self.pm.hook, POLICY_HOOK)
+        for impl in reversed(caller.get_hookimpls()):  # pluggy calls the last registered first
+            name = impl.plugin_name
+            if impl.hookwrapper or impl.wrapper:
+                reason = (f"policy plugin {name} declares its {POLICY_HOOK} as a hook wrapper, "
+                          "which cannot answer; it refuses every command until fixed")
+                refusals.append((name, reason))
+                continue
+            try:
+                answer = impl.function(*[{"command": command}[arg] for arg in impl.argnames])
+            except Exception as exc:
+                info = self._info.get(name)
+                self._note_error(name, info.distribution if info else "?", info.version if info else "?",
+                                 f"hook {POLICY_HOOK} raised {type(exc).__name__}: {exc}")
+                log.error("policy plugin %r raised %s: %s; the command is refused", name, type(exc).__name__, exc)
+                refusals.append((name, f"policy plugin {name} failed: {type(exc).__name__}: {exc}"))
+                continue
+            if answer is None:
+                continue
+            if isinstance(answer, str) and answer.strip():
+                refusals.append((name, answer.strip()))
+                continue
+            if inspect.iscoroutine(answer):
+                answer.close()  # never awaited: say so here, not in a RuntimeWarning
+                reason = f"policy plugin {name} is async; {POLICY_HOOK} must answer at once"
+            elif isinstance(answer, str):
+                reason = f"policy plugin {name} refused without giving a reason"
+            else:
+                reason = (f"policy plugin {name} answered {type(answer).__name__}, "
+                          "which is neither None (allow) nor a reason (refuse)")
+            refusals.append((name, reason))
+        return refusals
 
     def _registry(self, hook_name: str, key: Callable[..., str], value: Callable[..., Any]) -> dict[str, Registered]:
         if hook_name in self._registries:
@@ -203,7 +260,7 @@ class Plugins:
                 # a vendor may ship profiles for transports this gateway has not installed
                 log.info("plugin %r: profile %r is for protocol %r, which no installed driver speaks; not used",
                          r.plugin, name, protocol)
-            elif not hasattr(driver, "add_profile"):
+            elif not isinstance(driver, ProfileTaker):
                 problem = f"profile {name!r}: the {protocol} driver takes no device profiles"
             else:
                 try:
@@ -225,8 +282,8 @@ class Plugins:
         return {name: r.value for name, r in reg.items()}
 
     def uplinks(self) -> Mapping[str, Any]:
-        """Uplink factories by name."""
-        reg = self._registry("meterhub_register_uplinks", lambda name, factory: name, lambda name, factory: factory)
+        """Uplink drivers (:class:`meterhub.api.UplinkDriver`) by protocol name."""
+        reg = self._registry("meterhub_register_uplinks", lambda driver: driver.name, lambda driver: driver)
         return {name: r.value for name, r in reg.items()}
 
     def profiles(self) -> Mapping[tuple[str, str], Mapping[str, Any]]:

@@ -1,10 +1,12 @@
 """The concentrator: scheduled reading rounds over every channel of a site.
 
-Channels are read concurrently, the meters of one channel one after another (a
-half-duplex bus carries one transaction at a time; :class:`~meterhub.bus.Bus` enforces
-it). Every outcome becomes a :class:`~meterhub.model.Reading`, failures included, is
-stored, and is handed to the observer hooks. A silent meter is backed off so it cannot
-stall its bus round after round.
+Channels are read concurrently, and on each channel as many meters at once as the
+channel has transactions in flight (:attr:`meterhub.api.Channel.in_flight`: one on a
+half-duplex bus, several on a carrier module that reads concurrently). Every outcome
+becomes a :class:`~meterhub.model.Reading`, failures included, recording the route it
+came by; it is stored and handed to the observer hooks. A silent meter is backed off so
+it cannot stall its channel round after round. Frames a channel did not ask for become
+events, and readings where they carry a configured meter's values.
 """
 
 from __future__ import annotations
@@ -12,15 +14,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
-from .api import Link, MeterDriver
-from .bus import Bus, LateAnswer, current_target
+from .api import (
+    BatchReader,
+    Channel,
+    CommandCredentials,
+    Conduit,
+    LateAnswer,
+    MeterDriver,
+    Unsolicited,
+    WireRecord,
+)
+from .commands import run_command
 from .errors import (
     ChecksumError,
     CommandRefused,
@@ -34,13 +45,35 @@ from .errors import (
     UnexpectedReply,
     UnknownQuantity,
 )
-from .model import Command, Event, Measurement, Meter, Quality, Reading, RoundReport, Site, utcnow
+from .model import (
+    Command,
+    CommandRecord,
+    CommandState,
+    Event,
+    Measurement,
+    Meter,
+    Quality,
+    Reading,
+    RoundReport,
+    Site,
+    meter_key,
+    utcnow,
+)
 from .plugins import Plugins
 from .quantities import VOCABULARY, Quantity, resolve
+from .secrets import SecretStore, default_secrets
 from .stats import StatsBook
 from .store import Store
+from .store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Q/GDW 1376.1 measuring points: pn 1..2040 (pn 0 is the terminal itself).
+MIN_POINT, MAX_POINT = 1, 2040
+#: What a meter put in the archive without quantities reads: the billing register.
+DEFAULT_QUANTITY = "1-0:1.8.0"
 
 #: The meter gave no usable answer: silence or garbage. A round with only these (and
 #: back-off) counts as a failed round for the meter.
@@ -78,16 +111,41 @@ class _MeterState:
 
 @attrs.define
 class _Channel:
-    """A configured channel and, once opened, its link and bus."""
+    """A configured channel and, once opened, the transport's channel."""
 
     name: str
     config: Any
-    link: Link | None = None
-    bus: Bus | None = None
+    channel: Channel | None = None
     error: str = ""  #: why the channel is down; empty while it is up or never tried
     down: bool = False
     jam: str = ""  #: why the line is jammed (LineJammed); empty once it has carried a round again
-    failure: LinkError | None = None  #: the link error of the meter being read, if any
+
+
+@attrs.define
+class _Visit:
+    """One meter being read: its channel, the conduit to it, a link failure met on the way."""
+
+    ch: _Channel
+    meter: Meter
+    conduit: Conduit
+    failure: LinkError | None = None
+
+
+@attrs.define
+class _Sink:
+    """What one channel tells the concentrator of its own accord (:class:`meterhub.api.ChannelSink`)."""
+
+    concentrator: Concentrator
+    ch: _Channel
+
+    def wire(self, record: WireRecord) -> None:
+        """Frames are not kept by the runtime (the HIL bench and ``meterhub scan`` trace them)."""
+
+    def unsolicited(self, report: Unsolicited) -> None:
+        self.concentrator._unsolicited(self.ch, report)
+
+    def wanted(self, address: str, protocol: str = "") -> None:
+        self.concentrator._wanted(self.ch, address, protocol)
 
 
 @attrs.define
@@ -114,11 +172,43 @@ def _meter_data(meter: Meter) -> dict[str, str]:
     return {"meter": meter.address, "protocol": meter.protocol, "channel": meter.channel}
 
 
+class _StoreJournal:
+    """The command path's journal (:class:`meterhub.commands.CommandJournal`): the store's
+    commands table, written where the store is used."""
+
+    def __init__(self, concentrator: Concentrator) -> None:
+        self._c = concentrator
+
+    async def add_command(self, record: CommandRecord) -> None:
+        await self._c.store_call(lambda store: store.add_command(record))
+
+    async def update_command(self, id: str, state: CommandState, *, reason: str = "",
+                             answer: Mapping[str, Any] | None = None) -> CommandRecord:
+        return await self._c.store_call(lambda store: store.update_command(id, state, reason=reason, answer=answer))
+
+
+def _obis_or_none(name: str) -> str | None:
+    try:
+        return resolve(name).obis
+    except UnknownQuantity:
+        return None
+
+
 def _quality_for(exc: BaseException) -> Quality:
     for kind, quality in _FAILURE_QUALITY:
         if isinstance(exc, kind):
             return quality
     raise TypeError(f"no quality for {type(exc).__name__}")  # pragma: no cover - callers catch only these
+
+
+def _lanes(channel: Channel) -> int:
+    """How many of a channel's meters are read at once: its ``in_flight`` (at least one)."""
+    try:
+        return max(1, int(channel.in_flight))
+    except (TypeError, ValueError):  # a transport bug; one at a time is always safe
+        log.warning("channel %s: in_flight %r is not a number; reading one meter at a time",
+                    channel.name, channel.in_flight)
+        return 1
 
 
 def next_round_start(previous: float, interval: float, now: float) -> float:
@@ -147,30 +237,85 @@ class Concentrator:
         store: Store,
         progress: ProgressCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        secrets: SecretStore | None = None,
     ) -> None:
         self.site = site
         self.plugins = plugins
         self.store = store
+        self.secrets = secrets if secrets is not None else default_secrets()
         self.stats = StatsBook()  #: per meter and per channel, across every round of this concentrator
         self._progress = progress
         self._clock = clock
         self._channels = {name: _Channel(name, cfg) for name, cfg in site.channels.items()}
-        self._states: dict[int, _MeterState] = {}  # by the meter's index in site.meters
+        self._states: dict[str, _MeterState] = {}  # by Meter.key
         self._opened = False
+        self._tasks: set[asyncio.Task[Any]] = set()  # reads a channel asked for (ChannelSink.wanted)
+        self._writes: set[asyncio.Task[Any]] = set()  # events on their way to the store
+        self._writer: StoreWriter | None = None
+        self._outbox = tuple(uplink.name for uplink in site.uplinks)  #: uplinks whose outbox gets every reading and event
+        self._queued: list[Callable[[], None]] = []
 
     # -- life cycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create and open every channel's link. A channel that fails is remembered, its
-        meters get LINK_ERROR readings, and it is tried again next round; never raises."""
+        """Start the store's writer thread, then create and open every channel. A channel
+        that fails is remembered, its meters get LINK_ERROR readings, and it is tried
+        again next round; only a store that cannot be used raises."""
+        if self._writer is None:
+            store = self.store
+            writer = StoreWriter(lambda: store, close_store=False)
+            await writer.start()
+            self._writer = writer
         await asyncio.gather(*(self._open_channel(ch) for ch in self._channels.values()))
         self._opened = True
 
     async def close(self) -> None:
-        """Close every open link (errors are logged: shutting down must finish)."""
+        """Close every open channel and write what is still on its way to the store
+        (errors are logged: shutting down must finish)."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         for ch in self._channels.values():
             await self._drop_link(ch)
+        await self.flush()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
         self._opened = False
+
+    # -- the store, off the event loop --------------------------------------------------
+
+    async def store_call(self, fn: Callable[[Store], T]) -> T:
+        """Run ``fn(store)`` where the store is used (the writer thread once open), in turn
+        with the writes: how uplinks and the terminal facade read the store."""
+        if self._writer is None:
+            return fn(self.store)
+        return await self._writer.call(fn)
+
+    def on_queued(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever readings or events enter the uplinks' outbox."""
+        self._queued.append(callback)
+
+    async def flush(self) -> None:
+        """Wait until every event raised so far is stored (and observers told)."""
+        while self._writes:
+            await asyncio.wait(list(self._writes))
+
+    async def _store_readings(self, readings: Sequence[Reading]) -> None:
+        """Store readings, queued for the uplinks, durably (returns after the commit)."""
+        if self._writer is None:
+            self.store.add_readings(readings, outbox=self._outbox)
+        else:
+            await self._writer.add_readings(readings, outbox=self._outbox)
+        if self._outbox:
+            self._tell_queued()
+            for event in await self.store_call(lambda store: store.take_overflow_events()):
+                self.plugins.call_each("meterhub_event", event=event)
+
+    def _tell_queued(self) -> None:
+        for callback in self._queued:
+            callback()
 
     async def __aenter__(self) -> Concentrator:
         await self.open()
@@ -186,30 +331,30 @@ class Concentrator:
         return errors
 
     async def _open_channel(self, ch: _Channel) -> bool:
-        if ch.bus is not None:
+        if ch.channel is not None:
             return True
         transport = self.plugins.transports().get(ch.config.transport)
         if transport is None:
             known = ", ".join(sorted(self.plugins.transports())) or "none"
             self._channel_down(ch, f"no transport {ch.config.transport!r} is installed (known: {known})")
             return False
-        link: Link | None = None
+        channel: Channel | None = None
         try:
-            link = transport.create_link(ch.config)
-            await link.open()
+            channel = transport.create_channel(ch.config)
+            await channel.open()
+            channel.listen(_Sink(self, ch))
         except Exception as exc:  # LinkError, OSError or a transport bug: this channel is down, the others go on
             log.debug("channel %s failed to open", ch.name, exc_info=True)
             # A LinkError names the port and says why; anything else is a transport bug.
             reason = str(exc) if isinstance(exc, LinkError) else f"cannot open {ch.config.port}: {type(exc).__name__}: {exc}"
-            if link is not None:
-                await self._close_quietly(ch.name, link)
+            if channel is not None:
+                await self._close_quietly(ch.name, channel)
             self._channel_down(ch, reason)
             return False
-        ch.link = link
-        ch.bus = Bus(ch.name, link)
+        ch.channel = channel
         if ch.down:
             ch.down, ch.error = False, ""
-            self._raise_event(Event("link_up", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
+            self.raise_event(Event("link_up", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
         return True
 
     def _channel_down(self, ch: _Channel, reason: str) -> None:
@@ -219,20 +364,20 @@ class Concentrator:
             log.warning("channel %s is down: %s", ch.name, reason)
         self._report("channel_down", {"channel": ch.name, "reason": reason})
         if not was_down:
-            self._raise_event(
+            self.raise_event(
                 Event("link_down", source=ch.name, severity="warning",
                       data={"channel": ch.name, "port": ch.config.port, "reason": reason})
             )
 
     async def _drop_link(self, ch: _Channel) -> None:
-        link, ch.link, ch.bus = ch.link, None, None
-        if link is not None:
-            await self._close_quietly(ch.name, link)
+        channel, ch.channel = ch.channel, None
+        if channel is not None:
+            await self._close_quietly(ch.name, channel)
 
     @staticmethod
-    async def _close_quietly(name: str, link: Link) -> None:
+    async def _close_quietly(name: str, channel: Channel) -> None:
         try:
-            await link.close()
+            await channel.close()
         except Exception:  # a link that cannot even close is gone anyway; say so and move on
             log.warning("channel %s: closing the link failed", name, exc_info=True)
 
@@ -311,8 +456,13 @@ class Concentrator:
             readings=readings,
             meter_stats=rnd.book.meter_snapshot(),
             channel_stats=rnd.book.channel_snapshot(),
+            collector_stats=rnd.book.collector_snapshot(),
+            depth_stats=rnd.book.depth_snapshot(),
         )
-        self.store.add_round(report)
+        if self._writer is None:
+            self.store.add_round(report)
+        else:
+            await self._writer.add_round(report)
         summary = {
             "readings": len(readings),
             "ok": report.ok_count,
@@ -321,7 +471,8 @@ class Concentrator:
             "meters": len(self.site.meters),
             "seconds": report.duration,
         }
-        self._raise_event(Event("round_finished", source="concentrator", data=summary))
+        self.raise_event(Event("round_finished", source="concentrator", data=summary))
+        await self.flush()
         self._report("round_finished", summary)
         return report
 
@@ -329,36 +480,79 @@ class Concentrator:
         ch = self._channels.get(name)
         if ch is None:  # the configuration loader forbids this; a hand-built Site may not
             for index, meter in meters:
-                self._finish_meter(index, meter, self._all(meter, Quality.LINK_ERROR, f"channel {name!r} is not configured"), rnd)
+                await self._finish_meter(index, meter, self._all(meter, Quality.LINK_ERROR,
+                                                                 f"channel {name!r} is not configured"), rnd)
             return
         await self._open_channel(ch)
-        jam = ""  # the line is jammed: the rest of this round's meters are not tried
-        for index, meter in meters:
-            if ch.bus is None:
-                readings = self._all(meter, Quality.LINK_ERROR, f"channel {name} is down: {ch.error}")
-            elif jam:
-                readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam}", channel=ch.name)
-            else:
-                ch.failure = None
-                token = current_target.set(meter.key)
+        todo = list(meters)
+        jam: list[str] = []  # the line is jammed: the rest of this round's meters are not tried
+        busy: set[Hashable] = set()  # lanes with a meter being read
+        turn = asyncio.Condition()
+
+        def lane(meter: Meter) -> Hashable:
+            if ch.channel is None:
+                return ch.name
+            try:
+                return ch.channel.lane(meter)
+            except Exception:  # a transport bug: the whole channel as one lane is always safe
+                log.warning("channel %s: lane(%s) failed; reading its meters one at a time", ch.name, meter.key,
+                            exc_info=True)
+                return ch.name
+
+        async def worker() -> None:
+            # The next meter in site order whose lane is free: a multiplexer's four ports
+            # are kept busy whatever order the site file lists their meters in.
+            while True:
+                async with turn:
+                    while True:
+                        if not todo:
+                            return
+                        pick = next((i for i, (_, m) in enumerate(todo) if lane(m) not in busy), None)
+                        if pick is not None:
+                            break
+                        await turn.wait()
+                    index, meter = todo.pop(pick)
+                    taken = lane(meter)
+                    busy.add(taken)
                 try:
-                    readings = await self._read_meter(ch, index, meter, rnd)
+                    await self._visit(ch, index, meter, rnd, jam)
                 finally:
-                    current_target.reset(token)
-                if isinstance(ch.failure, LineJammed):
-                    # The line's fault, not this meter's nor the port's: keep the port
-                    # open, spare the other meters a wait each, try again next round.
-                    jam = str(ch.failure)
-                    self._line_jammed(ch, jam)
-                elif (broken := next((r for r in readings if r.quality is Quality.LINK_ERROR), None)) is not None:
-                    # the port went away mid-round: reopen next round
-                    await self._drop_link(ch)
-                    self._channel_down(ch, broken.detail)
-            self._finish_meter(index, meter, readings, rnd)
-        if ch.jam and not jam and ch.bus is not None:
+                    async with turn:
+                        busy.discard(taken)
+                        turn.notify_all()
+
+        lanes = min(_lanes(ch.channel), len(todo)) if ch.channel is not None else 1
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(max(lanes, 1)):
+                    group.create_task(worker(), name=f"meterhub channel {name} lane {number}")
+        except BaseExceptionGroup as group_error:  # a store failure: raise it as itself (see _run_round)
+            raise group_error.exceptions[0] from group_error
+        if ch.jam and not jam and ch.channel is not None:
             ch.jam = ""
             log.warning("channel %s: the line is clear again", ch.name)
-            self._raise_event(Event("line_clear", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
+            self.raise_event(Event("line_clear", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
+
+    async def _visit(self, ch: _Channel, index: int, meter: Meter, rnd: _Round, jam: list[str]) -> None:
+        """Read one meter of a channel (or record why it was not tried) and finish it."""
+        if ch.channel is None:
+            readings = self._all(meter, Quality.LINK_ERROR, f"channel {ch.name} is down: {ch.error}")
+        elif jam:
+            readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam[0]}", channel=ch.name)
+        else:
+            visit = _Visit(ch, meter, ch.channel.towards(meter))
+            readings = await self._read_meter(visit, index, rnd)
+            if isinstance(visit.failure, LineJammed):
+                # The line's fault, not this meter's nor the port's: keep the port
+                # open, spare the other meters a wait each, try again next round.
+                if not jam:
+                    jam.append(str(visit.failure))
+                    self._line_jammed(ch, jam[0])
+            elif (broken := next((r for r in readings if r.quality is Quality.LINK_ERROR), None)) is not None:
+                # the port went away mid-round: reopen next round
+                await self._drop_link(ch)
+                self._channel_down(ch, broken.detail)
+        await self._finish_meter(index, meter, readings, rnd)
 
     def _line_jammed(self, ch: _Channel, reason: str) -> None:
         """A channel-level event: the line, not a meter, failed this round."""
@@ -366,18 +560,19 @@ class Concentrator:
         was_jammed, ch.jam = bool(ch.jam), reason
         if not was_jammed:
             log.warning("channel %s: %s", ch.name, reason)
-            self._raise_event(Event("line_jammed", source=ch.name, severity="warning",
+            self.raise_event(Event("line_jammed", source=ch.name, severity="warning",
                                     data={"channel": ch.name, "port": ch.config.port, "reason": reason}))
 
-    async def _read_meter(self, ch: _Channel, index: int, meter: Meter, rnd: _Round) -> list[Reading]:
-        """Every quantity of one meter, unless it is backed off.
+    async def _read_meter(self, visit: _Visit, index: int, rnd: _Round, *, force: bool = False) -> list[Reading]:
+        """Every quantity of one meter, unless it is backed off (``force``: even then).
 
         Until the meter has answered something this round, a quantity whose every attempt
         timed out marks it silent: its remaining quantities are recorded as BACKED_OFF
         instead of spending the retries again on a meter that is not there.
         """
-        state = self._states.get(index)
-        if state is not None and state.until is not None and rnd.at < state.until - CLOCK_SLACK_S:
+        ch, meter = visit.ch, visit.meter
+        state = self._states.get(meter.key)
+        if not force and state is not None and state.until is not None and rnd.at < state.until - CLOCK_SLACK_S:
             assert state.until_wall is not None
             until = state.until_wall.isoformat(timespec="seconds")
             return self._all(meter, Quality.BACKED_OFF, f"back-off until {until}", channel=ch.name)
@@ -393,8 +588,8 @@ class Concentrator:
             log.debug("driver %s: transaction_timeout raised", meter.protocol, exc_info=True)
             return self._all(meter, Quality.DRIVER_ERROR, f"{type(exc).__name__}: {exc}", channel=ch.name)
         retries = meter.retries if meter.retries is not None else self.site.schedule.retries
-        if callable(getattr(driver, "read_many", None)):
-            return await self._read_batched(ch, driver, meter, timeout, retries, rnd)
+        if isinstance(driver, BatchReader):
+            return await self._read_batched(visit, driver, timeout, retries, rnd)
         readings: list[Reading] = []
         answered = False
         skip = ""  # why the remaining quantities are not tried (silent or late meter)
@@ -406,7 +601,7 @@ class Concentrator:
             if skip:
                 readings.append(self._failed(meter, name, Quality.BACKED_OFF, skip, channel=ch.name))
                 continue
-            reading, all_timeouts, late = await self._read_quantity(ch, driver, meter, name, timeout, retries, rnd)
+            reading, all_timeouts, late = await self._read_quantity(visit, driver, name, timeout, retries, rnd)
             readings.append(reading)
             if reading.quality in ANSWERED:
                 answered = True
@@ -419,17 +614,20 @@ class Concentrator:
         return readings
 
     def _timeout(self, driver: MeterDriver, meter: Meter, ch: _Channel) -> float:
+        """The meter's ``timeout:`` as given, or what its protocol needs at its character
+        format plus what the channel's medium and the meter's route add."""
         if meter.timeout is not None:
             return meter.timeout
-        return float(driver.transaction_timeout(meter.settings or ch.config.settings))
+        base = float(driver.transaction_timeout(meter.settings or ch.config.settings))
+        return float(ch.channel.answer_time(meter, base)) if ch.channel is not None else base
 
-    async def _settle(self, ch: _Channel, meter: Meter, rnd: _Round) -> tuple[list[LateAnswer], LinkError | None]:
-        """Let the bus listen out the guard of the meter's last request, if it went
+    async def _settle(self, visit: _Visit, rnd: _Round) -> tuple[list[LateAnswer], LinkError | None]:
+        """Let the channel listen out the guard of the meter's last request, if it went
         unanswered; returns the late answers to this meter's requests (another meter's,
         heard meanwhile, is an event of its own)."""
-        assert ch.bus is not None
+        meter = visit.meter
         try:
-            late = await ch.bus.settle()
+            late = await visit.conduit.settle()
         except LinkError as exc:
             return [], exc
         for answer in late:
@@ -445,7 +643,7 @@ class Concentrator:
         if source in rnd.late:
             return
         answer = rnd.late[source] = max(late, key=lambda a: a.began)
-        self._raise_event(Event(
+        self.raise_event(Event(
             "late_answer", source=source, severity="warning",
             data={**data, "timeout": round(answer.timeout, 3), "began_after": round(answer.began, 3),
                   "complete_after": round(answer.after, 3)},
@@ -464,15 +662,15 @@ class Concentrator:
         )
 
     async def _read_quantity(
-        self, ch: _Channel, driver: MeterDriver, meter: Meter, name: str, timeout: float, retries: int, rnd: _Round
+        self, visit: _Visit, driver: MeterDriver, name: str, timeout: float, retries: int, rnd: _Round
     ) -> tuple[Reading, bool, bool]:
         """One quantity with bounded retries; also says whether every attempt timed out
         and whether the meter answered after it had been given up (late)."""
+        ch, meter = visit.ch, visit.meter
         try:
             quantity = resolve(name)
         except UnknownQuantity as exc:
             return self._failed(meter, name, Quality.NOT_SUPPORTED, str(exc), channel=ch.name), False, False
-        assert ch.bus is not None
         attempts = 0
         timeouts = 0
         heard_late: list[LateAnswer] = []
@@ -480,11 +678,11 @@ class Concentrator:
             attempts += 1
             started = time.monotonic()
             try:
-                outcome: Measurement | Exception = await driver.read(ch.bus, meter, quantity, timeout)
+                outcome: Measurement | Exception = await driver.read(visit.conduit, meter, quantity, timeout)
             except Exception as exc:  # classified below: a driver bug must cost one reading, not the round
                 outcome = exc
             latency = time.monotonic() - started
-            late, link_error = await self._settle(ch, meter, rnd)
+            late, link_error = await self._settle(visit, rnd)
             heard_late += late
             if any(a.held for a in late) and not isinstance(outcome, (MeterError, NotSupported, LinkError)):
                 # Answered, but the answer may have been an earlier attempt's: the bus held
@@ -493,7 +691,7 @@ class Concentrator:
             elif link_error is not None and isinstance(outcome, Exception):
                 outcome = link_error
             if isinstance(outcome, LinkError):
-                ch.failure = outcome
+                visit.failure = outcome
             if isinstance(outcome, RETRYABLE):
                 timeouts += isinstance(outcome, MeterTimeout)
                 if attempts <= retries:
@@ -506,12 +704,12 @@ class Concentrator:
             return reading, bool(timeouts) and timeouts == attempts, late_meter
 
     async def _read_batched(
-        self, ch: _Channel, driver: MeterDriver, meter: Meter, timeout: float, retries: int, rnd: _Round
+        self, visit: _Visit, driver: MeterDriver, timeout: float, retries: int, rnd: _Round
     ) -> list[Reading]:
         """Every quantity of a meter through the driver's ``read_many`` (one Modbus request
         for neighbouring registers, one M-Bus telegram for all records), retrying only the
         quantities that failed with silence or a bad frame."""
-        assert ch.bus is not None
+        ch, meter = visit.ch, visit.meter
         done: dict[str, Reading] = {}
         pending: list[Quantity] = []
         for name in meter.quantities:
@@ -525,13 +723,13 @@ class Concentrator:
             attempts += 1
             started = time.monotonic()
             try:
-                outcomes: Sequence[Measurement | Exception] = await driver.read_many(ch.bus, meter, pending, timeout)
+                outcomes: Sequence[Measurement | Exception] = await driver.read_many(visit.conduit, meter, pending, timeout)
                 if len(outcomes) != len(pending):
                     raise TypeError(f"read_many returned {len(outcomes)} outcomes for {len(pending)} quantities")
             except Exception as exc:  # a LinkError or a driver bug: the same outcome for every quantity asked
                 outcomes = [exc] * len(pending)
             latency = time.monotonic() - started
-            late, link_error = await self._settle(ch, meter, rnd)
+            late, link_error = await self._settle(visit, rnd)
             heard_late += late
             if any(a.held for a in late):  # as in _read_quantity: what was answered is doubtful
                 timed_out = self._late_timeout(late)
@@ -540,7 +738,7 @@ class Concentrator:
             elif link_error is not None and any(isinstance(o, RETRYABLE) for o in outcomes):
                 outcomes = [link_error if isinstance(o, RETRYABLE) else o for o in outcomes]
             if any(isinstance(o, LinkError) for o in outcomes):
-                ch.failure = next(o for o in outcomes if isinstance(o, LinkError))
+                visit.failure = next(o for o in outcomes if isinstance(o, LinkError))
             last = attempts > retries
             if last and heard_late and any(isinstance(o, RETRYABLE) for o in outcomes):
                 # the meter failed because it answers too late: say so, and not tried is why
@@ -601,6 +799,10 @@ class Concentrator:
             protocol=meter.protocol,
             attempts=attempts,
             latency=latency,
+            route=meter.route.collectors,
+            data_time=getattr(measurement, "data_time", None),
+            period=getattr(measurement, "period", None),
+            terminal=self.site.terminal,
         )
 
     def _failed(
@@ -636,35 +838,38 @@ class Concentrator:
             protocol=meter.protocol,
             attempts=attempts,
             latency=None,
+            route=meter.route.collectors,
+            terminal=self.site.terminal,
         )
 
     def _all(self, meter: Meter, quality: Quality, detail: str, *, channel: str | None = None) -> list[Reading]:
         """The same untried outcome for every quantity of a meter (nothing silently dropped)."""
         return [self._failed(meter, name, quality, detail, channel=channel) for name in meter.quantities]
 
-    def _finish_meter(self, index: int, meter: Meter, readings: list[Reading], rnd: _Round) -> None:
-        """Store a meter's readings, count them, tell observers and update its back-off."""
-        self.store.add_readings(readings)
+    async def _finish_meter(self, index: int, meter: Meter, readings: list[Reading], rnd: _Round) -> None:
+        """Store a meter's readings (durably, and queued for the uplinks), count them, tell
+        observers and update its back-off."""
+        await self._store_readings(readings)
         rnd.readings[index] = readings
         for reading in readings:
             self.stats.record(reading)
             rnd.book.record(reading)
         self.plugins.call_each("meterhub_readings_collected", readings=list(readings), channel=meter.channel)
-        self._update_backoff(index, meter, readings, rnd)
+        self._update_backoff(meter, readings, rnd)
         ok = sum(1 for r in readings if r.quality is Quality.OK)
         self._report("meter_done", {"meter": meter.label, "address": meter.address, "channel": meter.channel,
                                     "ok": ok, "failed": len(readings) - ok})
 
-    def _update_backoff(self, index: int, meter: Meter, readings: Sequence[Reading], rnd: _Round) -> None:
+    def _update_backoff(self, meter: Meter, readings: Sequence[Reading], rnd: _Round) -> None:
         qualities = {r.quality for r in readings}
-        state = self._states.setdefault(index, _MeterState())
+        state = self._states.setdefault(meter.key, _MeterState())
         source = meter.key
         data = _meter_data(meter)
         if qualities & ANSWERED:
             if state.dead:
-                self._raise_event(Event("meter_recovered", source=source,
+                self.raise_event(Event("meter_recovered", source=source,
                                         data={**data, "failed_rounds": state.failed_rounds}))
-            self._states[index] = _MeterState()
+            self._states[meter.key] = _MeterState()
         elif qualities & NO_ANSWER:
             state.failed_rounds += 1
             schedule = self.site.schedule
@@ -675,44 +880,207 @@ class Concentrator:
             if not state.dead:
                 state.dead = True
                 reason = next(r.detail for r in readings if r.quality in NO_ANSWER)
-                self._raise_event(Event("meter_dead", source=source, severity="warning",
+                self.raise_event(Event("meter_dead", source=source, severity="warning",
                                         data={**data, "reason": reason,
                                               "until": state.until_wall.isoformat(timespec="seconds")}))
         # Only back-off, link or driver trouble: nothing learned about the meter itself.
 
+    # -- what channels say of their own accord ----------------------------------------------
+
+    def _meter_at(self, channel: str, address: str, protocol: str) -> tuple[int, Meter] | None:
+        for index, meter in enumerate(self.site.meters):
+            if meter.channel == channel and meter.address == address and protocol in ("", meter.protocol):
+                return index, meter
+        return None
+
+    def _unsolicited(self, ch: _Channel, report: Unsolicited) -> None:
+        """A frame nobody asked for: an event, and readings of the values it carries for
+        the quantities its meter is configured to read. Never raises into the channel."""
+        try:
+            found = self._meter_at(ch.name, report.address, report.protocol)
+            meter = found[1] if found else None
+            source = meter.key if meter else meter_key(ch.name, report.protocol, report.address)
+            data = {**dict(report.data), "channel": ch.name, "meter": report.address, "protocol": report.protocol,
+                    "known": meter is not None}
+            if report.frame:
+                data["frame"] = report.frame.hex(" ").upper()
+            readings = []
+            if meter is not None:
+                wanted = {_obis_or_none(name) for name in meter.quantities}
+                for obis, measurement in report.measurements.items():
+                    if _obis_or_none(obis) in wanted:
+                        readings.append(attrs.evolve(
+                            self._reading(meter, resolve(obis), measurement, ch.name, 0, None), attempts=0))
+                data["readings"] = [r.quantity for r in readings]
+            event = Event(report.kind, source=source, severity=report.severity, data=data)
+        except Exception:  # a bad report must not take the channel's reader down
+            log.exception("channel %s: could not make sense of an unsolicited %s from %r", ch.name, report.kind,
+                          report.address)
+            return
+        self._spawn(self._record_unsolicited(ch, readings, event), self._writes)
+
+    async def _record_unsolicited(self, ch: _Channel, readings: list[Reading], event: Event) -> None:
+        try:
+            if readings:
+                await self._store_readings(readings)
+                for reading in readings:
+                    self.stats.record(reading)
+                self.plugins.call_each("meterhub_readings_collected", readings=list(readings), channel=ch.name)
+            self.raise_event(event)
+        except Exception:  # a store failure: say so, the channel goes on
+            log.exception("channel %s: could not record an unsolicited %s from %r", ch.name, report.kind,
+                          report.address)
+
+    def _wanted(self, ch: _Channel, address: str, protocol: str) -> None:
+        """The far end asks for a meter's requests: read that meter now."""
+        found = self._meter_at(ch.name, address, protocol)
+        if found is None:
+            log.warning("channel %s asks for meter %s, which is not configured on it", ch.name, address)
+            return
+        self._spawn(self.read_meter(found[1]), self._tasks)
+
+    @staticmethod
+    def _spawn(work: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]]) -> None:
+        """Run ``work`` beside the caller, kept in ``tasks`` until done; a failure is logged."""
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", work.__qualname__, exc_info=task.exception())
+
+        task.add_done_callback(done)
+
+    async def read_meter(self, meter: Meter) -> list[Reading]:
+        """Read every quantity of one configured meter now, outside the rounds (back-off
+        or not): the readings are stored and observers told, as in a round."""
+        index = self.site.meters.index(meter)
+        if not self._opened:
+            await self.open()
+        rnd = _Round(at=self._clock(), started=utcnow(), book=StatsBook())
+        ch = self._channels.get(meter.channel)
+        if ch is None or not await self._open_channel(ch) or ch.channel is None:
+            reason = ch.error if ch is not None else f"channel {meter.channel!r} is not configured"
+            readings = self._all(meter, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
+        else:
+            readings = await self._read_meter(_Visit(ch, meter, ch.channel.towards(meter)), index, rnd, force=True)
+        await self._finish_meter(index, meter, readings, rnd)
+        await self.flush()
+        return readings
+
+    # -- the meter archive -----------------------------------------------------------------
+
+    async def set_meter(self, point: int, meter: Meter | None) -> None:
+        """Put ``meter`` at measuring point ``point`` of the running concentrator (replacing
+        the meter there), or take the point's meter out (``None``). Read from the next
+        round on; a ``meter_archive_changed`` event records it. ValueError saying why a
+        meter cannot be taken: an unknown channel or protocol, an invalid address, an
+        address another point's meter already has."""
+        if isinstance(point, bool) or not isinstance(point, int) or not MIN_POINT <= point <= MAX_POINT:
+            raise ValueError(f"measuring point must be {MIN_POINT}..{MAX_POINT}, got {point!r}")
+        meters = list(self.site.meters)
+        at = next((i for i, m in enumerate(meters) if m.point == point), None)
+        old = meters[at] if at is not None else None
+        if meter is None:
+            if at is None:
+                raise ValueError(f"measuring point {point} has no meter")
+            del meters[at]
+        else:
+            meter = self._archive_entry(point, meter, [m for m in meters if m.point != point])
+            if at is None:
+                meters.append(meter)
+            else:
+                meters[at] = meter
+        self.site = attrs.evolve(self.site, meters=tuple(meters))
+        if old is not None:
+            self._states.pop(old.key, None)
+        self.raise_event(Event("meter_archive_changed", source="concentrator", data={
+            "point": point, "old": old.key if old else None, "new": meter.key if meter else None}))
+        await self.flush()
+
+    def _archive_entry(self, point: int, meter: Meter, others: Sequence[Meter]) -> Meter:
+        if meter.channel not in self.site.channels:
+            known = ", ".join(sorted(self.site.channels)) or "none"
+            raise ValueError(f"channel {meter.channel!r} is not configured (known: {known})")
+        driver = self.plugins.meter_drivers().get(meter.protocol)
+        if driver is None:
+            raise ValueError(f"no meter driver for protocol {meter.protocol!r} is installed")
+        address = driver.normalize_address(meter.address)
+        for name in meter.quantities:
+            resolve(name)  # UnknownQuantity is a ValueError naming it
+        meter = attrs.evolve(meter, address=address, point=point, quantities=meter.quantities or (DEFAULT_QUANTITY,))
+        clash = next((m for m in others if m.key == meter.key), None)
+        if clash is not None:
+            raise ValueError(f"meter {meter.key} is already at measuring point {clash.point}")
+        return meter
+
     # -- commands ---------------------------------------------------------------------
 
     async def execute(self, meter: Meter, command: Command) -> Mapping[str, Any]:
-        """Send a command after the policy hooks agreed; :class:`CommandRefused` if one did not.
-
-        Both outcomes are recorded as events (``command_refused`` / ``command_executed``)
-        for the audit trail; command arguments (passwords) are not stored.
-        """
+        """Carry out a command on ``meter`` through the command path every origin uses
+        (:func:`meterhub.commands.run_command`): journalled in the store's commands table,
+        refused with nothing sent (:class:`CommandRefused`) when a policy hook refuses or
+        fails or its credentials cannot be had from the secret store. ``command_refused``
+        and ``command_executed`` events tell observers; no secret is stored anywhere."""
+        if not self._opened:
+            await self.open()
+        command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel)
+        journal = _StoreJournal(self)
         source = meter.key
-        data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name}
-        answers = self.plugins.call_each("meterhub_before_command", command=command)
-        reasons = [a.strip() for a in answers if isinstance(a, str) and a.strip()]
-        if reasons:
-            self._raise_event(Event("command_refused", source=source, severity="warning",
-                                    data={**data, "reason": reasons[0]}))
-            raise CommandRefused(reasons[0])
+        data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name, "id": command.id,
+                "origin": command.origin.value, "issuer": command.issuer}
         driver = self.plugins.meter_drivers().get(meter.protocol)
-        if driver is None:
-            raise NotSupported(f"no meter driver for protocol {meter.protocol!r} is installed")
         ch = self._channels.get(meter.channel)
-        if ch is None:
-            raise LinkError(f"channel {meter.channel!r} is not configured")
-        if not await self._open_channel(ch):
-            raise LinkError(f"channel {ch.name} is down: {ch.error}")
-        assert ch.bus is not None
-        result = await driver.execute(ch.bus, meter, command, self._timeout(driver, meter, ch))
-        self._raise_event(Event("command_executed", source=source, data=data))
+        problem = ""
+        if driver is None:
+            problem = f"no meter driver for protocol {meter.protocol!r} is installed"
+        elif ch is None:
+            problem = f"channel {meter.channel!r} is not configured"
+        elif not await self._open_channel(ch):
+            problem = f"channel {ch.name} is down: {ch.error}"
+        if problem:  # nothing could be sent: a failure on record, not a refusal
+            await journal.add_command(CommandRecord(command, CommandState.REQUESTED, utcnow()))
+            await journal.update_command(command.id, CommandState.FAILED, reason=f"not sent: {problem}")
+            raise (NotSupported if driver is None else LinkError)(problem)
+        assert driver is not None and ch is not None
+        needs = driver.command_credentials(command.name) if isinstance(driver, CommandCredentials) else ()
+
+        async def send(ready: Command) -> Mapping[str, Any]:
+            assert ch is not None and ch.channel is not None and driver is not None
+            return await driver.execute(ch.channel.towards(meter), meter, ready, self._timeout(driver, meter, ch))
+
+        try:
+            result = await run_command(command, plugins=self.plugins, secrets=self.secrets, journal=journal,
+                                       send=send, needs=needs)
+        except CommandRefused as exc:
+            self.raise_event(Event("command_refused", source=source, severity="warning",
+                                   data={**data, "reason": str(exc)}))
+            await self.flush()
+            raise
+        self.raise_event(Event("command_executed", source=source, data=data))
+        await self.flush()
         return result
 
     # -- events and progress ----------------------------------------------------------
 
-    def _raise_event(self, event: Event) -> None:
-        self.store.add_event(event)
+    def raise_event(self, event: Event) -> None:
+        """Store an event (queued for the uplinks) and then tell observers. Written by the
+        store's thread while the caller goes on; :meth:`flush` waits for it."""
+        if self._writer is None:
+            self.store.add_event(event, outbox=self._outbox)
+            self._event_stored(event)
+        else:
+            self._spawn(self._write_event(event), self._writes)
+
+    async def _write_event(self, event: Event) -> None:
+        assert self._writer is not None
+        await self._writer.add_event(event, outbox=self._outbox)
+        self._event_stored(event)
+
+    def _event_stored(self, event: Event) -> None:
+        if self._outbox:
+            self._tell_queued()
         self.plugins.call_each("meterhub_event", event=event)
 
     def _report(self, kind: str, info: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ from typing import Any
 
 import attrs
 
+from .api import SimulatorSettings
 from .config import POINT_RANGE
 from .model import SerialSettings
-from .simulator import Fault, PtyBus, as_fault
+from .simulator import Fault, PacedDevice, PtyBus, as_fault
 
 
 @attrs.frozen
@@ -78,14 +79,14 @@ def start_bus(
             known = ", ".join(sorted(simulators)) or "none"
             raise ValueError(f"no simulator for protocol {spec.protocol!r} (installed: {known})")
         # a simulator may know better per option (a Modbus profile's own serial format)
-        settings_for = getattr(sim, "settings_for", None)
-        settings: SerialSettings = settings_for(spec.options) if settings_for is not None else sim.default_settings
+        settings: SerialSettings = (sim.settings_for(spec.options) if isinstance(sim, SimulatorSettings)
+                                    else sim.default_settings)
         if baudrate is not None:
             settings = attrs.evolve(settings, baudrate=baudrate)
         first_settings = first_settings or settings
         made = sim.make(spec.count, seed=seed + i, options=spec.options)
         for dev in made:
-            if hasattr(dev, "settings"):
+            if isinstance(dev, PacedDevice):
                 dev.settings = settings  # the pty paces each answer at its meter's own speed
             entry = dict(sim.site_entry(dev))
             if settings != first_settings:

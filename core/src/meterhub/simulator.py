@@ -113,6 +113,14 @@ def encode_with_fault(reply: R, fault: Fault | None, encode: Callable[[R], bytes
 
 
 @runtime_checkable
+class PacedDevice(Protocol):
+    """A simulated device whose answers the bus paces at its own serial format (set by
+    whoever puts it on a mixed bus, from its simulator's settings)."""
+
+    settings: SerialSettings
+
+
+@runtime_checkable
 class SimDevice(Protocol):
     """What a :class:`PtyBus` needs from a simulated device of any protocol.
 

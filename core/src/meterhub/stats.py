@@ -96,17 +96,35 @@ def meter_key(reading: Reading) -> str:
     return model_meter_key(reading.channel, reading.protocol, reading.meter)
 
 
+def collector_key(reading: Reading) -> str:
+    """How statistics name the collector a reading came through: ``channel/collector``,
+    or ``channel`` for meters wired straight to it (collector names are per site, but a
+    ``channel/`` prefix keeps the grouping readable next to the channel's own)."""
+    return f"{reading.channel}/{reading.collector}" if reading.collector else reading.channel
+
+
 class StatsBook:
-    """:class:`ReadStats` for every meter and every channel seen."""
+    """:class:`ReadStats` for every meter, channel, collector and relay depth seen."""
 
     def __init__(self) -> None:
         self.meters: dict[str, ReadStats] = {}
         self.channels: dict[str, ReadStats] = {}
+        self.collectors: dict[str, ReadStats] = {}  #: by :func:`collector_key`
+        self.depths: dict[int, ReadStats] = {}  #: by relays between channel and meter (0 = wired straight)
 
     def record(self, reading: Reading) -> None:
-        """Count a reading against its meter and its channel."""
+        """Count a reading against its meter, its channel, its collector and its route's depth."""
         self.meters.setdefault(meter_key(reading), ReadStats()).record(reading)
         self.channels.setdefault(reading.channel, ReadStats()).record(reading)
+        self.collectors.setdefault(collector_key(reading), ReadStats()).record(reading)
+        self.depths.setdefault(reading.depth, ReadStats()).record(reading)
+
+    def collector_snapshot(self) -> dict[str, dict[str, Any]]:
+        return {key: stats.snapshot() for key, stats in sorted(self.collectors.items())}
+
+    def depth_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Keyed by the depth as text (JSON object keys are strings)."""
+        return {str(depth): stats.snapshot() for depth, stats in sorted(self.depths.items())}
 
     def meter_snapshot(self) -> dict[str, dict[str, Any]]:
         return {key: stats.snapshot() for key, stats in sorted(self.meters.items())}
@@ -115,5 +133,7 @@ class StatsBook:
         return {key: stats.snapshot() for key, stats in sorted(self.channels.items())}
 
     def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """``{"meters": {key: numbers}, "channels": {name: numbers}}``, JSON-able."""
-        return {"meters": self.meter_snapshot(), "channels": self.channel_snapshot()}
+        """``{"meters": ..., "channels": ..., "collectors": ..., "depths": ...}``, each
+        ``{key: numbers}``, JSON-able."""
+        return {"meters": self.meter_snapshot(), "channels": self.channel_snapshot(),
+                "collectors": self.collector_snapshot(), "depths": self.depth_snapshot()}

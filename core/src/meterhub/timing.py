@@ -78,7 +78,7 @@ def answer_deadline(
     The request's own time on the wire, the turnaround, the meter's worst allowed response
     delay (a protocol figure, e.g. DL/T 645's 500 ms) and the ``header_len`` bytes that show
     a frame has begun (wake-up bytes and the start byte). An answer under way by then is
-    heard to its end (:meth:`meterhub.bus.Bus.transact`), however long it is, so a dead
+    heard to its end (:meth:`meterhub.channels.HalfDuplexChannel.transact`), however long it is, so a dead
     meter costs this, not the longest answer's wire time.
     """
     return (

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-from meterhub.bus import Bus, WireRecord
+from meterhub.channels.halfduplex import HalfDuplexChannel, WireRecord
 from meterhub.model import SerialSettings
 from meterhub.protocols.dlt645_driver import Dlt645Driver
 from meterhub.protocols.dlt645_sim import Fault, SimulatedMeter, start_dlt645_sim
 from meterhub.simulator import PtyBus
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 
 FAST = SerialSettings(115200, 8, "E", 1)
 #: Quick meters (2-5 ms turnaround) so a scan of 100 queries a level stays short in CI.
@@ -27,7 +27,7 @@ def _scan(bus: PtyBus, timeout: float = QUERY_TIMEOUT) -> tuple[list[str], int]:
 
     async def go() -> list[str]:
         async with SerialLink("bus1", bus.port, FAST) as link:
-            wire = Bus("bus1", link, trace=lambda r: sent.append(r) if r.direction == "tx" else None)
+            wire = HalfDuplexChannel("bus1", link, trace=lambda r: sent.append(r) if r.direction == "tx" else None)
             return await Dlt645Driver().scan(wire, timeout)
 
     found = asyncio.run(go())
@@ -103,7 +103,7 @@ def test_a_timeout_shorter_than_the_frames_is_raised_and_answers_that_come_late_
 
     async def go() -> list[str]:
         async with SerialLink("bus1", bus.port, slow) as link:
-            return await Dlt645Driver().scan(Bus("bus1", link), 0.05)
+            return await Dlt645Driver().scan(HalfDuplexChannel("bus1", link), 0.05)
 
     try:
         found = asyncio.run(go())

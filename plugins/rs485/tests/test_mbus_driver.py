@@ -14,7 +14,7 @@ import attrs
 import pytest
 
 from meterhub.api import MeterDriver
-from meterhub.bus import Bus, WireRecord
+from meterhub.channels.halfduplex import HalfDuplexChannel, WireRecord
 from meterhub.errors import ChecksumError, FrameError, MeterTimeout, NotSupported, TruncatedFrame, UnexpectedReply
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.protocols.dlt645_driver import Dlt645Driver
@@ -22,7 +22,7 @@ from meterhub.protocols.dlt645_sim import SimulatedMeter
 from meterhub.quantities import resolve
 from meterhub.simulator import Fault, PtyBus
 from meterhub_rs485 import mbus
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 from meterhub_rs485.mbus import Coding, ShortFrame
 from meterhub_rs485.mbus_driver import MbusDriver
 from meterhub_rs485.mbus_sim import SimulatedMbusSlave, make_slaves, slow_delay
@@ -67,7 +67,7 @@ def sim() -> Iterator[Callable[..., PtyBus]]:
 def run(bus: PtyBus, job: Callable[[Bus], Awaitable[Any]], trace: list[WireRecord] | None = None) -> Any:
     async def go() -> Any:
         async with SerialLink("bus1", bus.port, FAST) as link:
-            return await job(Bus("bus1", link, trace=trace.append if trace is not None else None))
+            return await job(HalfDuplexChannel("bus1", link, trace=trace.append if trace is not None else None))
 
     return asyncio.run(go())
 

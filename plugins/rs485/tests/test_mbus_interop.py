@@ -13,13 +13,13 @@ from typing import Any
 import attrs
 import pytest
 
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import MeterError, NotSupported
 from meterhub.model import Measurement, Meter, SerialSettings
 from meterhub.quantities import resolve
 from meterhub.simulator import Fault, PtyBus
 from meterhub_rs485 import mbus
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 from meterhub_rs485.mbus import LongFrame, ShortFrame, Telegram
 from meterhub_rs485.mbus_driver import MbusDriver
 
@@ -92,7 +92,7 @@ def _read(device: ReplayMeter, quantities: list[str], address: str | None = None
 
     async def go() -> list:
         async with SerialLink("bus1", bus.port, FAST) as link:
-            return await MbusDriver().read_many(Bus("bus1", link), meter, [resolve(q) for q in quantities], TIMEOUT)
+            return await MbusDriver().read_many(HalfDuplexChannel("bus1", link), meter, [resolve(q) for q in quantities], TIMEOUT)
 
     try:
         return asyncio.run(go())
@@ -177,7 +177,7 @@ def test_every_capture_survives_a_bus_with_noise_around_the_answer():
 
     async def go() -> list:
         async with SerialLink("bus1", bus.port, FAST) as link:
-            wire = Bus("bus1", link)
+            wire = HalfDuplexChannel("bus1", link)
             driver = MbusDriver()
             return [await driver.read_many(wire, meter, [resolve("6-0:1.0.0")], TIMEOUT) for _ in range(3)]
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from meterhub.bus import Bus, WireRecord
+from meterhub.channels.halfduplex import HalfDuplexChannel, WireRecord
 from meterhub.errors import ChecksumError, ConfigError, MeterError, MeterTimeout, NotSupported, TruncatedFrame, UnexpectedReply
 from meterhub.model import Measurement, Meter, SerialSettings
 from meterhub.protocols.dlt645_driver import Dlt645Driver
 from meterhub.protocols.dlt645_sim import SimulatedMeter as Dlt645Meter
 from meterhub.quantities import resolve
 from meterhub.simulator import Fault, PtyBus
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 from meterhub_rs485.modbus import DEFAULT_MAX_GAP, ModbusDriver, StreamDecoder, plan_reads, read_request
 from meterhub_rs485.modbus_profiles import parse_profile, shipped_profiles
 from meterhub_rs485.modbus_sim import SimulatedModbusMeter, make_modbus_meters
@@ -53,7 +53,7 @@ def on_the_wire(ptybus: PtyBus, scenario: Callable[[Bus, list[WireRecord]], Awai
     async def main() -> Any:
         trace: list[WireRecord] = []
         async with SerialLink("bus1", ptybus.port, FAST) as link:
-            return await scenario(Bus("bus1", link, trace=trace.append), trace)
+            return await scenario(HalfDuplexChannel("bus1", link, trace=trace.append), trace)
 
     return asyncio.run(main())
 

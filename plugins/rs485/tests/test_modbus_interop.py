@@ -27,12 +27,12 @@ from pymodbus.simulator.simdata import SimData
 from pymodbus.simulator.simdevice import SimDevice
 from pymodbus.simulator.simutils import DataType
 
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import ChecksumError, FrameError, MeterError, TruncatedFrame
 from meterhub.model import Measurement, Meter, SerialSettings
 from meterhub.protocols import dlt645
 from meterhub.quantities import resolve
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 from meterhub_rs485.modbus import (
     EXCEPTION_REASONS,
     Frame,
@@ -358,7 +358,7 @@ def _pymodbus_sdm630(answer_delay: float) -> Iterator[str]:
 def _on_link(path: str, scenario):
     async def main():
         async with SerialLink("bus1", path, FAST) as link:
-            return await scenario(Bus("bus1", link))
+            return await scenario(HalfDuplexChannel("bus1", link))
 
     return asyncio.run(main())
 

@@ -10,7 +10,7 @@ import meterhub.plugins
 from meterhub.api import Link, Transport
 from meterhub.errors import LinkError
 from meterhub.model import ChannelConfig, SerialSettings
-from meterhub_rs485.link import Rs485Options, SerialLink
+from meterhub.channels.serial import Rs485Options, SerialLink
 from meterhub_rs485.transport import STANDARD_BAUDRATES, Rs485Transport, rs485_options
 
 TRANSPORT = Rs485Transport()

@@ -1,4 +1,4 @@
-"""The CJ/T 188-2004 meter driver: the codec spoken over a :class:`~meterhub.bus.Bus`.
+"""The CJ/T 188-2004 meter driver: the codec spoken over a :class:`~meterhub.api.Conduit`.
 
 A water, gas or heat meter answers everything it measures in one 901F record, so the
 driver reads that record once per meter and round (:meth:`Cjt188Driver.read_many`) and
@@ -52,7 +52,7 @@ from .cjt188 import (
 )
 
 if TYPE_CHECKING:
-    from ..bus import Bus
+    from ..api import Conduit
     from ..quantities import Quantity
 
 log = logging.getLogger(__name__)
@@ -355,12 +355,12 @@ class Cjt188Driver:
                 problems.append(("quantities", f"a {type_name(meter_type)} cannot read {obis} (it can read {', '.join(known)}){default}"))
         return problems
 
-    async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
+    async def read(self, bus: Conduit, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity (one 901F transaction): MeterTimeout, FrameError, MeterError or NotSupported on failure."""
         return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
-        self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
+        self, bus: Conduit, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
     ) -> list[Measurement | Exception]:
         """Every quantity from one 901F read: one transaction per meter, whatever is asked.
 
@@ -389,7 +389,7 @@ class Cjt188Driver:
                     results[i] = value
         return [r for r in results if r is not None]
 
-    async def read_record(self, bus: Bus, meter: Meter, timeout: float) -> data.Record:
+    async def read_record(self, bus: Conduit, meter: Meter, timeout: float) -> data.Record:
         """The meter's 901F record, decoded for its meter type."""
         opts = self.meter_options(meter)
         address = self.normalize_address(meter.address)
@@ -399,7 +399,7 @@ class Cjt188Driver:
         return data.decode_record(opts.family, body.payload)
 
     async def scan(
-        self, bus: Bus, timeout: float, *, meter_type: object = None, search: object = None
+        self, bus: Conduit, timeout: float, *, meter_type: object = None, search: object = None
     ) -> list[str]:
         """Addresses of the meters answering a wildcard read-address (03h to AA×7).
 
@@ -417,7 +417,7 @@ class Cjt188Driver:
         return [address for _type, address in found]
 
     async def discover(
-        self, bus: Bus, timeout: float, types: Sequence[int] | None = None, *, search: bool | None = None
+        self, bus: Conduit, timeout: float, types: Sequence[int] | None = None, *, search: bool | None = None
     ) -> list[tuple[int, str]]:
         """``(meter type, address)`` of every meter :meth:`scan` finds, in the order found."""
         timeout = at_least(timeout, self.scan_minimum(bus.settings), f"a {self.name} scan probe")
@@ -442,7 +442,7 @@ class Cjt188Driver:
         return found
 
     async def _search(
-        self, bus: Bus, meter_type: int, pattern: str, timeout: float, unresolved: list[FrameError], budget: list[int],
+        self, bus: Conduit, meter_type: int, pattern: str, timeout: float, unresolved: list[FrameError], budget: list[int],
         deep: bool,
     ) -> list[str]:
         """Probe ``pattern``; on a garbled answer, probe each value of its lowest wildcard byte."""
@@ -474,7 +474,7 @@ class Cjt188Driver:
             return [reply.address]
         return [codec.parse_read_address_reply(reply)]
 
-    async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
+    async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
         """Carry out ``command``: ``valve`` (``{"action": "open"|"close"}``), ``read_address``
         or ``write_address`` (``{"address": "<14 characters>"}``); NotSupported otherwise."""
         handler = self.commands().get(command.name)
@@ -490,7 +490,7 @@ class Cjt188Driver:
 
     # -- commands ---------------------------------------------------------------------
 
-    async def _valve(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _valve(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Valve control (write A017): ``action`` open (55h) or close (99h)."""
         action = str(args.get("action", "")).strip().lower()
         codes = {"open": VALVE_OPEN, "close": VALVE_CLOSE}
@@ -507,7 +507,7 @@ class Cjt188Driver:
             result["valve_state"] = codec.valve_state(status)
         return result
 
-    async def _read_address(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _read_address(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Read address (03h) from the meter's configured address (AA×7 reaches the one meter on the line)."""
         opts = self.meter_options(meter)
         address = self.normalize_address(meter.address)
@@ -515,7 +515,7 @@ class Cjt188Driver:
         reply = await self._transact(bus, meter, opts, request, timeout)
         return {"address": codec.parse_read_address_reply(reply), "meter_type": f"{reply.meter_type:02X}"}
 
-    async def _write_address(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _write_address(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Write address (15h, A018): ``address``, the new 14-character address (no wildcards)."""
         if "address" not in args:
             raise ValueError("write_address needs an 'address' argument (the new 14-character address)")
@@ -540,7 +540,7 @@ class Cjt188Driver:
 
     async def _transact(
         self,
-        bus: Bus,
+        bus: Conduit,
         meter: Meter | None,
         opts: MeterOptions,
         request: Frame,

@@ -17,7 +17,13 @@ from datetime import datetime
 
 import attrs
 
-from ..errors import ChecksumError, FrameError, MeterError, TruncatedFrame, UnexpectedReply
+from ..errors import (
+    ChecksumError,
+    FrameError,
+    MeterError,
+    TruncatedFrame,
+    UnexpectedReply,
+)
 from ..framing import FrameFinder, judge_by_decode
 from .bcd import bcd_to_int, int_to_bcd, sum8
 
@@ -33,6 +39,12 @@ SCRAMBLE = 0x33  #: §1.1: every DATA byte is sent as (byte + 33h) mod 256
 HEADER_LEN = 10  #: 68 + 6 address bytes + 68 + C + L
 OVERHEAD = 12  #: header + CS + 16: a frame is OVERHEAD + L bytes long
 MAX_FRAME_LEN = OVERHEAD + 255  #: L is one byte
+
+#: §1.6: a meter answers 20 ms <= Td <= 500 ms after the last byte of the request; the
+#: master allows the longest, a scan waits at least the shortest, the simulator answers
+#: in between. Defined here, once, for the driver and the simulator.
+MIN_RESPONSE_DELAY = 0.020
+MAX_RESPONSE_DELAY = 0.500
 MAX_READ_DATA_LEN = 200  #: §1.1: L <= 200 for read replies in 2007 (longer payloads use follow-up frames)
 
 DIR_REPLY = 0x80  #: control bit D7: slave -> master

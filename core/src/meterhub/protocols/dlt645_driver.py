@@ -1,4 +1,4 @@
-"""DL/T 645-2007 and DL/T 645-1997 meter drivers: the codec spoken over a :class:`~meterhub.bus.Bus`.
+"""DL/T 645-2007 and DL/T 645-1997 meter drivers: the codec spoken over a :class:`~meterhub.api.Conduit`.
 
 A driver maps OBIS quantities to data identifiers, sends one request per transaction
 (plus follow-up requests while the meter says more frames follow) and turns abnormal
@@ -19,21 +19,38 @@ from ..errors import FrameError, MeterError, MeterTimeout, NotSupported, Unexpec
 from ..model import Command, Measurement, Meter, SerialSettings
 from ..timing import answer_deadline, at_least, response_timeout
 from . import dlt645 as codec
-from .dlt645 import BROADCAST, PREAMBLE, WILDCARD, Control, Control1997, Frame, RelayAction, StreamDecoder
-from .dlt645_data import CLOCK_DIS, CLOCK_OBIS, ITEMS, ITEMS_1997, DataItem, clock_iso, decode_value, encode_value, obis_index
+from .dlt645 import (
+    BROADCAST,
+    PREAMBLE,
+    WILDCARD,
+    Control,
+    Control1997,
+    Frame,
+    RelayAction,
+    StreamDecoder,
+)
+from .dlt645_data import (
+    CLOCK_DIS,
+    CLOCK_OBIS,
+    ITEMS,
+    ITEMS_1997,
+    DataItem,
+    clock_iso,
+    decode_value,
+    encode_value,
+    obis_index,
+)
 
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from ..bus import Bus
+    from ..api import Conduit
     from ..quantities import Quantity
 
-#: DL/T 645 §1.6 (protocols README): a meter answers 20 ms <= Td <= 500 ms after the
-#: last byte of the request; 500 ms is the longest a master has to allow.
-MAX_RESPONSE_DELAY = 0.5
-
-#: ... and no sooner than 20 ms: the least a scan query must wait for an answer to be whole.
-MIN_RESPONSE_DELAY = 0.020
+#: DL/T 645 §1.6: the longest a master has to allow for an answer to begin after the
+#: request, and the least a scan query must wait (the codec's constants).
+MAX_RESPONSE_DELAY = codec.MAX_RESPONSE_DELAY
+MIN_RESPONSE_DELAY = codec.MIN_RESPONSE_DELAY
 
 #: What a multi-drop scan asks for with an abbreviated address: forward active energy,
 #: total, the one register every DL/T 645-2007 meter has. The reply's address field is
@@ -218,7 +235,7 @@ class Dlt645Driver:
         except KeyError:
             raise NotSupported(f"{self.name} has no data identifier for {obis}") from None
 
-    async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
+    async def read(self, bus: Conduit, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity: MeterTimeout, FrameError, MeterError or NotSupported on failure."""
         obis = getattr(quantity, "obis", str(quantity))
         if obis == CLOCK_OBIS and obis not in self._by_obis:
@@ -227,7 +244,7 @@ class Dlt645Driver:
         payload = await self.read_di(bus, meter, item.di, timeout)
         return Measurement(decode_value(item, payload), item.unit)
 
-    async def read_di(self, bus: Bus, meter: Meter, di: int, timeout: float) -> bytes:
+    async def read_di(self, bus: Conduit, meter: Meter, di: int, timeout: float) -> bytes:
         """The payload of one DI, follow-up frames included (each transaction gets ``timeout``)."""
         address = self.normalize_address(meter.address)
         frame = await self._transact(bus, meter, self._read_request(address, di), self._read_function, timeout,
@@ -242,7 +259,7 @@ class Dlt645Driver:
             payload += self._parse_followup(frame, di, seq)
         raise FrameError(f"meter {address} announced more than {MAX_FOLLOWUPS} follow-up frames for DI {di:X}")
 
-    async def scan(self, bus: Bus, timeout: float) -> list[str]:
+    async def scan(self, bus: Conduit, timeout: float) -> list[str]:
         """Addresses of the meters on the line, point-to-point or multi-drop.
 
         First read address (13h) to AA…AA: on a point-to-point line the one meter answers
@@ -273,7 +290,7 @@ class Dlt645Driver:
         await self._search(bus, "", timeout, found)
         return sorted(found)
 
-    async def _search(self, bus: Bus, known: str, timeout: float, found: set[str]) -> None:
+    async def _search(self, bus: Conduit, known: str, timeout: float, found: set[str]) -> None:
         """Try every value of the next address byte above the ``known`` low bytes (written
         A(k-1)…A0, as in an address string); descend where the answers collide."""
         if len(known) == 12:
@@ -291,7 +308,7 @@ class Dlt645Driver:
                 else:
                     await self._search(bus, low, timeout, found)
 
-    async def _listen(self, bus: Bus, request: Frame, function: int, timeout: float) -> tuple[set[str], bool]:
+    async def _listen(self, bus: Conduit, request: Frame, function: int, timeout: float) -> tuple[set[str], bool]:
         """Send ``request``, gather every clean reply to ``function`` for ``timeout`` seconds;
         also say whether anything garbled arrived (a collision of several answers)."""
         heard: set[str] = set()
@@ -318,7 +335,7 @@ class Dlt645Driver:
             return heard, True
         return heard, False  # pragma: no cover - accept never takes a frame
 
-    async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
+    async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
         """Carry out ``command``; see :meth:`commands` for the names and their ``args``.
 
         Passwords (``password``, 6 hex digits) and operator codes (``operator``, 8) are
@@ -331,6 +348,15 @@ class Dlt645Driver:
             raise NotSupported(f"{self.name} has no command {command.name!r}; it knows {known}")
         result = await handler(bus, meter, dict(command.args), timeout)
         return {"command": command.name, "meter": meter.address, **result}
+
+    #: §7.x: commands that change the meter carry a password (with its privilege level)
+    #: and an operator code; the command path refuses them without both from the secret store
+    _AUTHENTICATED = {name: ("password", "operator")
+                      for name in ("relay", "clear_demand", "clear_meter", "clear_events", "write")}
+
+    def command_credentials(self, name: str) -> tuple[str, ...]:
+        """The credential fields command ``name`` needs (:class:`meterhub.api.CommandCredentials`)."""
+        return self._AUTHENTICATED.get(name, ()) if name in self.commands() else ()
 
     def commands(self) -> Mapping[str, Callable[..., Any]]:
         """Command name -> ``async handler(bus, meter, args, timeout) -> dict``."""
@@ -394,7 +420,7 @@ class Dlt645Driver:
 
     async def _transact(
         self,
-        bus: Bus,
+        bus: Conduit,
         meter: Meter | None,
         request: Frame,
         function: int,
@@ -423,12 +449,12 @@ class Dlt645Driver:
         )
         return exchange.frame
 
-    async def _command(self, bus: Bus, meter: Meter, request: Frame, timeout: float) -> Frame:
+    async def _command(self, bus: Conduit, meter: Meter, request: Frame, timeout: float) -> Frame:
         reply = await self._transact(bus, meter, request, request.function, timeout)
         codec.expect_reply(reply, request.function, edition=self.EDITION)
         return reply
 
-    async def _read_clock(self, bus: Bus, meter: Meter, timeout: float) -> str:
+    async def _read_clock(self, bus: Conduit, meter: Meter, timeout: float) -> str:
         date_item, time_item = (self.items[di] for di in CLOCK_DIS[self.EDITION])
         started = time.monotonic()
         day = decode_value(date_item, await self.read_di(bus, meter, date_item.di, timeout))
@@ -447,14 +473,14 @@ class Dlt645Driver:
             "operator": _hex_field(args.get("operator", "00000000"), 4, "operator code"),
         }
 
-    async def _time_sync(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _time_sync(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Broadcast time (08h, no reply): ``time`` (default: now, local), ``broadcast`` (default true)."""
         when = _datetime_arg(args.get("time")) or datetime.now()
         address = BROADCAST if args.get("broadcast", True) else self.normalize_address(meter.address)
         await bus.send(codec.encode(codec.broadcast_time(when, address=address), preamble=self.preamble), settings=meter.settings)
         return {"address": address, "time": when.isoformat(timespec="seconds"), "reply": False}
 
-    async def _relay(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _relay(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Relay control (1Ch): ``action`` (trip, close_permitted, close, alarm, ...), ``valid_until``."""
         action = _relay_action(args.get("action", "trip"))
         valid_until = _datetime_arg(args.get("valid_until"))
@@ -462,7 +488,7 @@ class Dlt645Driver:
         await self._command(bus, meter, request, timeout)
         return {"action": action.name.lower(), "valid_until": valid_until.isoformat() if valid_until else None, "ok": True}
 
-    async def _freeze(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _freeze(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Freeze (16h): ``minute``, ``hour``, ``day``, ``month`` (absent = every; none = now)."""
         fields = {k: (None if args.get(k) is None else int(args[k])) for k in ("minute", "hour", "day", "month")}
         request = codec.freeze_request(self.normalize_address(meter.address), **fields)
@@ -470,20 +496,20 @@ class Dlt645Driver:
         return {**fields, "ok": True}
 
     def _clear(self, build: Callable[..., Frame]) -> Callable[..., Any]:
-        async def clear(bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        async def clear(bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
             await self._command(bus, meter, build(self.normalize_address(meter.address), **self._auth_args(args)), timeout)
             return {"ok": True}
 
         return clear
 
-    async def _clear_events(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _clear_events(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Event clear (1Bh): ``di`` of the event record (default FFFFFFFF: all events)."""
         di = _di_arg(args.get("di", 0xFFFFFFFF))
         request = codec.clear_events_request(self.normalize_address(meter.address), di, **self._auth_args(args))
         await self._command(bus, meter, request, timeout)
         return {"di": f"{di:08X}", "ok": True}
 
-    async def _change_baud(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _change_baud(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Change baud rate (17h): ``baudrate``. Afterwards the meter talks only at the new rate."""
         if "baudrate" not in args:
             raise ValueError("change_baud needs a 'baudrate' argument")
@@ -502,7 +528,7 @@ class Dlt645Driver:
             raise NotSupported(f"{self.name} does not know the format of DI {di:X}; give the payload as 'raw'")
         return encode_value(item, args["value"])
 
-    async def _write(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _write(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Write data (14h): ``di`` and ``value`` (or ``raw`` hex payload), with credentials."""
         if "di" not in args:
             raise ValueError("write needs a 'di' argument (hex, e.g. '04000101')")
@@ -545,7 +571,7 @@ class Dlt645_1997Driver(Dlt645Driver):
     def _address_matches(self, wanted: str, got: str) -> bool:
         return got == WILDCARD or super()._address_matches(wanted, got)
 
-    async def scan(self, bus: Bus, timeout: float) -> list[str]:
+    async def scan(self, bus: Conduit, timeout: float) -> list[str]:
         """1997 has no read-address function: read 9010 with the wildcard address instead.
 
         A meter that answers with AA…AA itself cannot tell its address; [WILDCARD] is then
@@ -560,11 +586,14 @@ class Dlt645_1997Driver(Dlt645Driver):
             raise type(exc)(f"{exc} (a wildcard scan works only with one meter on the line)") from exc
         return [frame.address]
 
+    #: DL/T 645-1997 §7.4: a write carries a password and its level, no operator code
+    _AUTHENTICATED = {"write": ("password",)}
+
     def commands(self) -> Mapping[str, Callable[..., Any]]:
         """1997 meters: ``time_sync`` and ``write`` (no relay, freeze or clear functions here)."""
         return {"time_sync": self._time_sync, "write": self._write}
 
-    async def _write(self, bus: Bus, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _write(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """1997 write (04h): ``di`` and ``value``/``raw``, ``password`` and ``level`` (no operator code)."""
         if "di" not in args:
             raise ValueError("write needs a 'di' argument (hex, e.g. 'C010')")

@@ -50,10 +50,10 @@ logger = logging.getLogger(__name__)
 #: DL/T 645 RS-485 character format: 8 data bits, even parity, 1 stop bit (§1.6).
 CHARACTER_FORMAT = {"bytesize": 8, "parity": "E", "stopbits": 1}
 
-#: §1.6: a meter answers 20 ms <= Td <= 500 ms after the request; the simulated ones take
-#: a typical 30-60 ms (``DEFAULT_TURNAROUND`` of the generic bus).
-MIN_RESPONSE_DELAY = 0.020
-MAX_RESPONSE_DELAY = 0.500
+#: §1.6: a meter answers 20 ms <= Td <= 500 ms after the request (the codec's constants);
+#: the simulated ones take a typical 30-60 ms (``DEFAULT_TURNAROUND`` of the generic bus).
+MIN_RESPONSE_DELAY = codec.MIN_RESPONSE_DELAY
+MAX_RESPONSE_DELAY = codec.MAX_RESPONSE_DELAY
 assert MIN_RESPONSE_DELAY <= DEFAULT_TURNAROUND[0] <= DEFAULT_TURNAROUND[1] <= MAX_RESPONSE_DELAY
 
 #: §1.3: bits of the error word SERR.

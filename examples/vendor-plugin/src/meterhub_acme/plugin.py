@@ -13,6 +13,8 @@ from meterhub.jsonout import dumps, reading_to_dict
 from meterhub.protocols.dlt645_driver import Dlt645Driver
 from meterhub.quantities import Quantity
 
+from .mux import Mx4Transport
+
 TEMPERATURE = Quantity("0-0:96.9.0", "meter_temperature", "meter internal temperature", "°C")
 
 #: ACME meters keep their internal temperature in DI 02 80 00 07 (XXX.X °C, sign in bit 15).
@@ -52,6 +54,11 @@ def meterhub_register_quantities(register: Any) -> None:
 @hookimpl
 def meterhub_register_meter_drivers(register: Any) -> None:
     register(acme_driver())
+
+
+@hookimpl
+def meterhub_register_transports(register: Any) -> None:
+    register(Mx4Transport())
 
 
 @hookimpl

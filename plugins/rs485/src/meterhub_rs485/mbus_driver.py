@@ -1,4 +1,4 @@
-"""The wired M-Bus meter driver: the :mod:`meterhub_rs485.mbus` codec over a :class:`~meterhub.bus.Bus`.
+"""The wired M-Bus meter driver: the :mod:`meterhub_rs485.mbus` codec over a :class:`~meterhub.api.Conduit`.
 
 One REQ_UD2 answers every quantity of a meter, so :meth:`MbusDriver.read_many` reads a
 meter in one transaction a round (plus follow-up telegrams, FCB toggled, while the meter
@@ -44,9 +44,15 @@ from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Any
 
 import attrs
-
 from meterhub.api import read_one
-from meterhub.errors import FrameError, LinkError, MeterError, MeterTimeout, NotSupported, UnknownQuantity
+from meterhub.errors import (
+    FrameError,
+    LinkError,
+    MeterError,
+    MeterTimeout,
+    NotSupported,
+    UnknownQuantity,
+)
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import resolve
 from meterhub.timing import answer_deadline, at_least, response_timeout
@@ -55,7 +61,7 @@ from . import mbus
 from .mbus import Ack, Function, LongFrame, LongHeader, Record, StreamDecoder, Telegram
 
 if TYPE_CHECKING:
-    from meterhub.bus import Bus
+    from meterhub.api import Conduit
     from meterhub.quantities import Quantity
 
 log = logging.getLogger(__name__)
@@ -332,12 +338,12 @@ class MbusDriver:
             header_len=1,
         )
 
-    async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
+    async def read(self, bus: Conduit, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity (one REQ_UD2 exchange); raises what :meth:`read_many` returns."""
         return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
-        self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
+        self, bus: Conduit, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
     ) -> list[Measurement | Exception]:
         """Every quantity from one readout of the meter; one outcome per quantity, in order.
 
@@ -358,7 +364,7 @@ class MbusDriver:
         opts, _ = _options(meter, self.profiles)
         return [self._measure(o, telegrams, opts) for o in obis]
 
-    async def read_telegrams(self, bus: Bus, meter: Meter, timeout: float) -> list[Telegram]:
+    async def read_telegrams(self, bus: Conduit, meter: Meter, timeout: float) -> list[Telegram]:
         """The whole readout of a meter: every telegram until one without DIF 1Fh.
 
         Each transaction gets ``timeout``. Records with unknown VIFs are kept (``known`` is
@@ -393,7 +399,7 @@ class MbusDriver:
             state.reset = True  # resynchronise the frame count with SND_NKE next time
             raise
 
-    async def scan(self, bus: Bus, timeout: float, *, mode: str | None = None) -> list[str]:
+    async def scan(self, bus: Conduit, timeout: float, *, mode: str | None = None) -> list[str]:
         """The addresses answering on the bus: a primary sweep (SND_NKE to 0..250, any
         answer counts) or the secondary wildcard search; ``timeout`` is per request."""
         try:
@@ -404,7 +410,7 @@ class MbusDriver:
             return await self._scan_primary(bus, timeout)
         return await self._scan_secondary(bus, timeout)
 
-    async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
+    async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
         """``records``: every record of one readout as plain data (unknown VIFs included)."""
         if command.name != "records":
             raise NotSupported(f"{self.name} has no command {command.name!r}; it knows records")
@@ -502,7 +508,7 @@ class MbusDriver:
             raise type(exc)(f"meter {address}: {exc}") from exc
 
     async def _transact(
-        self, bus: Bus, request: mbus.Frame, accept: Callable[[object], bool], timeout: float, settings: SerialSettings | None,
+        self, bus: Conduit, request: mbus.Frame, accept: Callable[[object], bool], timeout: float, settings: SerialSettings | None,
         *, guard: bool = True,
     ) -> Any:
         exchange = await bus.transact(mbus.encode(request), StreamDecoder(), timeout=timeout, accept=accept, settings=settings,
@@ -510,11 +516,11 @@ class MbusDriver:
         return exchange.frame
 
     async def _expect_ack(
-        self, bus: Bus, request: mbus.Frame, timeout: float, settings: SerialSettings | None, *, guard: bool = True
+        self, bus: Conduit, request: mbus.Frame, timeout: float, settings: SerialSettings | None, *, guard: bool = True
     ) -> None:
         await self._transact(bus, request, lambda frame: isinstance(frame, Ack), timeout, settings, guard=guard)
 
-    async def _deselect(self, bus: Bus, timeout: float, settings: SerialSettings | None) -> None:
+    async def _deselect(self, bus: Conduit, timeout: float, settings: SerialSettings | None) -> None:
         """SND_NKE to 253: whichever slaves are selected answer E5 (or collide) and let go.
 
         Silence is a normal answer here (nobody was selected), so the request is not left
@@ -602,7 +608,7 @@ class MbusDriver:
         return response_timeout(settings, request_len=_LONGEST_REQUEST, max_reply_len=1,
                                 max_response_delay=MIN_RESPONSE_BITS / settings.baudrate)
 
-    async def _scan_primary(self, bus: Bus, timeout: float) -> list[str]:
+    async def _scan_primary(self, bus: Conduit, timeout: float) -> list[str]:
         """SND_NKE to every primary address; an E5 names no address, so each address that
         acknowledges is read back (REQ_UD2: the answer carries its address) before it is
         reported. Several slaves sharing an address collide and are left to the secondary
@@ -625,7 +631,7 @@ class MbusDriver:
                 found.append(str(address))
         return found
 
-    async def _read_back(self, bus: Bus, address: int, timeout: float) -> bool:
+    async def _read_back(self, bus: Conduit, address: int, timeout: float) -> bool:
         """Whether a REQ_UD2 to ``address`` brings an answer from that very address (the
         first after SND_NKE, so FCB set; the link state follows)."""
         state = self._links.setdefault((bus.name, str(address)), _LinkState())
@@ -638,7 +644,7 @@ class MbusDriver:
         state.fcb, state.reset = False, False
         return True
 
-    async def _scan_secondary(self, bus: Bus, timeout: float) -> list[str]:
+    async def _scan_secondary(self, bus: Conduit, timeout: float) -> list[str]:
         timeout = at_least(timeout, self.scan_minimum(bus.settings), f"an {self.name} scan request")
         found: list[str] = []
         await self._deselect(bus, timeout, None)
@@ -646,7 +652,7 @@ class MbusDriver:
         await self._deselect(bus, timeout, None)  # leave no slave selected
         return found
 
-    async def _search(self, bus: Bus, mask: str, pos: int, found: list[str], timeout: float) -> None:
+    async def _search(self, bus: Conduit, mask: str, pos: int, found: list[str], timeout: float) -> None:
         """EN 13757-3 Annex (wildcard search, libmbus ``mbus_scan_2nd_address_range``): a
         selection that several slaves answer collides; walk the next ID digit 0-9."""
         outcome, address = await self._probe(bus, mask, timeout)
@@ -663,7 +669,7 @@ class MbusDriver:
         for digit in "0123456789":
             await self._search(bus, mask[:pos] + digit + mask[pos + 1 :], pos + 1, found, timeout)
 
-    async def _probe(self, bus: Bus, mask: str, timeout: float) -> tuple[_Probe, str | None]:
+    async def _probe(self, bus: Conduit, mask: str, timeout: float) -> tuple[_Probe, str | None]:
         # Silence is a normal answer to a probe (no slave matches), so neither request is
         # left pending for a late answer: an E5 names nobody, and the RSP_UD's
         # identification below is what a slave is found by.

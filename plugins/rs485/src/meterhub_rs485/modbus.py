@@ -25,16 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from pymodbus.exceptions import ModbusException
-from pymodbus.framer import FramerRTU
-from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
-from pymodbus.pdu.register_message import (
-    ReadHoldingRegistersRequest,
-    ReadHoldingRegistersResponse,
-    ReadInputRegistersRequest,
-    ReadInputRegistersResponse,
-)
-
 from meterhub.api import read_one
 from meterhub.errors import (
     ChecksumError,
@@ -50,6 +40,15 @@ from meterhub.framing import FrameFinder
 from meterhub.model import Command, Measurement, Meter, SerialSettings
 from meterhub.quantities import Quantity, resolve
 from meterhub.timing import answer_deadline, at_least, inter_frame_gap, response_timeout
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerRTU
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+)
 
 from .modbus_profiles import (
     MAX_REGISTERS_PER_READ,
@@ -63,7 +62,7 @@ from .modbus_profiles import (
 )
 
 if TYPE_CHECKING:
-    from meterhub.bus import Bus
+    from meterhub.api import Conduit
 
 __all__ = [
     "EXCEPTION_REASONS",
@@ -537,12 +536,12 @@ class ModbusDriver:
                 problems.append(("quantities", f"profile {profile.name} cannot read {obis}"))
         return problems
 
-    async def read(self, bus: Bus, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
+    async def read(self, bus: Conduit, meter: Meter, quantity: Quantity | str, timeout: float) -> Measurement:
         """Read one quantity; MeterTimeout, FrameError, MeterError or NotSupported on failure."""
         return await read_one(self, bus, meter, quantity, timeout)
 
     async def read_many(
-        self, bus: Bus, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
+        self, bus: Conduit, meter: Meter, quantities: Sequence[Quantity | str], timeout: float
     ) -> list[Measurement | Exception]:
         """Read several quantities in as few requests as the profile allows.
 
@@ -588,7 +587,7 @@ class ModbusDriver:
         return self.max_gap if profile.max_gap is None else profile.max_gap
 
     async def _read_block(
-        self, bus: Bus, meter: Meter, unit: int, block: ReadBlock, timeout: float, values: dict[Point, Measurement | Exception]
+        self, bus: Conduit, meter: Meter, unit: int, block: ReadBlock, timeout: float, values: dict[Point, Measurement | Exception]
     ) -> None:
         try:
             registers = await self.read_registers(bus, unit, block.function, block.start, block.count, timeout, settings=meter.settings)
@@ -614,7 +613,7 @@ class ModbusDriver:
 
     async def read_registers(
         self,
-        bus: Bus,
+        bus: Conduit,
         unit: int,
         function: int,
         address: int,
@@ -628,7 +627,7 @@ class ModbusDriver:
 
         An exception response raises MeterError with the exception code (2: illegal data
         address) and its reason; a reply of the wrong length raises FrameError. ``guard``
-        as :meth:`meterhub.bus.Bus.transact` (a sweep of unit ids turns it off: each
+        as :meth:`meterhub.api.Conduit.transact` (a sweep of unit ids turns it off: each
         answer names its unit).
         """
         if unit == BROADCAST:
@@ -660,7 +659,7 @@ class ModbusDriver:
             raise FrameError(f"{what}: the answer holds {len(registers)} register(s)")
         return registers
 
-    async def scan(self, bus: Bus, timeout: float, *, units: Iterable[int] = range(1, MAX_UNIT + 1)) -> list[str]:
+    async def scan(self, bus: Conduit, timeout: float, *, units: Iterable[int] = range(1, MAX_UNIT + 1)) -> list[str]:
         """Unit ids that answer, found by sweeping ``units`` (1..247) with a short timeout.
 
         Each id gets one read of the first identity register any profile names (a meter
@@ -703,7 +702,7 @@ class ModbusDriver:
         return probes
 
     async def _identify(
-        self, bus: Bus, unit: int, probes: list[tuple[int, int, int]], answers: dict[tuple[int, int, int], list[int] | None], wait: float
+        self, bus: Conduit, unit: int, probes: list[tuple[int, int, int]], answers: dict[tuple[int, int, int], list[int] | None], wait: float
     ) -> str | None:
         for profile in sorted(self.profiles.values(), key=lambda p: p.name):
             if not profile.identity:
@@ -725,7 +724,7 @@ class ModbusDriver:
                 return profile.name
         return None
 
-    async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
+    async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
         """No commands yet: profiles describe readings only."""
         raise NotSupported(f"{self.name} has no command {command.name!r}: Modbus profiles describe readings only")
 

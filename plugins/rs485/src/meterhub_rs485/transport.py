@@ -1,5 +1,6 @@
 """The ``rs485`` transport: checks a channel's serial settings and options, and turns the
-channel into a :class:`~meterhub_rs485.link.SerialLink`.
+channel into the core's half-duplex channel over a serial link
+(:class:`meterhub.channels.HalfDuplexChannel` on :class:`meterhub.channels.serial.SerialLink`).
 
 A channel in a site file::
 
@@ -19,11 +20,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-
+from meterhub.channels import HalfDuplexChannel
+from meterhub.channels.serial import MODES, Rs485Options, SerialLink
 from meterhub.errors import LinkError
 from meterhub.model import PARITIES, ChannelConfig, SerialSettings
-
-from .link import MODES, Rs485Options, SerialLink
 
 #: The termios speeds (POSIX B300 ... Linux B921600) that UARTs and USB adapters all
 #: support; meter protocols use 300 (IEC 62056-21 sign-on) to 115200. Anything else is a
@@ -121,7 +121,13 @@ class Rs485Transport:
         problems += options_problems(channel.options, channel.port if isinstance(channel.port, str) else "")
         return problems
 
+    def create_channel(self, channel: ChannelConfig) -> HalfDuplexChannel:
+        """One transaction at a time on the line; meters behind collectors are reached
+        through them (their relay time added to answers: ``relay_delay:``)."""
+        return HalfDuplexChannel(channel.name, self.create_link(channel))
+
     def create_link(self, channel: ChannelConfig) -> SerialLink:
+        """The serial link alone (LinkError if the settings are impossible)."""
         problems = self.validate(channel)
         if problems:
             detail = "; ".join(f"{key}: {message}" for key, message in problems)

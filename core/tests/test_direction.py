@@ -14,7 +14,7 @@ import pytest
 from meterhub import timing
 from meterhub.errors import LinkError
 from meterhub.model import SerialSettings
-from meterhub_rs485.link import Rs485Options, SerialLink
+from meterhub.channels.serial import Rs485Options, SerialLink
 
 DLT645_8E1 = SerialSettings(2400, 8, "E", 1)
 REQUEST = bytes.fromhex("68 AA AA AA AA AA AA 68 13 00 DF 16")

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from meterhub.bus import Bus
+from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import ChecksumError, MeterTimeout
 from meterhub.model import SerialSettings
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 
 DLT645_8E1 = SerialSettings(2400, 8, "E", 1)
 MODBUS_8N1 = SerialSettings(9600, 8, "N", 1)
@@ -41,7 +41,7 @@ def test_a_transaction_gets_the_answer(peer):
 
     async def scenario():
         async with SerialLink("bus1", peer.path, DLT645_8E1) as link:
-            return await Bus("bus1", link).transact(b"read 1-0:1.8.0\n", LineDecoder(), timeout=2.0)
+            return await HalfDuplexChannel("bus1", link).transact(b"read 1-0:1.8.0\n", LineDecoder(), timeout=2.0)
 
     exchange = asyncio.run(scenario())
     assert exchange.frame == b"re:read 1-0:1.8.0"
@@ -53,7 +53,7 @@ def test_transactions_at_mixed_settings_share_one_pty(peer):
 
     async def scenario():
         async with SerialLink("bus1", peer.path, DLT645_8E1) as link:
-            bus = Bus("bus1", link)
+            bus = HalfDuplexChannel("bus1", link)
             first = await bus.transact(b"dlt\n", LineDecoder(), timeout=2.0)
             second = await bus.transact(b"modbus\n", LineDecoder(), timeout=2.0, settings=MODBUS_8N1)
             third = await bus.transact(b"dlt again\n", LineDecoder(), timeout=2.0, settings=DLT645_8E1)
@@ -71,7 +71,7 @@ def test_stale_bytes_before_a_request_are_not_taken_for_its_answer(peer):
         async with SerialLink("bus1", peer.path, DLT645_8E1) as link:
             peer.send(b"stale\n")
             peer.wait_buffered(6)
-            return await Bus("bus1", link).transact(b"q\n", LineDecoder(), timeout=2.0)
+            return await HalfDuplexChannel("bus1", link).transact(b"q\n", LineDecoder(), timeout=2.0)
 
     assert asyncio.run(scenario()).frame == b"fresh"
 
@@ -79,7 +79,7 @@ def test_stale_bytes_before_a_request_are_not_taken_for_its_answer(peer):
 def test_a_silent_meter_is_a_timeout(peer):
     async def scenario():
         async with SerialLink("bus1", peer.path, DLT645_8E1) as link:
-            await Bus("bus1", link).transact(b"anyone?\n", LineDecoder(), timeout=0.1)
+            await HalfDuplexChannel("bus1", link).transact(b"anyone?\n", LineDecoder(), timeout=0.1)
 
     with pytest.raises(MeterTimeout):
         asyncio.run(scenario())
@@ -90,7 +90,7 @@ def test_a_corrupt_answer_is_reported_as_such(peer):
 
     async def scenario():
         async with SerialLink("bus1", peer.path, DLT645_8E1) as link:
-            await Bus("bus1", link).transact(b"q\n", LineDecoder(), timeout=0.3)
+            await HalfDuplexChannel("bus1", link).transact(b"q\n", LineDecoder(), timeout=0.3)
 
     with pytest.raises(ChecksumError):
         asyncio.run(scenario())

@@ -9,7 +9,7 @@ import pytest
 
 from meterhub.errors import LinkError
 from meterhub.model import SerialSettings
-from meterhub_rs485.link import SerialLink
+from meterhub.channels.serial import SerialLink
 
 SETTINGS = SerialSettings(9600, 8, "N", 1)
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-
-from meterhub.bus import LATE_GUARD_TIMEOUTS, Bus, LateAnswer, current_target
+from meterhub.channels.halfduplex import (
+    LATE_GUARD_TIMEOUTS,
+    HalfDuplexChannel,
+    LateAnswer,
+)
 from meterhub.errors import ChecksumError, FrameError, LineJammed, MeterTimeout
-from meterhub.model import SerialSettings
+from meterhub.model import Meter, SerialSettings
 
 #: 115200 Bd: the line's own gaps (inter-frame gap, turnaround) are well under a millisecond.
 FAST = SerialSettings(115200, 8, "N", 1)
@@ -95,7 +99,7 @@ class ScriptLink:
         self.settings = settings
 
 
-def _ask(bus: Bus, request: bytes, **kw: object):
+def _ask(bus: HalfDuplexChannel, request: bytes, **kw: object):
     return bus.transact(request, ToyDecoder(), timeout=TIMEOUT, accept=lambda f: f == request.decode()[1:-1], **kw)
 
 
@@ -104,7 +108,7 @@ def test_a_late_answer_is_heard_in_the_guard_and_not_taken_for_the_next_request(
         # A answers 1.5 timeouts late; B answers in time. Unguarded, B's request would get
         # A's answer first; here A's answer is heard in the guard and B gets its own.
         link = ScriptLink(lambda req: [(1.5 * TIMEOUT, b"<A>")] if req == b"<A>" else [(0.01, b"<B>")])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         with pytest.raises(MeterTimeout):
             await _ask(bus, b"<A>")
         assert bus.owes_answer
@@ -121,7 +125,7 @@ def test_a_late_answer_is_heard_in_the_guard_and_not_taken_for_the_next_request(
 def test_a_retry_is_not_sent_before_the_guard_is_over():
     async def scenario() -> list[tuple[float, bytes]]:
         link = ScriptLink(lambda req: [])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         for _ in range(2):
             with pytest.raises(MeterTimeout):
                 await _ask(bus, b"<A>")
@@ -134,7 +138,7 @@ def test_a_retry_is_not_sent_before_the_guard_is_over():
 def test_the_next_transaction_runs_the_guard_itself_and_keeps_what_it_heard():
     async def scenario() -> tuple[str, list[LateAnswer]]:
         link = ScriptLink(lambda req: [(1.2 * TIMEOUT, b"<A>")] if req == b"<A>" else [(0.01, b"<A>"), (0.02, b"<B>")])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         with pytest.raises(MeterTimeout):
             await _ask(bus, b"<A>")
         exchange = await _ask(bus, b"<B>")  # no settle() in between: the bus does it
@@ -153,7 +157,7 @@ def test_the_next_transaction_runs_the_guard_itself_and_keeps_what_it_heard():
 def test_no_guard_when_nothing_is_owed(answer, guard):
     async def scenario() -> tuple[bool, list[tuple[float, bytes]]]:
         link = ScriptLink(lambda req: answer if req == b"<A>" else [(0.01, b"<B>")])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         try:
             await _ask(bus, b"<A>", guard=guard)
         except (MeterTimeout, FrameError):
@@ -170,7 +174,7 @@ def test_no_guard_when_nothing_is_owed(answer, guard):
 def test_stray_bytes_on_the_line_are_dropped_before_sending():
     async def scenario() -> tuple[str, int]:
         link = ScriptLink(lambda req: [(0.01, b"<B>")])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         link.later(0.0, b"<B>junk")  # an answer to nobody, already on the line
         await asyncio.sleep(0.01)
         exchange = await _ask(bus, b"<B>")
@@ -184,7 +188,7 @@ def test_stray_bytes_on_the_line_are_dropped_before_sending():
 def test_a_line_that_never_falls_quiet_is_jammed_and_nothing_is_sent():
     async def scenario() -> ScriptLink:
         link = ScriptLink(lambda req: [])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         for i in range(400):  # garbage every millisecond for 0.4 s
             link.later(i * 0.001, b"\x55")
         await asyncio.sleep(0.01)  # the babbling has begun
@@ -201,7 +205,7 @@ def test_an_answer_that_began_in_time_is_heard_to_its_end():
         # USB adapter hands them over (packets about 10 ms apart).
         link = ScriptLink(lambda req: [(TIMEOUT - 0.005, b"<AAAA"), (TIMEOUT + 0.005, b"AAAA"),
                                        (TIMEOUT + 0.015, b"AA>")])
-        return (await _ask(Bus("b", link), b"<AAAAAAAAAA>")).frame
+        return (await _ask(HalfDuplexChannel("b", link), b"<AAAAAAAAAA>")).frame
 
     assert asyncio.run(scenario()) == "AAAAAAAAAA"
 
@@ -209,7 +213,7 @@ def test_an_answer_that_began_in_time_is_heard_to_its_end():
 def test_an_answer_that_begins_after_the_deadline_is_late():
     async def scenario() -> list[LateAnswer]:
         link = ScriptLink(lambda req: [(1.2 * TIMEOUT, b"<A>")])
-        bus = Bus("b", link)
+        bus = HalfDuplexChannel("b", link)
         with pytest.raises(MeterTimeout):
             await _ask(bus, b"<A>")
         return await bus.settle()
@@ -226,7 +230,11 @@ def test_an_answer_that_begins_after_the_deadline_is_late():
 SLOW = 2 * TIMEOUT
 
 
-def _alike(bus: Bus, request: bytes):
+def _meter(address: str) -> Meter:
+    return Meter(address, "toy", "b")
+
+
+def _alike(bus: Any, request: bytes):
     """A request whose answer cannot be told from another's: any frame starting with V."""
     return bus.transact(request, ToyDecoder(), timeout=SLOW, accept=lambda f: f.startswith("V"))
 
@@ -239,7 +247,7 @@ def test_an_unanswered_request_claims_the_late_answer_that_a_different_one_would
         def meter(req: bytes) -> list[tuple[float, bytes]]:
             return [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else [(0.9 * SLOW, b"<V-voltage>")]
 
-        bus = Bus("b", ScriptLink(meter))
+        bus = HalfDuplexChannel("b", ScriptLink(meter))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
         await bus.settle()  # the guard: q1's answer is not in it
@@ -255,7 +263,7 @@ def test_an_unanswered_request_claims_the_late_answer_that_a_different_one_would
 def test_the_claim_is_made_in_the_window_of_the_later_request():
     async def scenario() -> tuple[object, list[LateAnswer]]:
         # q1's answer lands in q2's window and q2's own never comes: q2 is not answered.
-        bus = Bus("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else []))
+        bus = HalfDuplexChannel("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else []))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
         await bus.settle()
@@ -274,7 +282,7 @@ def test_a_retry_answered_after_a_silent_attempt_is_held_and_a_second_answer_mak
     async def scenario() -> list[LateAnswer]:
         # Every answer comes 3 timeouts late: the retry takes the first attempt's, the hold
         # hears the retry's own.
-        bus = Bus("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V>")]))
+        bus = HalfDuplexChannel("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V>")]))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
         await bus.settle()
@@ -295,7 +303,7 @@ def test_a_lost_request_costs_nothing_once_its_retry_is_answered():
             sent.append(req)
             return [] if len(sent) == 1 else [(0.02, b"<V-" + req[1:-1] + b">")]
 
-        bus = Bus("b", ScriptLink(meter))
+        bus = HalfDuplexChannel("b", ScriptLink(meter))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
         await bus.settle()
@@ -310,13 +318,10 @@ def test_another_meters_pending_request_does_not_take_what_this_one_is_answered(
     async def scenario() -> str:
         # Meter a never answers; meter b's acknowledgement (which names nobody, like an
         # M-Bus E5) is b's, not a's late one.
-        bus = Bus("b", ScriptLink(lambda req: [] if req == b"<a>" else [(0.02, b"<V>")]))
-        token = current_target.set("bus/a")
+        bus = HalfDuplexChannel("b", ScriptLink(lambda req: [] if req == b"<a>" else [(0.02, b"<V>")]))
         with pytest.raises(MeterTimeout):
-            await _alike(bus, b"<a>")
+            await _alike(bus.towards(_meter("a")), b"<a>")
         await bus.settle()
-        current_target.reset(token)
-        current_target.set("bus/b")
-        return (await _alike(bus, b"<b>")).frame
+        return (await _alike(bus.towards(_meter("b")), b"<b>")).frame
 
     assert asyncio.run(scenario()) == "V"

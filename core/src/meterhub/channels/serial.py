@@ -516,7 +516,7 @@ class SerialLink:
             self._waiter = ready
             try:
                 await asyncio.wait_for(ready, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return b"" if self._ser is not ser else self._read_now(ser)
             finally:
                 self._waiter = None

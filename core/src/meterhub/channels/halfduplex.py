@@ -1,4 +1,4 @@
-"""Bus arbitration: one transaction in flight per half-duplex channel, the inter-frame gap
+"""The half-duplex channel: one transaction in flight, the inter-frame gap
 and turnaround that the channel's character format demands, and the rules that keep a
 late answer from being taken for another request's.
 
@@ -13,7 +13,7 @@ A meter answers in the order it was asked, so a frame that a pending request wou
 is that request's late answer, also when it arrives in a later request's window and that
 request would accept it too (two Modbus reads of the same size): the older request claims
 it, and the later one goes on waiting for its own. A :class:`LateAnswer` is dropped and
-reported to whoever calls :meth:`Bus.settle`. Only a repeat of the very same request (a
+reported to whoever calls :meth:`HalfDuplexChannel.settle`. Only a repeat of the very same request (a
 retry) takes an answer that an earlier identical request may have been owed: whichever
 attempt it answers, it is the answer to that question.
 
@@ -37,17 +37,24 @@ a line that never falls quiet within a whole transaction's time raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
 
-from . import timing
-from .api import Link, StreamDecoder
-from .errors import ChecksumError, FrameError, LineJammed, MeterTimeout, TruncatedFrame, UnexpectedReply
-from .model import SerialSettings
+from .. import timing
+from ..api import ChannelSink, Exchange, LateAnswer, Link, StreamDecoder, WireRecord
+from ..errors import (
+    ChecksumError,
+    FrameError,
+    LineJammed,
+    MeterTimeout,
+    TruncatedFrame,
+    UnexpectedReply,
+)
+from ..model import Meter, SerialSettings
 
 #: How long the line is held for an unanswered request, in multiples of its timeout,
 #: counted from when the request left the wire: a meter that answers up to this many
@@ -76,46 +83,6 @@ PENDING_TIMEOUTS = 10.0
 #: per attempt); the oldest are forgotten first.
 MAX_PENDING = 64
 
-#: What is being read, as its caller names it (the runtime: ``channel/protocol:address``);
-#: set around a meter's transactions so that a late answer says whose it is.
-current_target: ContextVar[str | None] = ContextVar("meterhub_bus_target", default=None)
-
-
-@attrs.frozen
-class Exchange:
-    """The accepted answer of one transaction and what happened on the way."""
-
-    frame: Any
-    latency: float  #: seconds from the end of the request to the accepted answer
-    skipped: int = 0  #: noise bytes skipped by the decoder
-    rejected: tuple[FrameError, ...] = ()  #: candidates discarded before the answer
-
-
-@attrs.frozen
-class WireRecord:
-    """A frame seen on the wire, for logs and the HIL bench's per-test traces."""
-
-    direction: str  #: "tx" or "rx"
-    data: bytes
-    at: float  #: time.monotonic() of the first byte
-
-
-@attrs.frozen
-class LateAnswer:
-    """An answer that arrived after its request had been given up: dropped, and reported so
-    that the caller can say the meter is too slow."""
-
-    request: bytes  #: the request it answers
-    frame: Any  #: the decoded answer
-    began: float  #: seconds from the start of the request until the answer's first bytes arrived
-    after: float  #: seconds from the start of the request until the answer was complete
-    timeout: float  #: what the request had been given
-    target: str | None = None  #: :data:`current_target` when the request was sent
-    #: heard while the line was held after a retry was answered: that answer may have been
-    #: this one's (an earlier attempt's), so it is doubtful
-    held: bool = False
-
-
 @attrs.define
 class _Pending:
     """An unanswered request that may still be answered, and how to recognise its answer."""
@@ -142,18 +109,24 @@ class _Listen:
     began: float | None = None  #: when the bytes the decoder holds began to arrive
 
 
-class Bus:
-    """Serialises transactions on one link and keeps the line's timing.
+class HalfDuplexChannel:
+    """A :class:`~meterhub.api.Channel` on a half-duplex line (RS485, an optical probe, a
+    module's UART): one transaction at a time, the line's timing kept.
 
-    ``transact`` holds the bus for a whole request/answer; concurrent callers queue.
+    ``transact`` holds the line for a whole request/answer; concurrent callers queue.
     Settings may differ per transaction (a DL/T 645 meter at 2400 8E1 and a Modbus
-    meter at 9600 8N1 on one pair); the link is switched only while the bus is held.
+    meter at 9600 8N1 on one pair); the link is switched only while the line is held.
+    Meters behind collectors are reached through them (the collectors relay the frames
+    as they are); each relay adds its store-and-forward time to the answer time.
     """
+
+    in_flight = 1  #: a half-duplex line carries one transaction at a time
 
     def __init__(self, name: str, link: Link, *, trace: Callable[[WireRecord], None] | None = None) -> None:
         self.name = name
         self.link = link
         self._lock = asyncio.Lock()
+        self._session: asyncio.Task[Any] | None = None  # the task holding the line for a session
         self._idle_since = 0.0  # monotonic time the line last went quiet
         self._settings: SerialSettings = link.settings
         self._trace = trace
@@ -172,6 +145,55 @@ class Bus:
     def settings(self) -> SerialSettings:
         return self._settings
 
+    # -- the Channel contract ------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.link.open()
+
+    async def close(self) -> None:
+        await self.link.close()
+
+    def lane(self, meter: Meter) -> str:
+        """One line: every meter shares it."""
+        return self.name
+
+    def towards(self, meter: Meter | None) -> _Towards:
+        return _Towards(self, meter.key if meter is not None else None)
+
+    def answer_time(self, meter: Meter, base: float) -> float:
+        """``base`` plus each relay's store-and-forward time (:func:`relay_time`)."""
+        settings = meter.settings or self._settings
+        return base + sum(hop.delay if hop.delay is not None else relay_time(settings) for hop in meter.hops)
+
+    def listen(self, sink: ChannelSink) -> None:
+        """Every frame on the line goes to ``sink.wire`` (replacing a ``trace`` given at
+        construction). A half-duplex line has no unsolicited frames of its own: bytes
+        between transactions are late answers or stray (counted in :attr:`stray_bytes`)."""
+        self._trace = sink.wire
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[None]:
+        """Hold the line for several transactions of the current task (see
+        :meth:`meterhub.api.Conduit.session`); other callers wait until it ends."""
+        if self._session is asyncio.current_task():
+            yield  # already held by this task: nested sessions are one
+            return
+        async with self._lock:
+            self._session = asyncio.current_task()
+            try:
+                yield
+            finally:
+                self._session = None
+
+    @contextlib.asynccontextmanager
+    async def _held(self) -> AsyncIterator[None]:
+        """The line for one transaction: taken, or already held by this task's session."""
+        if self._session is not None and self._session is asyncio.current_task():
+            yield
+            return
+        async with self._lock:
+            yield
+
     @property
     def owes_answer(self) -> bool:
         """Whether a guard (or hold) is still to be listened out before the next request."""
@@ -183,7 +205,7 @@ class Bus:
         """Listen out the guard of an unanswered request (or the hold after a retry), if
         there is one; return the late answers heard since the last call, here or during
         transactions. Raises LinkError if the link fails meanwhile."""
-        async with self._lock:
+        async with self._held():
             await self._settle_locked()
         late, self._late = self._late, []
         return late
@@ -294,7 +316,7 @@ class Bus:
 
     async def send(self, request: bytes, *, settings: SerialSettings | None = None) -> None:
         """Send a frame that gets no answer (broadcast time sync, broadcast freeze)."""
-        async with self._lock:
+        async with self._held():
             used = await self._prepare(settings, 0.0)
             sent_at = await self._send(request, used)
             self._idle_since = sent_at
@@ -309,6 +331,7 @@ class Bus:
         accept: Callable[[Any], bool] = lambda frame: True,
         settings: SerialSettings | None = None,
         guard: bool = True,
+        target: str | None = None,
     ) -> Exchange:
         """Send ``request`` and return the first decoded frame that ``accept`` takes and no
         earlier unanswered request claims (module docstring).
@@ -325,12 +348,13 @@ class Bus:
         does neither, for requests whose late answers cannot be taken for another's
         because ``accept`` checks what tells them apart (scan probes to one address after
         another, each answer naming its address); a driver that is unsure keeps the guard.
+        ``target`` names the meter asked (its key), so that a late answer says whose it is
+        and the meter's own earlier requests claim first; :meth:`towards` fills it in.
         """
-        async with self._lock:
+        async with self._held():
             used = await self._prepare(settings, timeout)
             if request != self._repeated:
                 self._repeated, self._unanswered = bytes(request), []
-            target = current_target.get()
             start = time.monotonic()
             sent_at = await self._send(request, used)
             deadline = start + timeout
@@ -380,7 +404,7 @@ class Bus:
                     self._trace(WireRecord("rx", bytes(rx), rx_started))
                 self._after(request, decoder, accept, start, sent_at, timeout, answered_at, target,
                             guard and not any(isinstance(e, ChecksumError) for e in rejected))
-            raise _timeout_error(rejected, decoder, timeout)
+            raise transaction_error(rejected, decoder, timeout)
 
     def _after(
         self, request: bytes, decoder: StreamDecoder, accept: Callable[[Any], bool], start: float, sent_at: float,
@@ -406,6 +430,53 @@ class Bus:
                                    decoder.skipped)
 
 
+@attrs.frozen
+class _Towards:
+    """A :class:`HalfDuplexChannel` as one meter's driver sees it (:class:`~meterhub.api.Conduit`)."""
+
+    channel: HalfDuplexChannel
+    target: str | None
+
+    @property
+    def name(self) -> str:
+        return self.channel.name
+
+    @property
+    def settings(self) -> SerialSettings:
+        return self.channel.settings
+
+    async def transact(
+        self,
+        request: bytes,
+        decoder: StreamDecoder,
+        *,
+        timeout: float,
+        accept: Callable[[Any], bool] = lambda frame: True,
+        settings: SerialSettings | None = None,
+        guard: bool = True,
+    ) -> Exchange:
+        return await self.channel.transact(request, decoder, timeout=timeout, accept=accept, settings=settings,
+                                           guard=guard, target=self.target)
+
+    async def send(self, request: bytes, *, settings: SerialSettings | None = None) -> None:
+        await self.channel.send(request, settings=settings)
+
+    def session(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.channel.session()
+
+    async def settle(self) -> list[LateAnswer]:
+        return await self.channel.settle()
+
+
+def relay_time(settings: SerialSettings) -> float:
+    """What a collector that stores and forwards adds before an answer begins: it hears the
+    request out before passing it on and the answer out before passing it back (each at
+    most a longest frame on the wire), and turns the line round both times. Conservative
+    (answers are shorter than the longest frame); give a collector ``relay_delay:`` to
+    say what it really takes."""
+    return 2 * timing.frame_time(LONGEST_FRAME_BYTES, settings) + 2 * timing.turnaround(settings)
+
+
 def _quiet(settings: SerialSettings, *, known_end: bool) -> float:
     """How long the line must be silent to be quiet: an inter-frame gap plus a turnaround
     after a frame we know the end of; after bytes of unknown extent at least RX_LATENCY_S
@@ -414,7 +485,11 @@ def _quiet(settings: SerialSettings, *, known_end: bool) -> float:
     return quiet if known_end else max(quiet, RX_LATENCY_S)
 
 
-def _timeout_error(rejected: list[FrameError], decoder: StreamDecoder, timeout: float) -> Exception:
+def transaction_error(rejected: list[FrameError], decoder: StreamDecoder, timeout: float) -> Exception:
+    """The error a transaction without an accepted answer ends with: the most telling of
+    what came (a checksum error beats an unexpected reply, which beats a truncated frame,
+    which beats noise) or, if nothing did, MeterTimeout. Public so that every channel
+    reports failures alike."""
     for kind in (ChecksumError, UnexpectedReply, TruncatedFrame, FrameError):
         for err in rejected:
             if isinstance(err, kind):

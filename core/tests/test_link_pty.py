@@ -10,11 +10,11 @@ import pytest
 
 from meterhub.errors import LinkError
 from meterhub.model import SerialSettings
-from meterhub_rs485.link import Rs485Options, SerialLink, is_pty_fd, is_pty_path
+from meterhub.channels.serial import Rs485Options, SerialLink, is_pty_fd, is_pty_path
 
 DLT645_8E1 = SerialSettings(2400, 8, "E", 1)
 MODBUS_8N1 = SerialSettings(9600, 8, "N", 1)
-LOGGER = "meterhub_rs485.link"
+LOGGER = "meterhub.channels.serial"
 
 
 

@@ -1,0 +1,797 @@
+"""The SQLite store: one file, WAL journal, every write one transaction.
+
+Values are kept as TEXT so a :class:`~decimal.Decimal` comes back with its exact digits
+and exponent (``0.10`` stays ``0.10``: readings become bills); timestamps are ISO 8601
+in UTC with a fixed width, so text order is time order. Nothing is dropped quietly: a
+write that fails raises :class:`StoreError` and the transaction is rolled back whole.
+The schema carries its version (``PRAGMA user_version``); an older file is upgraded in
+place by :data:`MIGRATIONS` when it is opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import operator
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, Self
+
+from ..model import (
+    Command,
+    CommandRecord,
+    CommandState,
+    Event,
+    Origin,
+    OutboxItem,
+    Quality,
+    Reading,
+    RoundReport,
+    utcnow,
+)
+from . import (
+    DEFAULT_OUTBOX_MAX,
+    OUTBOX_OVERFLOW,
+    URL_PREFIX,
+    MeterIdentity,
+    StoreError,
+    check_command_move,
+)
+
+#: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
+#: tables change; a store written by a newer meterhub is refused rather than misread.
+SCHEMA_VERSION = 2
+
+#: Seconds a writer waits for another process's lock (``meterhub export`` reading the
+#: file while the concentrator writes) before the write fails loudly.
+BUSY_TIMEOUT_S = 10.0
+
+_DECIMAL = "decimal"
+_TEXT = "text"
+
+#: A reading's route is stored as its collector names joined by this (names never hold it).
+ROUTE_SEPARATOR = "/"
+
+#: Stands for "no period" in the readings key, so two readings without one are the same
+#: reading (SQL counts NULL unequal to NULL). Periods are ≥ 0, which writes check.
+_NO_PERIOD = -1
+
+_READINGS_KEY = (
+    "CREATE UNIQUE INDEX readings_key ON readings"
+    f" (terminal, channel, protocol, meter, quantity, timestamp, coalesce(period, {_NO_PERIOD}))"
+)
+
+# Tables new in schema version 2, built alike by a new file and by the migration from 1.
+# outbox ids are AUTOINCREMENT: an id an uplink acknowledged is never handed out again.
+# outbox_sizes keeps each queue's length, so the cap is checked without counting rows.
+_V2_TABLES = """
+CREATE TABLE outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    uplink      TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('reading', 'event')),
+    ref         INTEGER NOT NULL,
+    queued      TEXT NOT NULL
+);
+CREATE INDEX outbox_uplink ON outbox (uplink, id);
+CREATE TABLE outbox_sizes (
+    uplink      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL
+);
+CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
+    INSERT INTO outbox_sizes (uplink, size) VALUES (NEW.uplink, 1)
+        ON CONFLICT (uplink) DO UPDATE SET size = size + 1;
+END;
+CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_sizes SET size = size - 1 WHERE uplink = OLD.uplink;
+END;
+CREATE TABLE commands (
+    id          TEXT PRIMARY KEY,
+    meter       TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    origin      TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    requested   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    updated     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    answer      TEXT
+);
+CREATE INDEX commands_time ON commands (requested);
+CREATE INDEX commands_meter_time ON commands (meter, requested);
+"""
+
+_SCHEMA = f"""
+CREATE TABLE readings (
+    id          INTEGER PRIMARY KEY,
+    meter       TEXT NOT NULL,
+    quantity    TEXT NOT NULL,
+    value       TEXT,
+    value_type  TEXT CHECK (value_type IN ('decimal', 'text')),
+    unit        TEXT NOT NULL,
+    timestamp   TEXT NOT NULL,
+    quality     TEXT NOT NULL,
+    error_code  INTEGER,
+    detail      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    protocol    TEXT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    latency     REAL,
+    terminal    TEXT NOT NULL DEFAULT '',
+    route       TEXT NOT NULL DEFAULT '',
+    data_time   TEXT,
+    period      INTEGER
+);
+CREATE INDEX readings_meter_quantity_time ON readings (meter, quantity, timestamp);
+CREATE INDEX readings_time ON readings (timestamp);
+{_READINGS_KEY};
+CREATE TABLE events (
+    id          INTEGER PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    timestamp   TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    data        TEXT NOT NULL
+);
+CREATE INDEX events_time ON events (timestamp);
+CREATE INDEX events_kind_time ON events (kind, timestamp);
+CREATE TABLE rounds (
+    id          INTEGER PRIMARY KEY,
+    started     TEXT NOT NULL,
+    finished    TEXT NOT NULL,
+    readings    INTEGER NOT NULL,
+    ok          INTEGER NOT NULL,
+    failed      INTEGER NOT NULL,
+    stats       TEXT NOT NULL
+);
+{_V2_TABLES}
+"""
+
+_READING_COLUMNS = (
+    "meter", "quantity", "value", "value_type", "unit", "timestamp", "quality", "error_code", "detail",
+    "channel", "protocol", "attempts", "latency", "terminal", "route", "data_time", "period",
+)
+_EVENT_COLUMNS = ("kind", "source", "timestamp", "severity", "data")
+_COMMAND_COLUMNS = (
+    "id", "meter", "protocol", "channel", "name", "args", "origin", "issuer", "credential",
+    "requested", "state", "updated", "reason", "answer",
+)
+
+
+def _insert_sql(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+# A reading already stored under its key is skipped. Not INSERT OR IGNORE: that would
+# also skip, silently, a row breaking a NOT NULL or CHECK constraint.
+_INSERT_READING = _insert_sql("readings", _READING_COLUMNS) + " ON CONFLICT DO NOTHING RETURNING id"
+_INSERT_EVENT = _insert_sql("events", _EVENT_COLUMNS) + " RETURNING id"
+_INSERT_COMMAND = _insert_sql("commands", _COMMAND_COLUMNS)
+
+#: The migration's note when v1 held one reading twice (v1 had no key): what it dropped.
+DUPLICATES_DROPPED = "store_duplicates_dropped"
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script, each whole (a trigger's body has semicolons of its own).
+    Not ``executescript``: that commits first, and a migration must stay in its transaction."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                yield pending
+            pending = ""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in _statements(script):
+        conn.execute(statement)
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2: where a reading came from (terminal, route) and what it is (data_time,
+    period); one row per reading key; the outbox; the command audit trail."""
+    for column in ("terminal TEXT NOT NULL DEFAULT ''", "route TEXT NOT NULL DEFAULT ''", "data_time TEXT",
+                   "period INTEGER"):
+        conn.execute(f"ALTER TABLE readings ADD COLUMN {column}")
+    # Version 1 had no key, so a re-delivered reading was stored twice; the key needs one
+    # row per reading. The first stored is kept, and an event says how many went.
+    dropped = conn.execute(
+        "DELETE FROM readings WHERE id NOT IN (SELECT min(id) FROM readings GROUP BY terminal, channel,"
+        f" protocol, meter, quantity, timestamp, coalesce(period, {_NO_PERIOD}))"
+    ).rowcount
+    _run_script(conn, f"{_READINGS_KEY};{_V2_TABLES}")
+    if dropped:
+        note = Event(DUPLICATES_DROPPED, source="store", severity="warning",
+                     data={"schema_version": 2, "readings": dropped, "kept": "the first stored of each"})
+        conn.execute(_INSERT_EVENT, _event_row(note)).fetchall()
+
+
+#: ``MIGRATIONS[n]`` upgrades a store from version ``n - 1`` to ``n`` (inside the
+#: opening transaction). Version 0 is an empty file, built by :data:`_SCHEMA` directly.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_1_to_2}
+
+
+# --- conversions -------------------------------------------------------------------
+
+
+def _ts(value: datetime) -> str:
+    """A timestamp as fixed-width ISO 8601 UTC text (microseconds always present)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"timestamp {value!r} has no timezone; meterhub stores aware UTC times")
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _parse_ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        return str(obj)  # exact digits; JSON floats would round
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=str)
+    raise TypeError(f"cannot store {type(obj).__name__} {obj!r} as JSON")
+
+
+def _to_json(data: Any) -> str:
+    return json.dumps(data, default=_json_default, ensure_ascii=False, sort_keys=True, allow_nan=False)
+
+
+def _route_text(r: Reading) -> str:
+    for collector in r.route:
+        if not isinstance(collector, str) or not collector or ROUTE_SEPARATOR in collector:
+            raise ValueError(
+                f"reading {r.meter} {r.quantity}: collector name {collector!r} in its route must be"
+                f" a non-empty string without {ROUTE_SEPARATOR!r}"
+            )
+    return ROUTE_SEPARATOR.join(r.route)
+
+
+def _reading_row(r: Reading) -> tuple[Any, ...]:
+    if r.value is None:
+        value, value_type = None, None
+    elif isinstance(r.value, Decimal):
+        value, value_type = str(r.value), _DECIMAL
+    elif isinstance(r.value, str):
+        value, value_type = r.value, _TEXT
+    else:
+        raise ValueError(f"reading {r.meter} {r.quantity}: value {r.value!r} is neither Decimal, str nor None")
+    if r.period is not None and (not isinstance(r.period, int) or isinstance(r.period, bool) or r.period < 0):
+        raise ValueError(f"reading {r.meter} {r.quantity}: period {r.period!r} is not a whole number ≥ 0")
+    return (
+        r.meter, r.quantity, value, value_type, r.unit, _ts(r.timestamp), Quality(r.quality).value,
+        r.error_code, r.detail, r.channel, r.protocol, r.attempts, r.latency,
+        r.terminal, _route_text(r), None if r.data_time is None else _ts(r.data_time), r.period,
+    )
+
+
+def _reading_from_row(row: sqlite3.Row) -> Reading:
+    text, value_type = row["value"], row["value_type"]
+    value: Decimal | str | None
+    if text is None:
+        value = None
+    elif value_type == _DECIMAL:
+        try:
+            value = Decimal(text)
+        except InvalidOperation as exc:  # only a hand-edited file gets here
+            raise StoreError(f"reading {row['id']}: stored value {text!r} is not a decimal") from exc
+    else:
+        value = text
+    return Reading(
+        meter=row["meter"],
+        quantity=row["quantity"],
+        value=value,
+        unit=row["unit"],
+        timestamp=_parse_ts(row["timestamp"]),
+        quality=Quality(row["quality"]),
+        error_code=row["error_code"],
+        detail=row["detail"],
+        channel=row["channel"],
+        protocol=row["protocol"],
+        attempts=row["attempts"],
+        latency=row["latency"],
+        route=tuple(row["route"].split(ROUTE_SEPARATOR)) if row["route"] else (),
+        data_time=None if row["data_time"] is None else _parse_ts(row["data_time"]),
+        period=row["period"],
+        terminal=row["terminal"],
+    )
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    return (event.kind, event.source, _ts(event.timestamp), event.severity, _to_json(dict(event.data)))
+
+
+def _event_from_row(row: sqlite3.Row) -> Event:
+    return Event(
+        kind=row["kind"],
+        source=row["source"],
+        timestamp=_parse_ts(row["timestamp"]),
+        severity=row["severity"],
+        data=json.loads(row["data"]),
+    )
+
+
+def _command_row(record: CommandRecord) -> tuple[Any, ...]:
+    c = record.command
+    return (
+        c.id, c.meter, c.protocol, c.channel, c.name, _to_json(dict(c.args)), Origin(c.origin).value,
+        c.issuer, c.credential, _ts(c.requested), CommandState(record.state).value, _ts(record.updated),
+        record.reason, None if record.answer is None else _to_json(dict(record.answer)),
+    )
+
+
+def _command_from_row(row: sqlite3.Row) -> CommandRecord:
+    command = Command(
+        meter=row["meter"],
+        protocol=row["protocol"],
+        name=row["name"],
+        args=json.loads(row["args"]),
+        id=row["id"],
+        origin=Origin(row["origin"]),
+        issuer=row["issuer"],
+        credential=row["credential"],
+        channel=row["channel"],
+        requested=_parse_ts(row["requested"]),
+    )
+    return CommandRecord(
+        command=command,
+        state=CommandState(row["state"]),
+        updated=_parse_ts(row["updated"]),
+        reason=row["reason"],
+        answer=None if row["answer"] is None else json.loads(row["answer"]),
+    )
+
+
+def _uplinks(outbox: Sequence[str]) -> list[str]:
+    """The distinct uplink names of an ``outbox=`` argument, in order, checked."""
+    if isinstance(outbox, str):
+        raise TypeError(f"outbox is a sequence of uplink names, not the string {outbox!r}")
+    for name in outbox:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"outbox names uplinks by non-empty strings, got {name!r}")
+    return list(dict.fromkeys(outbox))
+
+
+def _limit_clause(limit: int | None, params: list[Any]) -> str:
+    if limit is None:
+        return ""
+    if limit < 0:
+        raise ValueError(f"limit must not be negative, got {limit}")
+    params.append(int(limit))
+    return " LIMIT ?"
+
+
+# --- the SQLite store --------------------------------------------------------------
+
+
+class SqliteStore:
+    """A store in one SQLite file (WAL journal, so readers never block the concentrator).
+
+    One connection, to be used from one thread (:class:`~meterhub.store.writer.StoreWriter`
+    gives async code one). ``outbox_max`` caps each uplink's outbox (see :mod:`meterhub.store`);
+    ``commits`` counts the write transactions committed.
+    """
+
+    def __init__(self, path: str, *, url: str | None = None, outbox_max: int = DEFAULT_OUTBOX_MAX) -> None:
+        if isinstance(outbox_max, bool) or not isinstance(outbox_max, int) or outbox_max < 1:
+            raise ValueError(f"outbox_max must be a whole number of items ≥ 1, got {outbox_max!r}")
+        self.path = path
+        self.url = url or URL_PREFIX + path
+        self.outbox_max = outbox_max
+        self.commits = 0
+        self._overflow: list[Event] = []
+        try:
+            # Autocommit mode: every write below runs in an explicit BEGIN IMMEDIATE
+            # transaction, so a batch is stored whole or not at all.
+            # Not tied to the opening thread: a StoreWriter may run it on its own thread.
+            # One thread at a time uses it (the writer's, or its owner's once it is closed).
+            self._conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed round survives a power cut of the gateway.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open store {self.url}: {exc}") from exc
+        except StoreError:
+            self._conn.close()
+            raise
+
+    # -- schema -----------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._transaction("upgrade the schema of"):
+            version = self.schema_version
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.url} has schema version {version}, newer than this meterhub "
+                    f"understands ({SCHEMA_VERSION}); upgrade meterhub"
+                )
+            if version == 0:
+                if self._conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]:
+                    raise StoreError(
+                        f"store {self.url} has tables but no schema version (PRAGMA user_version is 0),"
+                        " as a file restored from a dump without its user_version; set it to the"
+                        " version that wrote the file"
+                    )
+                _run_script(self._conn, _SCHEMA)
+                version = SCHEMA_VERSION
+            while version < SCHEMA_VERSION:
+                step = MIGRATIONS.get(version + 1)
+                if step is None:
+                    raise StoreError(f"store {self.url}: no migration from schema version {version}")
+                step(self._conn)
+                version += 1
+            # PRAGMA does not take parameters; version is an int we computed.
+            self._conn.execute(f"PRAGMA user_version = {int(version)}")
+
+    @contextlib.contextmanager
+    def _transaction(self, what: str) -> Iterator[None]:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {what} store {self.url}: {exc}") from exc
+        try:
+            yield
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"cannot {what} store {self.url}: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise StoreError(f"cannot {what} store {self.url}: commit failed: {exc}") from exc
+        self.commits += 1
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def _query(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {what} from store {self.url}: {exc}") from exc
+
+    # -- writing ----------------------------------------------------------------------
+
+    def add_readings(self, readings: Sequence[Reading], *, outbox: Sequence[str] = ()) -> int:
+        """Store readings in one transaction and return how many were new (a reading
+        stored already is skipped); queue each new one for every uplink in ``outbox``."""
+        return self.add_reading_batches([(readings, outbox)])[0]
+
+    def add_reading_batches(self, batches: Sequence[tuple[Sequence[Reading], Sequence[str]]]) -> list[int]:
+        """Store ``(readings, outbox)`` batches in one transaction, each as
+        :meth:`add_readings` would; return each batch's count of new readings."""
+        # Check every reading before writing any.
+        prepared = [([_reading_row(r) for r in readings], _uplinks(outbox)) for readings, outbox in batches]
+        if not any(rows for rows, _ in prepared):
+            return [0] * len(prepared)
+        counts: list[int] = []
+        with self._transaction("write readings to"):
+            queued = utcnow()
+            touched: dict[str, None] = {}
+            for rows, uplinks in prepared:
+                new_ids = self._insert_readings(rows)
+                counts.append(len(new_ids))
+                if new_ids:
+                    self._queue(uplinks, "reading", new_ids, queued)
+                    touched.update(dict.fromkeys(uplinks))
+            overflow = self._cap_outboxes(touched, queued)
+        self._overflow.extend(overflow)
+        return counts
+
+    def _insert_readings(self, rows: Iterable[tuple[Any, ...]]) -> list[int]:
+        """Insert rows, skipping those stored already; the ids of the new ones."""
+        new_ids = []
+        for row in rows:
+            # fetchall: the statement runs to its end (RETURNING gives no row for a skip)
+            new_ids.extend(id_ for (id_,) in self._conn.execute(_INSERT_READING, row).fetchall())
+        return new_ids
+
+    def _queue(self, uplinks: Sequence[str], kind: str, refs: Sequence[int], queued: datetime) -> None:
+        at = _ts(queued)
+        self._conn.executemany(
+            "INSERT INTO outbox (uplink, kind, ref, queued) VALUES (?, ?, ?, ?)",
+            [(uplink, kind, ref, at) for uplink in uplinks for ref in refs],
+        )
+
+    def _cap_outboxes(self, uplinks: Iterable[str], at: datetime) -> list[Event]:
+        """Drop the oldest items of every queue past ``outbox_max``, each drop told by a
+        stored ``outbox_overflow`` event (not queued itself); the events, for observers."""
+        events = []
+        for uplink in uplinks:
+            excess = self._outbox_size(uplink) - self.outbox_max
+            if excess <= 0:
+                continue
+            self._conn.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE uplink = ? ORDER BY id LIMIT ?)",
+                (uplink, excess),
+            )
+            event = Event(OUTBOX_OVERFLOW, source=uplink, timestamp=at, severity="warning",
+                          data={"uplink": uplink, "dropped": excess, "limit": self.outbox_max})
+            self._conn.execute(_INSERT_EVENT, _event_row(event)).fetchall()
+            events.append(event)
+        return events
+
+    def add_event(self, event: Event, *, outbox: Sequence[str] = ()) -> None:
+        """Store one event (``data`` as JSON, Decimals as strings), queued for every
+        uplink in ``outbox`` in the same transaction."""
+        row, uplinks = _event_row(event), _uplinks(outbox)
+        with self._transaction("write an event to"):
+            ((event_id,),) = self._conn.execute(_INSERT_EVENT, row).fetchall()
+            queued = utcnow()
+            self._queue(uplinks, "event", [event_id], queued)
+            overflow = self._cap_outboxes(uplinks, queued)
+        self._overflow.extend(overflow)
+
+    def add_round(self, report: RoundReport) -> None:
+        """Store a round's summary and its statistics per meter, channel, collector and relay depth."""
+        stats = _to_json({"meters": dict(report.meter_stats), "channels": dict(report.channel_stats),
+                          "collectors": dict(report.collector_stats), "depths": dict(report.depth_stats)})
+        row = (
+            _ts(report.started), _ts(report.finished), len(report.readings),
+            report.ok_count, report.failed_count, stats,
+        )
+        with self._transaction("write a round to"):
+            self._conn.execute(
+                "INSERT INTO rounds (started, finished, readings, ok, failed, stats) VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def take_overflow_events(self) -> list[Event]:
+        """The ``outbox_overflow`` events written since the last call; the list is cleared."""
+        events, self._overflow = self._overflow, []
+        return events
+
+    # -- the outbox -------------------------------------------------------------------
+
+    def _outbox_size(self, uplink: str) -> int:
+        row = self._conn.execute("SELECT size FROM outbox_sizes WHERE uplink = ?", (uplink,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def outbox_size(self, uplink: str) -> int:
+        """How many items wait for ``uplink``."""
+        try:
+            return self._outbox_size(uplink)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the outbox of {uplink!r} from store {self.url}: {exc}") from exc
+
+    def _rows_by_id(self, table: str, ids: Sequence[int]) -> dict[int, sqlite3.Row]:
+        if not ids:
+            return {}
+        rows = self._query(table, f"SELECT * FROM {table} WHERE id IN (SELECT value FROM json_each(?))",
+                           (json.dumps(list(ids)),))
+        return {row["id"]: row for row in rows}
+
+    def outbox_items(self, uplink: str, *, limit: int | None = None) -> list[OutboxItem]:
+        """What ``uplink`` has not acknowledged yet, oldest first, readings and events rebuilt."""
+        params: list[Any] = [uplink]
+        sql = "SELECT id, kind, ref, queued FROM outbox WHERE uplink = ? ORDER BY id" + _limit_clause(limit, params)
+        queue = self._query(f"the outbox of {uplink!r}", sql, params)
+        # Stored readings and events are never deleted, so reading them afterwards is safe.
+        readings = self._rows_by_id("readings", [q["ref"] for q in queue if q["kind"] == "reading"])
+        events = self._rows_by_id("events", [q["ref"] for q in queue if q["kind"] == "event"])
+        items = []
+        for q in queue:
+            row = (readings if q["kind"] == "reading" else events).get(q["ref"])
+            if row is None:
+                raise StoreError(f"store {self.url}: outbox item {q['id']} of {uplink!r} refers to"
+                                 f" {q['kind']} {q['ref']}, which is not stored")
+            item = _reading_from_row(row) if q["kind"] == "reading" else _event_from_row(row)
+            items.append(OutboxItem(id=q["id"], uplink=uplink, item=item, queued=_parse_ts(q["queued"])))
+        return items
+
+    def ack(self, uplink: str, ids: Sequence[int]) -> int:
+        """Remove the items ``uplink`` acknowledged; return how many went (unknown ids and
+        ids of another uplink's items are ignored)."""
+        keys = [operator.index(i) for i in ids]  # refuses str and float ids
+        if not keys:
+            return 0
+        with self._transaction(f"acknowledge outbox items of {uplink!r} in"):
+            removed = self._conn.execute(
+                "DELETE FROM outbox WHERE uplink = ? AND id IN (SELECT value FROM json_each(?))",
+                (uplink, json.dumps(keys)),
+            ).rowcount
+        return int(removed)
+
+    # -- commands ---------------------------------------------------------------------
+
+    def add_command(self, record: CommandRecord) -> None:
+        """Start a command's audit trail; a record with the same id stored already is a StoreError."""
+        row = _command_row(record)
+        with self._transaction("write a command to"):
+            if self._conn.execute("SELECT 1 FROM commands WHERE id = ?", (record.command.id,)).fetchone():
+                raise StoreError(f"command {record.command.id} is already in store {self.url}")
+            self._conn.execute(_INSERT_COMMAND, row)
+
+    def update_command(
+        self,
+        id: str,
+        state: CommandState,
+        *,
+        reason: str = "",
+        answer: Mapping[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> CommandRecord:
+        """Move a command to ``state`` (at ``at``, default now) and return its new record;
+        an unknown id or a move :data:`~meterhub.store.COMMAND_MOVES` forbids is a StoreError.
+        The record comes back as stored (Decimals in ``answer`` as exact strings)."""
+        state = CommandState(state)
+        updated = utcnow() if at is None else at
+        values = (state.value, _ts(updated), reason, None if answer is None else _to_json(dict(answer)), id)
+        with self._transaction("update a command in"):
+            row = self._conn.execute("SELECT * FROM commands WHERE id = ?", (id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no command {id!r} in store {self.url}")
+            current = _command_from_row(row)
+            check_command_move(id, current.state, state)
+            self._conn.execute("UPDATE commands SET state = ?, updated = ?, reason = ?, answer = ? WHERE id = ?",
+                               values)
+            row = self._conn.execute("SELECT * FROM commands WHERE id = ?", (id,)).fetchone()
+        return _command_from_row(row)  # as stored: what command(id) will say
+
+    def command(self, id: str) -> CommandRecord | None:
+        """The command's record, or None if there is none with that id."""
+        rows = self._query("a command", "SELECT * FROM commands WHERE id = ?", (id,))
+        return _command_from_row(rows[0]) if rows else None
+
+    def commands(
+        self,
+        *,
+        meter: str | None = None,
+        state: CommandState | None = None,
+        origin: Origin | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[CommandRecord]:
+        """Command records, oldest request first; ``since`` (inclusive) filters on the request time."""
+        rows = self._select(
+            "commands", time_column="requested", order="requested, rowid", since=since, limit=limit,
+            meter=meter,
+            state=None if state is None else CommandState(state).value,
+            origin=None if origin is None else Origin(origin).value,
+        )
+        return [_command_from_row(row) for row in rows]
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _select(self, table: str, *, since: datetime | None, limit: int | None, time_column: str = "timestamp",
+                order: str = "timestamp, id", **equal: Any) -> list[sqlite3.Row]:
+        # Column names come from our own keyword arguments, never from the caller's data.
+        where = [(f"{column} = ?", value) for column, value in equal.items() if value is not None]
+        if since is not None:
+            where.append((f"{time_column} >= ?", _ts(since)))
+        sql = f"SELECT * FROM {table}"
+        if where:
+            sql += " WHERE " + " AND ".join(clause for clause, _ in where)
+        sql += f" ORDER BY {order}"
+        params = [value for _, value in where]
+        sql += _limit_clause(limit, params)
+        return self._query(table, sql, params)
+
+    def readings(
+        self,
+        *,
+        meter: str | None = None,
+        quantity: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        protocol: str | None = None,
+        channel: str | None = None,
+        terminal: str | None = None,
+    ) -> list[Reading]:
+        """Stored readings, oldest first; ``since`` is inclusive, ``limit`` keeps the first N.
+
+        ``meter`` is an address alone; the same address can name several meters (Modbus
+        unit 1 and M-Bus primary address 1 on one bus, unit 1 on two buses, two
+        concentrators' meters in a head-end), which ``protocol``, ``channel`` and
+        ``terminal`` tell apart. Every filter runs in the query.
+        """
+        rows = self._select("readings", since=since, limit=limit, meter=meter, quantity=quantity,
+                            protocol=protocol, channel=channel, terminal=terminal)
+        return [_reading_from_row(row) for row in rows]
+
+    def latest(
+        self, *, meter: str | None = None, quantity: str | None = None, terminal: str | None = None
+    ) -> list[Reading]:
+        """The newest OK reading per (terminal, channel, protocol, meter, quantity, period),
+        sorted by that key: the latest value of every measuring point."""
+        equal = [(column, value) for column, value in (("meter", meter), ("quantity", quantity), ("terminal", terminal))
+                 if value is not None]
+        where = " AND ".join(["quality = ?", *(f"{column} = ?" for column, _ in equal)])
+        sql = (
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY terminal, channel, protocol, meter, quantity,"
+            f" period ORDER BY timestamp DESC, id DESC) AS newness FROM readings WHERE {where})"
+            " WHERE newness = 1 ORDER BY terminal, channel, protocol, meter, quantity, period"
+        )
+        rows = self._query("the latest readings", sql, [Quality.OK.value, *(value for _, value in equal)])
+        return [_reading_from_row(row) for row in rows]
+
+    def meters(
+        self, *, meter: str | None = None, protocol: str | None = None, channel: str | None = None
+    ) -> list[MeterIdentity]:
+        """The distinct meters with stored readings, sorted, filtered like :meth:`readings`:
+        what a bare address may mean before it is used as a filter."""
+        equal = [(column, value) for column, value in (("meter", meter), ("protocol", protocol), ("channel", channel))
+                 if value is not None]
+        sql = "SELECT DISTINCT channel, protocol, meter FROM readings"
+        if equal:
+            sql += " WHERE " + " AND ".join(f"{column} = ?" for column, _ in equal)
+        sql += " ORDER BY channel, protocol, meter"
+        rows = self._query("meters", sql, [value for _, value in equal])
+        return [MeterIdentity(row["channel"], row["protocol"], row["meter"]) for row in rows]
+
+    def events(
+        self,
+        *,
+        kind: str | None = None,
+        source: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Stored events, oldest first, filtered like :meth:`readings`."""
+        return [_event_from_row(row) for row in self._select("events", since=since, limit=limit, kind=kind, source=source)]
+
+    def rounds(self) -> list[dict[str, Any]]:
+        """Round summaries, oldest first, as JSON-able dicts (timestamps as ISO text)."""
+        out = []
+        for row in self._query("rounds", "SELECT * FROM rounds ORDER BY started, id"):
+            stats = json.loads(row["stats"])
+            out.append(
+                {
+                    "id": row["id"],
+                    "started": row["started"],
+                    "finished": row["finished"],
+                    "readings": row["readings"],
+                    "ok": row["ok"],
+                    "failed": row["failed"],
+                    "meter_stats": stats.get("meters", {}),
+                    "channel_stats": stats.get("channels", {}),
+                    "collector_stats": stats.get("collectors", {}),
+                    "depth_stats": stats.get("depths", {}),
+                }
+            )
+        return out
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file; further use raises :class:`StoreError`."""
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({self.url!r})"
