@@ -361,14 +361,43 @@ def test_an_answer_later_than_its_timeout_is_reported_late_and_not_taken(tmp_pat
     assert slow < late.data["began_after"] < late.data["timeout"] * 2
 
 
-def test_a_meter_on_none_of_the_ports_is_refused_by_name_and_the_others_are_read(tmp_path, small_mx4):
+def test_a_meter_on_none_of_the_ports_is_a_site_file_error_at_its_line(tmp_path, small_mx4):
+    from meterhub.config import load_site
+    from meterhub.plugins import get_plugins
+
     stray = '  - {address: "000000000077", channel: mx4, protocol: dlt645, quantities: [energy_import]}\n'
     site = write_mx4_site(tmp_path / "site.yaml", small_mx4, quantities="[energy_import]", more_meters=stray)
-    report, _ = asyncio.run(read_round(site))
-    by_meter = {r.meter: r for r in report.readings}
-    refused = by_meter.pop("000000000077")
+    line = site.read_text().splitlines().index(stray.rstrip("\n")) + 1
+    plugins = get_plugins()
+    with pytest.raises(ConfigError) as caught:
+        load_site(site, drivers=plugins.meter_drivers(), transports=plugins.transports())
+    (issue,) = caught.value.issues
+    assert (issue.line, issue.key.endswith(".address")) == (line, True)
+    assert "000000000077 is on none of the MX4 ports" in issue.message
+
+
+def test_a_meter_on_none_of_the_ports_of_a_hand_built_site_is_refused_and_the_others_are_read(small_mx4):
+    from meterhub.model import ChannelConfig, Meter, SerialSettings, Site
+    from meterhub.plugins import get_plugins
+    from meterhub.runtime import Concentrator
+    from meterhub.store import open_store
+
+    ports = small_mx4.mx4_ports()
+    channel = ChannelConfig("mx4", "acme-mx4", f"tcp://{small_mx4.host}:{small_mx4.tcp_port}",
+                            SerialSettings(2400, 8, "E", 1), {"mx4_ports": {p: list(a) for p, a in ports.items()}})
+    known = next(iter(ports.values()))[0]
+    meters = (Meter(known, "dlt645", "mx4", ("1-0:1.8.0",)), Meter("000000000077", "dlt645", "mx4", ("1-0:1.8.0",)))
+    site = Site(channels={"mx4": channel}, meters=meters, store="sqlite:///:memory:")
+
+    async def once():
+        with open_store(site.store) as store:
+            async with Concentrator(site, plugins=get_plugins(), store=store) as conc:
+                return await conc.run_round()
+
+    by_meter = {r.meter: r for r in asyncio.run(once()).readings}
+    assert by_meter[known].quality is Quality.OK
+    refused = by_meter["000000000077"]
     assert refused.quality is Quality.NOT_SUPPORTED and "none of the MX4's ports" in refused.detail
-    assert {r.quality for r in by_meter.values()} == {Quality.OK}
 
 
 def test_garbage_on_the_tcp_stream_costs_nothing_but_a_warning(tmp_path, small_mx4, caplog):

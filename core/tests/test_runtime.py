@@ -15,6 +15,7 @@ import attrs
 import pytest
 
 from meterhub import plugins as plugins_module
+from meterhub.api import Conduit
 from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import ChecksumError, CommandRefused, FrameError, LinkError, MeterError, NotSupported
 from meterhub.hookspecs import hookimpl
@@ -204,7 +205,7 @@ class LineDriver:
     def transaction_timeout(self, settings: SerialSettings) -> float:
         return TIMEOUT
 
-    async def read(self, bus: Bus, meter: Meter, quantity: Any, timeout: float) -> Measurement:
+    async def read(self, bus: Conduit, meter: Meter, quantity: Any, timeout: float) -> Measurement:
         behaviour = meter.options.get("driver")
         if behaviour == "crash":
             raise RuntimeError("boom")
@@ -227,10 +228,10 @@ class LineDriver:
             raise MeterError("abnormal reply", code=int(payload), reason="no requested data")
         return Measurement(Decimal(payload), quantity.unit)
 
-    async def scan(self, bus: Bus, timeout: float) -> list[str]:
+    async def scan(self, bus: Conduit, timeout: float) -> list[str]:
         raise NotSupported("no scan")
 
-    async def execute(self, bus: Bus, meter: Meter, command: Command, timeout: float) -> dict[str, Any]:
+    async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> dict[str, Any]:
         self.executed.append(command)
         # Commands are transactions too: they share the bus with the reading round.
         await bus.transact(frame(f"R{meter.address}|{E_IMPORT}"), LineDecoder(), timeout=timeout,
@@ -868,7 +869,7 @@ class BatchDriver(LineDriver):
         self.script = script
         self.calls: list[list[str]] = []
 
-    async def read_many(self, bus: Bus, meter: Meter, quantities: list[Any], timeout: float) -> list[Any]:
+    async def read_many(self, bus: Conduit, meter: Meter, quantities: list[Any], timeout: float) -> list[Any]:
         self.calls.append([q.obis for q in quantities])
         outcomes = self.script.pop(0)
         if isinstance(outcomes, Exception):

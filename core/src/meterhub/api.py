@@ -1,8 +1,20 @@
-"""The interfaces plugins implement: links and transports (collector hooks), meter
-drivers (meter hooks) and uplinks (uplink hooks).
+"""The interfaces plugins implement: channels and transports (collector hooks), meter
+drivers (meter hooks) and uplinks (uplink hooks), and the optional capabilities a driver
+may declare.
 
 Built-in drivers implement exactly these and register through the same hooks as a
 third-party plugin does; nothing here is private to the core.
+
+**How a driver and a channel meet.** A meter driver describes each transaction (the
+request's bytes, a stream decoder, ``accept``: whether a frame answers *this* request,
+the time by which the answer must have begun, the character format) and hands it to a
+:class:`Conduit`; the channel decides how it travels (as it is on an RS485 pair; wrapped
+in Q/GDW 1376.2 AFN 13 by a carrier module and unwrapped again; relayed by a collector)
+and when (one at a time on a half-duplex line, several at once on a module; held back
+until a module asks for it with AFN 14). A multi-step exchange holds the channel with
+:meth:`Conduit.session`. Fully sans-I/O drivers (generators yielding requests) were
+weighed and not taken: the transaction description already keeps the driver ignorant of
+the medium, and the four drivers and their tests stay as they are.
 """
 
 from __future__ import annotations
@@ -390,6 +402,19 @@ class CommandCredentials(Protocol):
     def command_credentials(self, name: str) -> Collection[str]:
         """The credential fields command ``name`` needs (``{"password", "operator"}``);
         empty when it needs none."""
+        ...
+
+
+@runtime_checkable
+class PlacementValidator(Protocol):
+    """A transport that checks each meter placed on one of its channels when the site file
+    is loaded (a multiplexer whose port map must name the meter, a carrier module with a
+    limit on relay depth), so that a meter it cannot reach is a file:line error, not a
+    failure at the first round."""
+
+    def validate_placement(self, channel: ChannelConfig, meter: Meter) -> list[tuple[str, str]]:
+        """Problems as ``(key, message)`` pairs, ``key`` a path under the meter's entry
+        (``address``, ``collector``) or "" for the entry itself; empty if fine."""
         ...
 
 

@@ -12,7 +12,7 @@ The format, top-level keys and defaults::
 
     channels:      name -> {transport, port, baudrate, parity, bytesize, stopbits, <transport options>}
     meters:        list of {address, protocol, channel | collector, quantities, point, name,
-                            timeout, retries, baudrate, parity, bytesize, stopbits, options}
+                            timeout, retries, baudrate, parity, bytesize, stopbits, options, credential}
     collectors:    name -> {channel | collector, address, protocol, relay_delay, <options>}  (optional)
     schedule:      {interval, retries, backoff_initial, backoff_max}       (optional)
     store:         sqlite:///meterhub.db                                   (optional)
@@ -38,7 +38,7 @@ from typing import Any
 
 import attrs
 
-from .api import MeterDriver, MeterValidator, ProfileFolders, Transport, UplinkDriver
+from .api import MeterDriver, MeterValidator, PlacementValidator, ProfileFolders, Transport, UplinkDriver
 from .errors import ConfigError, ConfigIssue, UnknownQuantity
 from .model import (
     DEFAULT_STORE,
@@ -71,7 +71,7 @@ SERIAL_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
 CHANNEL_KEYS = ("transport", "port", *SERIAL_KEYS)  # any other key is a transport option
 METER_KEYS = (
     "address", "protocol", "channel", "collector", "quantities", "point", "name",
-    "timeout", "retries", *SERIAL_KEYS, "options",
+    "timeout", "retries", *SERIAL_KEYS, "options", "credential",
 )  # fmt: skip
 COLLECTOR_KEYS = ("channel", "collector", "address", "protocol", "relay_delay")  # any other key is a collector option
 UPLINK_KEYS = ("protocol", "name")  # any other key is the uplink driver's
@@ -679,6 +679,7 @@ class _SiteBuilder:
                 continue
             result.append(meter)
             self.driver_issues(meter, item)
+            self.placement_issues(meter, item, channels)
             # one address per protocol per channel: two meters answering the same frame collide
             # (a Modbus slave 1 and a DL/T 645 meter 000000000001 on one bus do not)
             if meter.address and meter.channel:
@@ -704,6 +705,22 @@ class _SiteBuilder:
                 else:
                     points[meter.point] = point_node
         return result
+
+    def placement_issues(self, meter: Meter, node: _Node, channels: Mapping[str, ChannelConfig]) -> None:
+        """What the meter's channel's transport finds wrong with the meter there (a port map
+        that does not name it), at the line of the key it names."""
+        channel = channels.get(meter.channel)
+        transport = self.transports.get(channel.transport) if channel is not None else None
+        if channel is None or not isinstance(transport, PlacementValidator) or not meter.address:
+            return
+        try:
+            problems = list(transport.validate_placement(channel, meter))
+        except Exception as exc:  # a transport bug must not hide the rest of the file's mistakes
+            problems = [("", f"the {channel.transport} transport could not check this meter: "
+                             f"{type(exc).__name__}: {exc}")]
+        for key, message in problems:
+            self.issue(_locate(node, key) if key else node.line, _child_path(node.path, key) if key else node.path,
+                       message)
 
     def driver_issues(self, meter: Meter, node: _Node) -> None:
         """What the meter's driver finds wrong with it (a Modbus profile that does not exist,
@@ -790,6 +807,7 @@ class _SiteBuilder:
             settings=settings,
             options=_plain(options_node) if options is not None and options_node is not None else {},
             hops=hops,
+            credential=self.text(node.get("credential"), numbers_ok=True) or "",
         )
 
     def protocol(self, node: _Node | None) -> str | None:

@@ -128,6 +128,8 @@ class Meter:
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
     #: the collectors its frames pass through, nearest the concentrator first (see :class:`Route`)
     hops: tuple[Hop, ...] = attrs.field(default=(), converter=tuple)
+    #: the secret-store entry its commands use when they name none (a reference, not a secret)
+    credential: str = ""
 
     @property
     def label(self) -> str:

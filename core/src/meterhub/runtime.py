@@ -12,9 +12,10 @@ events, and readings where they carry a configured meter's values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -119,6 +120,10 @@ class _Channel:
     error: str = ""  #: why the channel is down; empty while it is up or never tried
     down: bool = False
     jam: str = ""  #: why the line is jammed (LineJammed); empty once it has carried a round again
+    #: one lock per lane, and ``in_flight`` slots: a round, a read the channel asked for and a
+    #: command never read two meters of one lane at once, nor more than in_flight meters
+    locks: dict[Hashable, asyncio.Lock] = attrs.field(factory=dict)
+    slots: asyncio.Semaphore | None = None
 
 
 @attrs.define
@@ -209,6 +214,20 @@ def _lanes(channel: Channel) -> int:
         log.warning("channel %s: in_flight %r is not a number; reading one meter at a time",
                     channel.name, channel.in_flight)
         return 1
+
+
+def _lane_of(ch: _Channel, meter: Meter) -> Hashable:
+    """``meter``'s lane on the channel (:meth:`meterhub.api.Channel.lane`)."""
+    if ch.channel is None:
+        return ch.name
+    try:
+        key = ch.channel.lane(meter)
+        hash(key)
+    except Exception:  # a transport bug: the whole channel as one lane is always safe
+        log.warning("channel %s: lane(%s) failed; reading its meters one at a time", ch.name, meter.key,
+                    exc_info=True)
+        return ch.name
+    return key
 
 
 def next_round_start(previous: float, interval: float, now: float) -> float:
@@ -352,6 +371,7 @@ class Concentrator:
             self._channel_down(ch, reason)
             return False
         ch.channel = channel
+        ch.slots = asyncio.Semaphore(_lanes(channel))
         if ch.down:
             ch.down, ch.error = False, ""
             self.raise_event(Event("link_up", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
@@ -490,14 +510,7 @@ class Concentrator:
         turn = asyncio.Condition()
 
         def lane(meter: Meter) -> Hashable:
-            if ch.channel is None:
-                return ch.name
-            try:
-                return ch.channel.lane(meter)
-            except Exception:  # a transport bug: the whole channel as one lane is always safe
-                log.warning("channel %s: lane(%s) failed; reading its meters one at a time", ch.name, meter.key,
-                            exc_info=True)
-                return ch.name
+            return _lane_of(ch, meter)
 
         async def worker() -> None:
             # The next meter in site order whose lane is free: a multiplexer's four ports
@@ -541,7 +554,8 @@ class Concentrator:
             readings = self._all(meter, Quality.LINK_ERROR, f"not tried: {jam[0]}", channel=ch.name)
         else:
             visit = _Visit(ch, meter, ch.channel.towards(meter))
-            readings = await self._read_meter(visit, index, rnd)
+            async with self._lane(ch, meter):
+                readings = await self._read_meter(visit, index, rnd)
             if isinstance(visit.failure, LineJammed):
                 # The line's fault, not this meter's nor the port's: keep the port
                 # open, spare the other meters a wait each, try again next round.
@@ -553,6 +567,15 @@ class Concentrator:
                 await self._drop_link(ch)
                 self._channel_down(ch, broken.detail)
         await self._finish_meter(index, meter, readings, rnd)
+
+    @contextlib.asynccontextmanager
+    async def _lane(self, ch: _Channel, meter: Meter) -> AsyncIterator[None]:
+        """Hold ``meter``'s lane of the channel and one of its in_flight slots."""
+        key = _lane_of(ch, meter)
+        lock = ch.locks.setdefault(key, asyncio.Lock())
+        slots = ch.slots or asyncio.Semaphore(1)
+        async with lock, slots:
+            yield
 
     def _line_jammed(self, ch: _Channel, reason: str) -> None:
         """A channel-level event: the line, not a meter, failed this round."""
@@ -789,6 +812,16 @@ class Concentrator:
             return self._failed(meter, quantity, Quality.DRIVER_ERROR,
                                 f"driver returned {measurement!r}, not a Measurement with a Decimal or str value",
                                 channel=channel, attempts=attempts)
+        data_time = getattr(measurement, "data_time", None)
+        period = getattr(measurement, "period", None)
+        if data_time is not None and not (isinstance(data_time, datetime) and data_time.utcoffset() is not None):
+            return self._failed(meter, quantity, Quality.DRIVER_ERROR,
+                                f"driver returned data_time {data_time!r}, not a timezone-aware datetime",
+                                channel=channel, attempts=attempts)
+        if period is not None and (isinstance(period, bool) or not isinstance(period, int) or period < 0):
+            return self._failed(meter, quantity, Quality.DRIVER_ERROR,
+                                f"driver returned period {period!r}, not a billing period number >= 0",
+                                channel=channel, attempts=attempts)
         return Reading(
             meter=meter.address,
             quantity=quantity.obis,
@@ -800,8 +833,8 @@ class Concentrator:
             attempts=attempts,
             latency=latency,
             route=meter.route.collectors,
-            data_time=getattr(measurement, "data_time", None),
-            period=getattr(measurement, "period", None),
+            data_time=data_time,
+            period=period,
             terminal=self.site.terminal,
         )
 
@@ -888,9 +921,20 @@ class Concentrator:
     # -- what channels say of their own accord ----------------------------------------------
 
     def _meter_at(self, channel: str, address: str, protocol: str) -> tuple[int, Meter] | None:
+        """The configured meter a channel names by ``address`` (in any form its driver
+        reads: ``1`` is DL/T 645 meter ``000000000001``) and, if given, ``protocol``."""
+        drivers = self.plugins.meter_drivers()
         for index, meter in enumerate(self.site.meters):
-            if meter.channel == channel and meter.address == address and protocol in ("", meter.protocol):
+            if meter.channel != channel or protocol not in ("", meter.protocol):
+                continue
+            if meter.address == address:
                 return index, meter
+            driver = drivers.get(meter.protocol)
+            try:
+                if driver is not None and driver.normalize_address(address) == meter.address:
+                    return index, meter
+            except (ValueError, TypeError):
+                continue  # not an address of this meter's protocol
         return None
 
     def _unsolicited(self, ch: _Channel, report: Unsolicited) -> None:
@@ -920,16 +964,21 @@ class Concentrator:
         self._spawn(self._record_unsolicited(ch, readings, event), self._writes)
 
     async def _record_unsolicited(self, ch: _Channel, readings: list[Reading], event: Event) -> None:
-        try:
-            if readings:
+        """Store an unsolicited report's readings, then its event, which is stored even when
+        the readings cannot be (it then says why)."""
+        if readings:
+            try:
                 await self._store_readings(readings)
+            except Exception as exc:  # a store failure: say so in the event, the channel goes on
+                log.exception("channel %s: could not store the readings of an unsolicited %s from %s", ch.name,
+                              event.kind, event.source)
+                event = attrs.evolve(event, severity="warning",
+                                     data={**event.data, "readings": [], "not_stored": f"{type(exc).__name__}: {exc}"})
+            else:
                 for reading in readings:
                     self.stats.record(reading)
                 self.plugins.call_each("meterhub_readings_collected", readings=list(readings), channel=ch.name)
-            self.raise_event(event)
-        except Exception:  # a store failure: say so, the channel goes on
-            log.exception("channel %s: could not record an unsolicited %s from %r", ch.name, report.kind,
-                          report.address)
+        self.raise_event(event)
 
     def _wanted(self, ch: _Channel, address: str, protocol: str) -> None:
         """The far end asks for a meter's requests: read that meter now."""
@@ -964,7 +1013,9 @@ class Concentrator:
             reason = ch.error if ch is not None else f"channel {meter.channel!r} is not configured"
             readings = self._all(meter, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
         else:
-            readings = await self._read_meter(_Visit(ch, meter, ch.channel.towards(meter)), index, rnd, force=True)
+            async with self._lane(ch, meter):
+                readings = await self._read_meter(_Visit(ch, meter, ch.channel.towards(meter)), index, rnd,
+                                                  force=True)
         await self._finish_meter(index, meter, readings, rnd)
         await self.flush()
         return readings
@@ -1025,7 +1076,8 @@ class Concentrator:
         and ``command_executed`` events tell observers; no secret is stored anywhere."""
         if not self._opened:
             await self.open()
-        command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel)
+        command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel,
+                               credential=command.credential or meter.credential)
         journal = _StoreJournal(self)
         source = meter.key
         data = {"meter": meter.address, "protocol": meter.protocol, "command": command.name, "id": command.id,
@@ -1048,7 +1100,8 @@ class Concentrator:
 
         async def send(ready: Command) -> Mapping[str, Any]:
             assert ch is not None and ch.channel is not None and driver is not None
-            return await driver.execute(ch.channel.towards(meter), meter, ready, self._timeout(driver, meter, ch))
+            async with self._lane(ch, meter):
+                return await driver.execute(ch.channel.towards(meter), meter, ready, self._timeout(driver, meter, ch))
 
         try:
             result = await run_command(command, plugins=self.plugins, secrets=self.secrets, journal=journal,

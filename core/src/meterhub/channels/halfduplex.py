@@ -128,7 +128,8 @@ class HalfDuplexChannel:
         self._lock = asyncio.Lock()
         self._session: asyncio.Task[Any] | None = None  # the task holding the line for a session
         self._idle_since = 0.0  # monotonic time the line last went quiet
-        self._settings: SerialSettings = link.settings
+        self._settings: SerialSettings = link.settings  # what the link is set to now
+        self._default: SerialSettings = link.settings  # the channel's own: for requests that name none
         self._trace = trace
         self._pending: list[_Pending] = []  # oldest first
         self._listen: _Listen | None = None
@@ -143,7 +144,8 @@ class HalfDuplexChannel:
 
     @property
     def settings(self) -> SerialSettings:
-        return self._settings
+        """The channel's own character format (a request that names none goes out in it)."""
+        return self._default
 
     # -- the Channel contract ------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class HalfDuplexChannel:
 
     def answer_time(self, meter: Meter, base: float) -> float:
         """``base`` plus each relay's store-and-forward time (:func:`relay_time`)."""
-        settings = meter.settings or self._settings
+        settings = meter.settings or self._default
         return base + sum(hop.delay if hop.delay is not None else relay_time(settings) for hop in meter.hops)
 
     def listen(self, sink: ChannelSink) -> None:
@@ -297,7 +299,7 @@ class HalfDuplexChannel:
         await self._settle_locked()
         now = time.monotonic()
         self._pending = [p for p in self._pending if p.expires > now][-MAX_PENDING:]
-        wanted = settings or self.link.settings
+        wanted = settings or self._default
         if wanted != self._settings:
             await self.link.apply_settings(wanted)
             self._settings = wanted

@@ -14,6 +14,7 @@ import click
 
 from ..errors import MeterhubError
 from ..plugins import get_plugins
+from .commands import commands_cmd
 from .common import (
     EXIT_CHANNEL_DOWN,
     EXIT_FAILED,
@@ -56,7 +57,7 @@ def cli(verbose: int) -> None:
     _setup_logging(verbose)
 
 
-for _command in (plugins_cmd, read_cmd, scan_cmd, run_cmd, export_cmd, sim_cmd, demo_cmd):
+for _command in (plugins_cmd, read_cmd, scan_cmd, run_cmd, export_cmd, commands_cmd, sim_cmd, demo_cmd):
     cli.add_command(_command)
 
 

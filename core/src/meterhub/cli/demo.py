@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_USAGE, Failure, _plugins, _transport, _user_errors
+from .common import DEFAULT_TRANSPORT, EXIT_USAGE, Failure, _plugins, _transport, _user_errors
 from .report import _print_report
 from .rounds import _run_once
 
@@ -29,7 +29,7 @@ def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool) ->
     from ..simsite import MeterSpec, site_text, start_bus
 
     plugins = _plugins()
-    _transport(plugins, "rs485")
+    _transport(plugins, DEFAULT_TRANSPORT)
     simulators = plugins.simulators()
     second_first = f"{count + 1:012d}"
     mixed = [MeterSpec.parse(f"{p}=1:{opts}") for p, opts in DEMO_MIXED.items() if p in simulators]

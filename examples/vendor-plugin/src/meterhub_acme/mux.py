@@ -580,6 +580,14 @@ class Mx4Transport:
         problems += port_map(channel.options)[1]
         return problems
 
+    def validate_placement(self, channel: ChannelConfig, meter: Meter) -> list[tuple[str, str]]:
+        """A meter must be on one of the MX4's ports (:class:`meterhub.api.PlacementValidator`)."""
+        ports, problems = port_map(channel.options)
+        if problems or meter.address in ports:
+            return []  # a broken map is reported on the channel
+        return [("address", f"meter {meter.address} is on none of the MX4 ports of channel {channel.name}: "
+                            "add it to the channel's mx4_ports")]
+
     def create_channel(self, channel: ChannelConfig) -> Mx4Channel:
         problems = self.validate(channel)
         if problems:
