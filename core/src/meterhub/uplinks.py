@@ -105,12 +105,21 @@ class ConcentratorTerminal:
         return await self._c.store_call(lambda store: store.ack(self.name, wanted))
 
     async def wait_outbox(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._queued.wait(), timeout)
-        except TimeoutError:
-            return False
+        # Not wait_for alone: with a timeout of 0 it gives up before looking at the event.
+        if not self._queued.is_set():
+            try:
+                await asyncio.wait_for(self._queued.wait(), timeout)
+            except TimeoutError:
+                return False
         self._queued.clear()
         return True
+
+
+def _cancelling() -> bool:
+    """Whether the running task was asked to cancel (by :meth:`UplinkRunner.stop`), unlike a
+    CancelledError of something an uplink awaited."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _key(reading: Reading) -> str:
@@ -188,10 +197,18 @@ class UplinkRunner:
                     await uplink.run()
                     reason = "stopped on its own (run returned)"
                 except asyncio.CancelledError:
-                    raise
+                    if _cancelling():
+                        raise  # stop(): the uplink is being cancelled
+                    # not this task's cancellation: something the uplink awaited was cancelled
+                    log.debug("uplink %s was cancelled from within", config.name, exc_info=True)
+                    reason = "CancelledError: something it awaited was cancelled"
                 except Exception as exc:  # an uplink's bug or its network's trouble: restart it, keep reading
                     log.debug("uplink %s failed", config.name, exc_info=True)
                     reason = f"{type(exc).__name__}: {exc}"
+                if _cancelling():
+                    # stop() came and the uplink ended otherwise than cancelled (an error while
+                    # closing, a return): it is stopped, not run again
+                    raise asyncio.CancelledError
             if self._clock() - started >= HEALTHY_RUN_S:
                 self.failures[config.name] = 0
             failures = self.failures[config.name] = self.failures.get(config.name, 0) + 1
