@@ -55,7 +55,7 @@ def test_a_disabled_vendor_plugin_is_not_loaded():
     assert "acme-dlt645" not in listed.stdout
 
 
-def _trip(sim_bus, command_credential: str, secrets=None) -> None:
+def _trip(sim_bus, command_credential: str, secrets=None, plugins=None, *, confirm: bool = False) -> None:
     import asyncio
 
     from meterhub.model import ChannelConfig, Command, Meter, SerialSettings, Site
@@ -69,9 +69,10 @@ def _trip(sim_bus, command_credential: str, secrets=None) -> None:
 
     async def trip() -> None:
         with open_store(site.store) as store:
-            async with Concentrator(site, plugins=get_plugins(), store=store, secrets=secrets) as conc:
+            async with Concentrator(site, plugins=plugins or get_plugins(), store=store, secrets=secrets) as conc:
                 try:
-                    await conc.execute(meter, Command(meter.address, meter.protocol, "relay", {"action": "trip"},
+                    args = {"action": "trip", "confirm": True} if confirm else {"action": "trip"}
+                    await conc.execute(meter, Command(meter.address, meter.protocol, "relay", args,
                                                       credential=command_credential))
                 finally:
                     _trip.records = store.commands()  # type: ignore[attr-defined]
@@ -94,6 +95,35 @@ def test_the_vendor_policy_refuses_an_unconfirmed_relay_trip(sim_bus, monkeypatc
     (record,) = _trip.records  # type: ignore[attr-defined]
     assert record.state is CommandState.REFUSED and "ACME policy" in record.reason
     assert "123456" not in repr(record)
+
+
+class _BrokenPolicy:
+    """A policy plugin with a bug: it raises instead of answering."""
+
+    @staticmethod
+    def meterhub_before_command(command):
+        raise KeyError("tariff table")
+
+
+def test_a_policy_hook_that_raises_refuses_the_command_with_nothing_on_the_wire(sim_bus, monkeypatch):
+    from meterhub.errors import CommandRefused
+    from meterhub.hookspecs import hookimpl
+    from meterhub.model import CommandState
+    from meterhub.plugins import Plugins
+    from meterhub.secrets import EnvSecrets
+
+    broken = _BrokenPolicy()
+    broken.meterhub_before_command = hookimpl(_BrokenPolicy.meterhub_before_command)
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_PASSWORD", "123456")
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_OPERATOR", "00000001")
+    frames_before = sim_bus.frames_in
+    with pytest.raises(CommandRefused, match="KeyError"):
+        # confirmed: the vendor's own policy lets it pass; only the broken one is left to say no
+        _trip(sim_bus, "meter-000000000001", EnvSecrets(), Plugins(extra=[("brokenpolicy", broken)]), confirm=True)
+    assert sim_bus.frames_in == frames_before
+    assert not sim_bus.device("000000000001").relay_open
+    (record,) = _trip.records  # type: ignore[attr-defined]
+    assert record.state is CommandState.REFUSED and "brokenpolicy" in record.reason
 
 
 def test_a_relay_trip_without_credentials_is_refused_before_anything_is_sent(sim_bus):
@@ -126,3 +156,18 @@ def test_a_modbus_profile_registered_by_the_vendor_plugin_reads_a_meter():
     assert result.returncode == 0, result.stderr
     reading = parse_json(result.stdout)
     assert (reading["value"], reading["unit"]) == (Decimal("231.7"), "V")  # float32 on the wire, exact here
+
+
+def test_a_confirmed_relay_trip_with_credentials_reaches_the_meter_and_the_journal_keeps_no_secret(sim_bus, monkeypatch):
+    from meterhub.model import CommandState
+    from meterhub.secrets import EnvSecrets
+
+    # the simulated meter's password is the factory one, level 02: 000000
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_PASSWORD", "000000")
+    monkeypatch.setenv("METERHUB_SECRET_METER_000000000001_OPERATOR", "00000001")
+    _trip(sim_bus, "meter-000000000001", EnvSecrets(), confirm=True)
+    assert sim_bus.device("000000000001").relay_open
+    (record,) = _trip.records  # type: ignore[attr-defined]
+    assert record.state is CommandState.ANSWERED and record.command.credential == "meter-000000000001"
+    assert record.answer is not None and record.answer["meter"] == "000000000001"  # not masked inside the address
+    assert "password" not in repr(record)

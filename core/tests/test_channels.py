@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from meterhub import plugins as plugins_module
 from meterhub.api import ChannelSink, Exchange, LateAnswer, Unsolicited
-from meterhub.channels.halfduplex import HalfDuplexChannel, relay_time
+from meterhub.channels.halfduplex import HalfDuplexChannel
+from meterhub.timing import relay_time
 from meterhub.config import parse_site
 from meterhub.errors import FrameError, LinkError, MeterTimeout, NotSupported
 from meterhub.hookspecs import hookimpl

@@ -289,7 +289,7 @@ def test_a_secrets_file_named_by_the_environment_or_the_caller_must_exist(
 # --- names and messages -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["password", "PIN", "new_password", "operatorCode", "auth-key", "api_token"])
+@pytest.mark.parametrize("name", ["password", "PIN", "new_password", "newPassword", "auth-key", "api_token"])
 def test_secret_names(name: str) -> None:
     assert is_secret_name(name)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -112,12 +113,12 @@ async def run_command(
         raise
     except BaseException as exc:
         text = str(exc) or type(exc).__name__
-        clean = _redact(text, secret_values)
+        clean = _redact(text, secret_values, (command.meter,))
         await _record_outcome(journal, command, CommandState.FAILED, reason=clean)
         if clean != text and isinstance(exc, Exception):
             raise CommandFailed(clean) from None
         raise
-    clean_answer = _scrub(answer, needs, secret_values)
+    clean_answer = _scrub(answer, needs, secret_values, (command.meter,))
     await _record_outcome(journal, command, CommandState.ANSWERED, answer=clean_answer)
     return clean_answer
 
@@ -195,25 +196,32 @@ def _without_secrets(command: Command, needs: frozenset[str]) -> Command:
     return attrs.evolve(command, args=_mask_args(command.args, needs))
 
 
-def _redact(text: str, secret_values: Collection[str]) -> str:
+def _redact(text: str, secret_values: Collection[str], keep: Collection[str] = ()) -> str:
+    """``text`` with every secret value masked, except inside the ``keep`` strings (the
+    meter's address: a factory password 000000 is not what address 000000000001 shows)."""
+    kept = [k for k in keep if k]
+    if kept:
+        pattern = "|".join(re.escape(k) for k in sorted(kept, key=len, reverse=True))
+        parts = re.split(f"({pattern})", text)
+        return "".join(part if i % 2 else _redact(part, secret_values) for i, part in enumerate(parts))
     for value in sorted(secret_values, key=len, reverse=True):  # a longer secret may contain a shorter
         text = text.replace(value, REDACTED)
     return text
 
 
-def _scrub(value: Any, needs: frozenset[str], secret_values: Collection[str]) -> Any:
+def _scrub(value: Any, needs: frozenset[str], secret_values: Collection[str], keep: Collection[str] = ()) -> Any:
     """An answer fit for the journal: keys named like secret fields dropped, secret values
     masked in its text, at any depth."""
     if isinstance(value, Mapping):
         return {
-            key: _scrub(item, needs, secret_values)
+            key: _scrub(item, needs, secret_values, keep)
             for key, item in value.items()
             if not _is_secret_field(str(key), needs)
         }
     if isinstance(value, (list, tuple)):
-        return [_scrub(item, needs, secret_values) for item in value]
+        return [_scrub(item, needs, secret_values, keep) for item in value]
     if isinstance(value, str):
-        return _redact(value, secret_values)
+        return _redact(value, secret_values, keep)
     if isinstance(value, (bytes, bytearray)) and any(s.encode() in value for s in secret_values):
         return REDACTED
     return value

@@ -34,10 +34,13 @@ from .yamlnodes import compose_yaml, line_at, too_large
 #: Fields of a credential entry whose values are secret: never stored, logged or shown. A
 #: command's ``args`` may not carry them, and they are dropped from a driver's answer.
 #: ``operator`` is the DL/T 645 operator code, which authorises like a password.
-SECRET_FIELDS = frozenset({"password", "passwd", "passphrase", "pin", "key", "secret", "token", "operator"})
+SECRET_FIELDS = frozenset({"password", "passwd", "passphrase", "pin", "key", "secret", "token"})
 #: Fields an entry may carry that are part of a credential but not secret: the DL/T 645
-#: privilege level (PA) that a password belongs to.
-PUBLIC_CREDENTIAL_FIELDS = frozenset({"level"})
+#: privilege level (PA) that a password belongs to, and the operator code (C0..C3), which
+#: says who acted (the meter logs it with each change) and proves nothing by itself. They
+#: come from the secret store with the password and are refused in a command's arguments,
+#: but they are not masked where they show.
+PUBLIC_CREDENTIAL_FIELDS = frozenset({"level", "operator"})
 #: Every field a credential entry may hand a driver (sources that cannot list an entry's
 #: fields, the environment and the keyring, look for these).
 CREDENTIAL_FIELDS = SECRET_FIELDS | PUBLIC_CREDENTIAL_FIELDS

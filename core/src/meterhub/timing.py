@@ -102,3 +102,19 @@ def at_least(wait: float, minimum: float, what: str) -> float:
     log.warning("%s cannot be answered within %.3f s: the request and its answer alone take %.3f s on the wire; "
                 "waiting %.3f s", what, wait, minimum, minimum)
     return minimum
+
+
+#: The longest frame of the serial meter protocols meterhub speaks: a DL/T 645 frame with
+#: L = 255 (12 bytes of framing) after the four FEh wake-up bytes, 271 bytes; an M-Bus long
+#: frame is 261. What a line carries without a gap, and what a relay may hold before it
+#: passes a frame on.
+LONGEST_FRAME_BYTES = 4 + 12 + 255
+
+
+def relay_time(settings: SerialSettings, longest: int = LONGEST_FRAME_BYTES) -> float:
+    """What a relay that stores and forwards (a collector, a multiplexer's port) adds
+    before an answer begins: it hears the request out before passing it on and the answer
+    out before passing it back (each at most ``longest`` bytes on the wire at
+    ``settings``), and turns the line round both times. Conservative, as answers are
+    shorter than the longest frame; a collector's ``relay_delay:`` says what it really takes."""
+    return 2 * frame_time(longest, settings) + 2 * turnaround(settings)

@@ -72,7 +72,7 @@ class ConcentratorTerminal:
     async def latest(self, point: int | None = None) -> list[Reading]:
         meters = [self._meter(point)] if point is not None else list(self.points().values())
         wanted = {m.key for m in meters}
-        readings = await self._c.store_call(lambda store: store.latest())
+        readings = await self._c.store_call(lambda store: store.latest(terminal=self.terminal))
         return [r for r in readings if _key(r) in wanted]
 
     async def frozen(self, point: int, *, period: int | None = None) -> list[Reading]:

@@ -7,6 +7,6 @@ their channels from these (``meterhub-rs485`` is a thin layer over both) or impl
 :class:`meterhub.api.Channel` themselves.
 """
 
-from .halfduplex import HalfDuplexChannel, relay_time, transaction_error
+from .halfduplex import HalfDuplexChannel, transaction_error
 
-__all__ = ["HalfDuplexChannel", "relay_time", "transaction_error"]
+__all__ = ["HalfDuplexChannel", "transaction_error"]

@@ -67,10 +67,9 @@ LATE_GUARD_TIMEOUTS = 2.0
 #: to allows this much.
 RX_LATENCY_S = 0.020
 
-#: The longest frame of the serial meter protocols meterhub speaks (an M-Bus long frame:
-#: 255 bytes of L-field data and 6 of framing). A line that stays busy longer than this
-#: takes on the wire, with no inter-frame gap, is jammed.
-LONGEST_FRAME_BYTES = 261
+#: The longest frame of the serial meter protocols meterhub speaks (:data:`meterhub.timing.LONGEST_FRAME_BYTES`).
+#: A line that stays busy longer than this takes on the wire, with no inter-frame gap, is jammed.
+LONGEST_FRAME_BYTES = timing.LONGEST_FRAME_BYTES
 
 #: How long an unanswered request may still claim its answer, in multiples of its
 #: timeout: a meter up to ten times slower than its timeout allows (a Modbus meter at
@@ -163,9 +162,9 @@ class HalfDuplexChannel:
         return _Towards(self, meter.key if meter is not None else None)
 
     def answer_time(self, meter: Meter, base: float) -> float:
-        """``base`` plus each relay's store-and-forward time (:func:`relay_time`)."""
+        """``base`` plus each relay's store-and-forward time (:func:`meterhub.timing.relay_time`)."""
         settings = meter.settings or self._default
-        return base + sum(hop.delay if hop.delay is not None else relay_time(settings) for hop in meter.hops)
+        return base + sum(hop.delay if hop.delay is not None else timing.relay_time(settings) for hop in meter.hops)
 
     def listen(self, sink: ChannelSink) -> None:
         """Every frame on the line goes to ``sink.wire`` (replacing a ``trace`` given at
@@ -468,15 +467,6 @@ class _Towards:
 
     async def settle(self) -> list[LateAnswer]:
         return await self.channel.settle()
-
-
-def relay_time(settings: SerialSettings) -> float:
-    """What a collector that stores and forwards adds before an answer begins: it hears the
-    request out before passing it on and the answer out before passing it back (each at
-    most a longest frame on the wire), and turns the line round both times. Conservative
-    (answers are shorter than the longest frame); give a collector ``relay_delay:`` to
-    say what it really takes."""
-    return 2 * timing.frame_time(LONGEST_FRAME_BYTES, settings) + 2 * timing.turnaround(settings)
 
 
 def _quiet(settings: SerialSettings, *, known_end: bool) -> float:
