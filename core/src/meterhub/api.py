@@ -172,15 +172,19 @@ class Conduit(Protocol):
         accept: Callable[[Any], bool] = ...,
         settings: SerialSettings | None = None,
         guard: bool = True,
+        gap: float | None = None,
     ) -> Exchange:
         """Send ``request``; return the first decoded frame that ``accept`` takes. Raise
         MeterTimeout (nothing began by ``timeout``), ChecksumError, UnexpectedReply,
         TruncatedFrame or FrameError (what came instead), LinkError (the medium failed).
         ``guard=False``: the request's late answers cannot be mistaken for another's (scan
-        probes whose ``accept`` checks the address asked), so no guard is kept after it."""
+        probes whose ``accept`` checks the address asked), so no guard is kept after it.
+        ``gap``: the silence the protocol needs before its frame; None = an inter-frame gap
+        of 3.5 characters (Modbus RTU's, always safe), 0 for self-delimiting frames
+        (:func:`meterhub.timing.line_quiet`). A medium that does not share a line may ignore it."""
         ...
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None) -> None:
+    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
         """Send a frame that gets no answer (a broadcast time sync)."""
         ...
 

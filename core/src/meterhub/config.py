@@ -249,6 +249,7 @@ class _SiteBuilder:
         self.uplink_drivers = uplinks
         self._channel_nodes: dict[str, _Node] = {}  # every channel named, even a broken one
         self._collector_nodes: dict[str, _Node] = {}  # every collector named, even a broken one
+        self._offers: dict[tuple[int, type], bool] = {}  # capability checks, per plugin (see offers)
 
     # -- recording -----------------------------------------------------------------
 
@@ -706,12 +707,21 @@ class _SiteBuilder:
                     points[meter.point] = point_node
         return result
 
+    def offers(self, plugin: object, capability: type) -> bool:
+        """``isinstance(plugin, capability)``, asked once per plugin: a runtime-checkable
+        Protocol check costs microseconds, and a site file asks it for every meter."""
+        key = (id(plugin), capability)
+        found = self._offers.get(key)
+        if found is None:
+            found = self._offers[key] = isinstance(plugin, capability)
+        return found
+
     def placement_issues(self, meter: Meter, node: _Node, channels: Mapping[str, ChannelConfig]) -> None:
         """What the meter's channel's transport finds wrong with the meter there (a port map
         that does not name it), at the line of the key it names."""
         channel = channels.get(meter.channel)
         transport = self.transports.get(channel.transport) if channel is not None else None
-        if channel is None or not isinstance(transport, PlacementValidator) or not meter.address:
+        if channel is None or not self.offers(transport, PlacementValidator) or not meter.address:
             return
         try:
             problems = list(transport.validate_placement(channel, meter))
@@ -726,7 +736,7 @@ class _SiteBuilder:
         """What the meter's driver finds wrong with it (a Modbus profile that does not exist,
         a quantity the profile lacks), at the line of the key it names."""
         driver = self.drivers.get(meter.protocol)
-        if not isinstance(driver, MeterValidator) or not meter.address:
+        if not self.offers(driver, MeterValidator) or not meter.address:
             return
         try:
             problems = list(driver.validate_meter(meter))

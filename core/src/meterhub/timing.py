@@ -46,6 +46,15 @@ def turnaround(settings: SerialSettings) -> float:
     return TURNAROUND_CHARS * char_time(settings)
 
 
+def line_quiet(settings: SerialSettings, gap: float | None = None) -> float:
+    """The silence a frame needs before it goes out: the protocol's own inter-frame gap
+    (``gap``; by default Modbus RTU's 3.5 characters, :func:`inter_frame_gap`) or the last
+    talker's turnaround, whichever is longer (both run at once on a silent line). A
+    protocol whose frames delimit themselves (start byte, length, end byte) needs no gap:
+    ``gap=0`` leaves the turnaround alone."""
+    return max(inter_frame_gap(settings) if gap is None else gap, turnaround(settings))
+
+
 def response_timeout(
     settings: SerialSettings,
     *,

@@ -167,10 +167,19 @@ class HalfDuplexChannel:
         return base + sum(hop.delay if hop.delay is not None else timing.relay_time(settings) for hop in meter.hops)
 
     def listen(self, sink: ChannelSink) -> None:
-        """Every frame on the line goes to ``sink.wire`` (replacing a ``trace`` given at
+        """Every frame on the line goes to ``sink.wire`` (and still to a ``trace`` given at
         construction). A half-duplex line has no unsolicited frames of its own: bytes
         between transactions are late answers or stray (counted in :attr:`stray_bytes`)."""
-        self._trace = sink.wire
+        first = self._trace
+        if first is None:
+            self._trace = sink.wire
+            return
+
+        def both(record: WireRecord) -> None:
+            first(record)
+            sink.wire(record)
+
+        self._trace = both
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[None]:
@@ -270,16 +279,18 @@ class HalfDuplexChannel:
         self.stray_bytes += listen.decoder.skipped - listen.skipped
         listen.skipped = listen.decoder.skipped
 
-    async def _await_quiet(self, settings: SerialSettings, limit: float, listen: _Listen | None = None) -> None:
-        """Listen until the line has been quiet for an inter-frame gap plus a turnaround
-        since anything was last on it (our own frames included; :func:`_quiet`). LineJammed
-        if it does not fall quiet within ``limit`` seconds (at least a longest frame's wire
-        time)."""
+    async def _await_quiet(
+        self, settings: SerialSettings, limit: float, listen: _Listen | None = None, gap: float | None = None
+    ) -> None:
+        """Listen until the line has been quiet for the next frame's gap (at least a
+        turnaround) since anything was last on it (our own frames included; :func:`_quiet`).
+        LineJammed if it does not fall quiet within ``limit`` seconds (at least a longest
+        frame's wire time)."""
         started = time.monotonic()
         deadline = started + max(limit, timing.frame_time(LONGEST_FRAME_BYTES, settings))
         heard = 0
         while True:
-            quiet = _quiet(settings, known_end=self._known_end)
+            quiet = _quiet(settings, known_end=self._known_end, gap=gap)
             wait = self._idle_since + quiet - time.monotonic()
             data = await self.link.read(max(wait, 0.0))
             if not data:
@@ -294,7 +305,7 @@ class HalfDuplexChannel:
 
     # -- transactions ------------------------------------------------------------------
 
-    async def _prepare(self, settings: SerialSettings | None, limit: float) -> SerialSettings:
+    async def _prepare(self, settings: SerialSettings | None, limit: float, gap: float | None = None) -> SerialSettings:
         await self._settle_locked()
         now = time.monotonic()
         self._pending = [p for p in self._pending if p.expires > now][-MAX_PENDING:]
@@ -302,9 +313,9 @@ class HalfDuplexChannel:
         if wanted != self._settings:
             await self.link.apply_settings(wanted)
             self._settings = wanted
-        # The inter-frame gap (and the last talker's turnaround) since the line last went
+        # The frame's gap (at least the last talker's turnaround) since the line last went
         # quiet, measured in the *current* character format; stray bytes are dropped.
-        await self._await_quiet(wanted, limit)
+        await self._await_quiet(wanted, limit, gap=gap)
         return wanted
 
     async def _send(self, request: bytes, settings: SerialSettings) -> float:
@@ -315,10 +326,10 @@ class HalfDuplexChannel:
         # The UART shifts the request out after write() returns; the line is ours until then.
         return started + timing.frame_time(len(request), settings)
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None) -> None:
+    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
         """Send a frame that gets no answer (broadcast time sync, broadcast freeze)."""
         async with self._held():
-            used = await self._prepare(settings, 0.0)
+            used = await self._prepare(settings, 0.0, gap)
             sent_at = await self._send(request, used)
             self._idle_since = sent_at
             self._known_end = True
@@ -333,6 +344,7 @@ class HalfDuplexChannel:
         settings: SerialSettings | None = None,
         guard: bool = True,
         target: str | None = None,
+        gap: float | None = None,
     ) -> Exchange:
         """Send ``request`` and return the first decoded frame that ``accept`` takes and no
         earlier unanswered request claims (module docstring).
@@ -351,9 +363,11 @@ class HalfDuplexChannel:
         another, each answer naming its address); a driver that is unsure keeps the guard.
         ``target`` names the meter asked (its key), so that a late answer says whose it is
         and the meter's own earlier requests claim first; :meth:`towards` fills it in.
+        ``gap`` is the silence the request's protocol needs before it (see
+        :func:`meterhub.timing.line_quiet`).
         """
         async with self._held():
-            used = await self._prepare(settings, timeout)
+            used = await self._prepare(settings, timeout, gap)
             if request != self._repeated:
                 self._repeated, self._unanswered = bytes(request), []
             start = time.monotonic()
@@ -455,12 +469,13 @@ class _Towards:
         accept: Callable[[Any], bool] = lambda frame: True,
         settings: SerialSettings | None = None,
         guard: bool = True,
+        gap: float | None = None,
     ) -> Exchange:
         return await self.channel.transact(request, decoder, timeout=timeout, accept=accept, settings=settings,
-                                           guard=guard, target=self.target)
+                                           guard=guard, target=self.target, gap=gap)
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None) -> None:
-        await self.channel.send(request, settings=settings)
+    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
+        await self.channel.send(request, settings=settings, gap=gap)
 
     def session(self) -> contextlib.AbstractAsyncContextManager[None]:
         return self.channel.session()
@@ -469,12 +484,14 @@ class _Towards:
         return await self.channel.settle()
 
 
-def _quiet(settings: SerialSettings, *, known_end: bool) -> float:
-    """How long the line must be silent to be quiet: an inter-frame gap plus a turnaround
-    after a frame we know the end of; after bytes of unknown extent at least RX_LATENCY_S
-    too, as the host sees a busy line in packets with pauses longer than the gap."""
-    quiet = timing.inter_frame_gap(settings) + timing.turnaround(settings)
-    return quiet if known_end else max(quiet, RX_LATENCY_S)
+def _quiet(settings: SerialSettings, *, known_end: bool, gap: float | None = None) -> float:
+    """How long the line must be silent to be quiet: the next frame's gap, at least a
+    turnaround (:func:`meterhub.timing.line_quiet`), after a frame we know the end of; after
+    bytes of unknown extent at least an inter-frame gap and RX_LATENCY_S too, as the host
+    sees a busy line in packets with pauses longer than the gap."""
+    if known_end:
+        return timing.line_quiet(settings, gap)
+    return max(timing.line_quiet(settings), RX_LATENCY_S)
 
 
 def transaction_error(rejected: list[FrameError], decoder: StreamDecoder, timeout: float) -> Exception:

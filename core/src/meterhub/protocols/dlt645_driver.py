@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 #: DL/T 645 §1.6: the longest a master has to allow for an answer to begin after the
 #: request, and the least a scan query must wait (the codec's constants).
 MAX_RESPONSE_DELAY = codec.MAX_RESPONSE_DELAY
+
+#: DL/T 645 sets no silence between frames (§1.6 bounds only the gap between bytes of one
+#: frame, at 500 ms): a frame delimits itself (68h, length, 16h) and the master wakes the
+#: line with FEh bytes before it. So a request goes out once the last talker has turned
+#: its transmitter off (a turnaround), not after Modbus RTU's 3.5 characters.
+FRAME_GAP = 0.0
 MIN_RESPONSE_DELAY = codec.MIN_RESPONSE_DELAY
 
 #: What a multi-drop scan asks for with an abbreviated address: forward active energy,
@@ -325,7 +331,7 @@ class Dlt645Driver:
         try:
             # No late-answer guard: every answer carries the full address it is credited to.
             await bus.transact(codec.encode(request, preamble=self.preamble), decoder, timeout=timeout, accept=accept,
-                               guard=False)
+                               guard=False, gap=FRAME_GAP)
         except MeterTimeout:
             return heard, False
         except UnexpectedReply:
@@ -446,6 +452,7 @@ class Dlt645Driver:
             timeout=timeout,
             accept=accept,
             settings=meter.settings if meter is not None else None,
+            gap=FRAME_GAP,
         )
         return exchange.frame
 
@@ -477,7 +484,8 @@ class Dlt645Driver:
         """Broadcast time (08h, no reply): ``time`` (default: now, local), ``broadcast`` (default true)."""
         when = _datetime_arg(args.get("time")) or datetime.now()
         address = BROADCAST if args.get("broadcast", True) else self.normalize_address(meter.address)
-        await bus.send(codec.encode(codec.broadcast_time(when, address=address), preamble=self.preamble), settings=meter.settings)
+        await bus.send(codec.encode(codec.broadcast_time(when, address=address), preamble=self.preamble),
+                       settings=meter.settings, gap=FRAME_GAP)
         return {"address": address, "time": when.isoformat(timespec="seconds"), "reply": False}
 
     async def _relay(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""meterhub's benchmarks: figures against goals, run as ``python -m benchmarks`` (see BENCHMARKS.md)."""
