@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -268,7 +269,7 @@ def test_the_real_command_prints_json_on_stdout_alone(journal: Path) -> None:
 
 
 def test_the_command_is_registered() -> None:
-    assert cli.commands["commands"] is commands_cmd
+    assert cli.get_command(click.Context(cli), "commands") is commands_cmd
 
 
 # --- filters -----------------------------------------------------------------------------------------

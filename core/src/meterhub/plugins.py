@@ -22,7 +22,6 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .api import ProfileTaker
 from .errors import MeterhubError, PluginError
 from .quantities import VOCABULARY, Quantity
 
@@ -251,6 +250,8 @@ class Plugins:
     def _hand_out_profiles(self, drivers: Mapping[str, Any]) -> None:
         """Give every registered profile to its protocol's driver; a profile the driver
         refuses is its plugin's failure (one for a protocol nobody here drives is skipped)."""
+        from .api import ProfileTaker  # not at the top: loading the plugins does not need the API
+
         self.profiles()
         for r in self._registries["meterhub_register_profiles"].values():
             protocol, name, profile = r.value

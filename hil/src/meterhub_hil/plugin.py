@@ -1,26 +1,33 @@
 """meterhub-hil's meterhub hooks: the pulse-collector quantity and driver, and ``meterhub bench``.
 
-Everything goes through the public hooks, as any vendor plugin's would.
+Everything goes through the public hooks, as any vendor plugin's would. The driver is
+imported when a hook asks for it, not when the plugin is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from meterhub.hookspecs import hookimpl
-from meterhub.protocols.dlt645_driver import Dlt645Driver
 
-from .pulse import PULSE_COUNT, driver_items
+from .quantities import PULSE_COUNT
+
+if TYPE_CHECKING:
+    from meterhub.protocols.dlt645_driver import Dlt645Driver
 
 #: The protocol name that reads a pulse collector's inputs (DL/T 645 with the collector's registers).
 COLLECTOR_PROTOCOL = "dlt645-pulse"
 
 
 def collector_driver() -> Dlt645Driver:
+    from meterhub.protocols.dlt645_driver import Dlt645Driver
+
+    from .pulse import driver_items
+
     return Dlt645Driver(name=COLLECTOR_PROTOCOL, description="DL/T 645-2007 pulse collector inputs (meterhub-hil)",
                         extra_items=driver_items())
 

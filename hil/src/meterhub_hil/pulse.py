@@ -25,15 +25,14 @@ from meterhub.model import SerialSettings
 from meterhub.protocols import dlt645 as codec
 from meterhub.protocols.dlt645 import Control, Frame, StreamDecoder
 from meterhub.protocols.dlt645_data import DataItem, encode_value
-from meterhub.quantities import Quantity
 from meterhub.simulator import Fault, encode_with_fault
 
 from .bench import PulseInput
+from .quantities import PULSE_COUNT
 
 #: The counted pulses of an input, and the volume of a water/gas input: registers in the
 #: DL/T 645-2007 vendor range (DI3 = 04, parameters; DI2 = A0, vendor). Energy inputs
 #: answer the standard forward active energy register.
-PULSE_COUNT = Quantity("0-0:96.99.1", "pulse_count", "pulses counted on a collector input", "imp", "total")
 DI_PULSE_COUNT = 0x04A00101
 DI_PULSE_VOLUME = 0x04A00103
 #: The standard register every DL/T 645 master reads: forward active energy, total.

@@ -7,14 +7,18 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..api import ProfileSettings
 from ..errors import ConfigError, MeterhubError, NotSupported, UnknownQuantity
-from ..model import ChannelConfig, SerialSettings
 from ..plugins import Plugins, get_plugins
+
+if TYPE_CHECKING:
+    from ..model import ChannelConfig, SerialSettings
+
+# The API and the model are imported by the functions that use them: ``meterhub --help``
+# imports this module and needs neither.
 
 EXIT_FAILED = 1  #: the command ran but its job failed (a meter did not answer)
 EXIT_USAGE = 2  #: bad input: configuration, options, unknown names
@@ -136,11 +140,15 @@ def _meter_options(profile: str | None, meter_type: str | None, extra: Sequence[
 
 def profile_settings(driver: Any, options: Mapping[str, Any]) -> SerialSettings | None:
     """The serial settings a device profile names (a Modbus meter at 9600 8N1), if any."""
+    from ..api import ProfileSettings
+
     return driver.profile_settings(options) if isinstance(driver, ProfileSettings) else None
 
 
 def _settings(driver: Any, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None,
               profile: SerialSettings | None = None) -> SerialSettings:
+    from ..model import SerialSettings
+
     base: SerialSettings = profile or driver.default_settings
     return SerialSettings(
         baudrate=baudrate or base.baudrate,
@@ -151,6 +159,8 @@ def _settings(driver: Any, baudrate: int | None, parity: str | None, bytesize: i
 
 
 def _one_channel(plugins: Plugins, transport_name: str, port: str, settings: SerialSettings) -> ChannelConfig:
+    from ..model import ChannelConfig
+
     transport = _transport(plugins, transport_name)
     channel = ChannelConfig(name="cli", transport=transport_name, port=port, settings=settings)
     problems = transport.validate(channel)

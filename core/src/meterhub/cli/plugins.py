@@ -12,7 +12,12 @@ from .common import _plugins, _user_errors
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list on stdout.")
 def plugins_cmd(as_json: bool) -> None:
     """List every plugin with its distribution, version and hooks."""
+    from . import MeterhubGroup
+
     plugins = _plugins()
+    root = click.get_current_context().find_root().command
+    if isinstance(root, MeterhubGroup):  # so that a meterhub_register_commands that fails is listed
+        root.add_plugin_commands()
     with _user_errors():
         infos = plugins.info()
     rows = [

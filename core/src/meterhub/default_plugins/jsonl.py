@@ -21,17 +21,20 @@ Each line is ``{"id": ..., "kind": "reading", <the reading>}`` or ``{"id": ..., 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meterhub.api import Terminal
 from meterhub.hookspecs import hookimpl
-from meterhub.jsonout import dumps, event_to_dict, reading_to_dict
-from meterhub.model import OutboxItem, Reading, UplinkConfig
+
+if TYPE_CHECKING:
+    from meterhub.api import Terminal
+    from meterhub.model import OutboxItem, UplinkConfig
+
+# asyncio, the model and the JSON writer are imported where they are used: loading the
+# built-in plugins (every start of the command line) does not pay for a running uplink.
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,9 @@ def drop_cut_line(path: str) -> int:
 
 
 def item_line(item: OutboxItem) -> str:
+    from meterhub.jsonout import dumps, event_to_dict, reading_to_dict
+    from meterhub.model import Reading
+
     body: Mapping[str, Any]
     if isinstance(item.item, Reading):
         body = {"id": item.id, "kind": "reading", **reading_to_dict(item.item)}
@@ -125,6 +131,8 @@ class JsonlUplink:
         self.terminal = terminal
 
     async def run(self) -> None:
+        import asyncio
+
         await asyncio.to_thread(drop_cut_line, self.path)  # before anything is appended to it
         # lines written before a crash whose items may come again; only the first batch can
         written = await asyncio.to_thread(tail_lines, self.path)

@@ -1,19 +1,21 @@
-"""ACME's hooks. Everything here uses meterhub's public API only."""
+"""ACME's hooks. Everything here uses meterhub's public API only.
+
+What a hook registers is imported when the hook is called, not when the plugin is loaded:
+``meterhub --help`` should not wait for ACME's transport."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from meterhub.hookspecs import hookimpl
-from meterhub.jsonout import dumps, reading_to_dict
-from meterhub.protocols.dlt645_driver import Dlt645Driver
 from meterhub.quantities import Quantity
 
-from .mux import Mx4Transport
+if TYPE_CHECKING:
+    from meterhub.protocols.dlt645_driver import Dlt645Driver
 
 TEMPERATURE = Quantity("0-0:96.9.0", "meter_temperature", "meter internal temperature", "°C")
 
@@ -43,6 +45,8 @@ AUDIT_ENV = "ACME_AUDIT_FILE"
 
 def acme_driver() -> Dlt645Driver:
     """DL/T 645-2007 as ACME meters speak it: the standard table plus ACME's registers."""
+    from meterhub.protocols.dlt645_driver import Dlt645Driver
+
     return Dlt645Driver(name="acme-dlt645", description="DL/T 645-2007, ACME variant", extra_items=ACME_ITEMS)
 
 
@@ -58,6 +62,8 @@ def meterhub_register_meter_drivers(register: Any) -> None:
 
 @hookimpl
 def meterhub_register_transports(register: Any) -> None:
+    from .mux import Mx4Transport
+
     register(Mx4Transport())
 
 
@@ -74,6 +80,8 @@ def meterhub_before_command(command: Any) -> str | None:
 
 
 def _audit(record: dict[str, Any]) -> None:
+    from meterhub.jsonout import dumps
+
     path = os.environ.get(AUDIT_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as f:
@@ -82,6 +90,8 @@ def _audit(record: dict[str, Any]) -> None:
 
 @hookimpl
 def meterhub_readings_collected(readings: list[Any], channel: str) -> None:
+    from meterhub.jsonout import reading_to_dict
+
     for reading in readings:
         _audit({"type": "reading", **reading_to_dict(reading, full=False)})
 
