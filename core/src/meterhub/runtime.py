@@ -285,6 +285,9 @@ class Concentrator:
             writer = StoreWriter(lambda: store, close_store=False)
             await writer.start()
             self._writer = writer
+        # The drivers are imported when their registry is first built: here, not in the
+        # middle of the first round's first meter (pymodbus alone takes a tenth of a second).
+        self.plugins.meter_drivers()
         await asyncio.gather(*(self._open_channel(ch) for ch in self._channels.values()))
         self._opened = True
 
