@@ -13,6 +13,7 @@ identifier's value lives in :mod:`meterhub.protocols.dlt645_data`.
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime
 
 import attrs
@@ -135,8 +136,11 @@ def _address(value: object) -> str:
     return str(value).strip().upper()
 
 
+_ADDRESS = re.compile(r"[0-9A-F]{12}")
+
+
 def _check_address(_instance: object, _attribute: object, value: str) -> None:
-    if len(value) != 12 or any(c not in "0123456789ABCDEF" for c in value):
+    if not isinstance(value, str) or _ADDRESS.fullmatch(value) is None:
         raise ValueError(f"DL/T 645 address must be 12 hex characters (6 bytes), got {value!r}")
 
 
@@ -188,14 +192,19 @@ def address_from_wire(data: bytes) -> str:
     return bytes(data[:6])[::-1].hex().upper()
 
 
+#: §1.1's +33h (mod 256) and its inverse as translation tables: bytes.translate runs in C.
+_SCRAMBLE = bytes((b + SCRAMBLE) & 0xFF for b in range(256))
+_UNSCRAMBLE = bytes((b - SCRAMBLE) & 0xFF for b in range(256))
+
+
 def scramble(data: bytes) -> bytes:
     """§1.1: DATA bytes go on the wire +33h, mod 256 (FF -> 32)."""
-    return bytes((b + SCRAMBLE) & 0xFF for b in data)
+    return bytes(data).translate(_SCRAMBLE)
 
 
 def unscramble(data: bytes) -> bytes:
     """§1.1: undo the +33h of :func:`scramble`, mod 256 (32 -> FF)."""
-    return bytes((b - SCRAMBLE) & 0xFF for b in data)
+    return bytes(data).translate(_UNSCRAMBLE)
 
 
 def encode(frame: Frame, *, preamble: int = 4) -> bytes:
@@ -203,7 +212,7 @@ def encode(frame: Frame, *, preamble: int = 4) -> bytes:
     if preamble < 0:
         raise ValueError(f"preamble cannot be negative, got {preamble}")
     body = bytearray((START,))
-    body += address_to_wire(frame.address)
+    body += bytes.fromhex(frame.address)[::-1]  # a Frame's address was checked when it was made
     body += bytes((START, frame.control, len(frame.data)))
     body += scramble(frame.data)
     body.append(sum8(body))  # §1.1: CS covers the first 68 through the last data byte
