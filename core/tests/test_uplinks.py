@@ -273,6 +273,7 @@ class HubPlugin:
         self.uplink = ProbeDriver()
         self.refusal: str | None = None
         self.asked: list[Command] = []
+        self.events: list[Any] = []  #: every event observers were told of
 
     @hookimpl
     def meterhub_register_meter_drivers(self, register: Any) -> None:
@@ -290,6 +291,10 @@ class HubPlugin:
     def meterhub_before_command(self, command: Any) -> str | None:
         self.asked.append(command)
         return self.refusal
+
+    @hookimpl
+    def meterhub_event(self, event: Any) -> None:
+        self.events.append(event)
 
 
 class Sleeps:
@@ -925,3 +930,21 @@ def test_jsonl_writes_a_new_stores_items_although_their_ids_are_already_in_the_f
     after = _feed(feed)[len(before):]
     assert [line["id"] for line in after] == [i.id for i in items]
     assert "other content" in caplog.text
+
+
+def test_observers_hear_of_an_outbox_that_overflowed_by_the_end_of_the_round(make_rig, tmp_path) -> None:
+    rig = make_rig([toy("01", E_IMPORT, VOLTAGE, point=1), toy("02", point=2)])
+    rig.store.close()
+    rig.store = open_store(f"sqlite:///{tmp_path / 'hub.db'}?outbox_max=2")  # type: ignore[assignment]
+    rig.concentrator = Concentrator(rig.site, plugins=rig.plugins, store=rig.store)
+
+    async def go() -> None:
+        async with rig.concentrator as conc:
+            await conc.run_round()
+            assert [e.kind for e in rig.plugin.events].count("outbox_overflow") >= 1  # told before the round returns
+
+    asyncio.run(go())
+    told = [e for e in rig.plugin.events if e.kind == "outbox_overflow"]
+    stored = rig.store.events(kind="outbox_overflow")
+    assert [(e.source, dict(e.data)) for e in told] == [(e.source, dict(e.data)) for e in stored]
+    assert rig.store.outbox_size("probe") == 2

@@ -320,9 +320,14 @@ class Concentrator:
         self._queued.append(callback)
 
     async def flush(self) -> None:
-        """Wait until every event raised so far is stored (and observers told)."""
+        """Wait until every event raised so far is stored (and observers told), and tell
+        observers of any ``outbox_overflow`` the store wrote meanwhile (rare: checked here,
+        once a round or a command, not after every meter)."""
         while self._writes:
             await asyncio.wait(list(self._writes))
+        if self._outbox:
+            for event in await self.store_call(lambda store: store.take_overflow_events()):
+                self.plugins.call_each("meterhub_event", event=event)
 
     async def _store_readings(self, readings: Sequence[Reading]) -> None:
         """Store readings, queued for the uplinks, durably (returns after the commit)."""
@@ -332,8 +337,6 @@ class Concentrator:
             await self._writer.add_readings(readings, outbox=self._outbox)
         if self._outbox:
             self._tell_queued()
-            for event in await self.store_call(lambda store: store.take_overflow_events()):
-                self.plugins.call_each("meterhub_event", event=event)
 
     def _tell_queued(self) -> None:
         for callback in self._queued:
@@ -482,10 +485,7 @@ class Concentrator:
             collector_stats=rnd.book.collector_snapshot(),
             depth_stats=rnd.book.depth_snapshot(),
         )
-        if self._writer is None:
-            self.store.add_round(report)
-        else:
-            await self._writer.add_round(report)
+        await self.store_call(lambda store: store.add_round(report))
         summary = {
             "readings": len(readings),
             "ok": report.ok_count,
@@ -512,9 +512,6 @@ class Concentrator:
         busy: set[Hashable] = set()  # lanes with a meter being read
         turn = asyncio.Condition()
 
-        def lane(meter: Meter) -> Hashable:
-            return _lane_of(ch, meter)
-
         async def worker() -> None:
             # The next meter in site order whose lane is free: a multiplexer's four ports
             # are kept busy whatever order the site file lists their meters in.
@@ -523,12 +520,12 @@ class Concentrator:
                     while True:
                         if not todo:
                             return
-                        pick = next((i for i, (_, m) in enumerate(todo) if lane(m) not in busy), None)
+                        pick = next((i for i, (_, m) in enumerate(todo) if _lane_of(ch, m) not in busy), None)
                         if pick is not None:
                             break
                         await turn.wait()
                     index, meter = todo.pop(pick)
-                    taken = lane(meter)
+                    taken = _lane_of(ch, meter)
                     busy.add(taken)
                 try:
                     await self._visit(ch, index, meter, rnd, jam)
@@ -923,19 +920,19 @@ class Concentrator:
 
     # -- what channels say of their own accord ----------------------------------------------
 
-    def _meter_at(self, channel: str, address: str, protocol: str) -> tuple[int, Meter] | None:
+    def _meter_at(self, channel: str, address: str, protocol: str) -> Meter | None:
         """The configured meter a channel names by ``address`` (in any form its driver
         reads: ``1`` is DL/T 645 meter ``000000000001``) and, if given, ``protocol``."""
         drivers = self.plugins.meter_drivers()
-        for index, meter in enumerate(self.site.meters):
+        for meter in self.site.meters:
             if meter.channel != channel or protocol not in ("", meter.protocol):
                 continue
             if meter.address == address:
-                return index, meter
+                return meter
             driver = drivers.get(meter.protocol)
             try:
                 if driver is not None and driver.normalize_address(address) == meter.address:
-                    return index, meter
+                    return meter
             except (ValueError, TypeError):
                 continue  # not an address of this meter's protocol
         return None
@@ -944,8 +941,7 @@ class Concentrator:
         """A frame nobody asked for: an event, and readings of the values it carries for
         the quantities its meter is configured to read. Never raises into the channel."""
         try:
-            found = self._meter_at(ch.name, report.address, report.protocol)
-            meter = found[1] if found else None
+            meter = self._meter_at(ch.name, report.address, report.protocol)
             source = meter.key if meter else meter_key(ch.name, report.protocol, report.address)
             data = {**dict(report.data), "channel": ch.name, "meter": report.address, "protocol": report.protocol,
                     "known": meter is not None}
@@ -985,11 +981,11 @@ class Concentrator:
 
     def _wanted(self, ch: _Channel, address: str, protocol: str) -> None:
         """The far end asks for a meter's requests: read that meter now."""
-        found = self._meter_at(ch.name, address, protocol)
-        if found is None:
+        meter = self._meter_at(ch.name, address, protocol)
+        if meter is None:
             log.warning("channel %s asks for meter %s, which is not configured on it", ch.name, address)
             return
-        self._spawn(self.read_meter(found[1]), self._tasks)
+        self._spawn(self.read_meter(meter), self._tasks)
 
     @staticmethod
     def _spawn(work: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]]) -> None:

@@ -28,8 +28,8 @@ from .model import (
     OutboxItem,
     Reading,
     UplinkConfig,
-    meter_key,
 )
+from .stats import meter_key
 
 if TYPE_CHECKING:
     from .runtime import Concentrator
@@ -73,7 +73,7 @@ class ConcentratorTerminal:
         meters = [self._meter(point)] if point is not None else list(self.points().values())
         wanted = {m.key for m in meters}
         readings = await self._c.store_call(lambda store: store.latest(terminal=self.terminal))
-        return [r for r in readings if _key(r) in wanted]
+        return [r for r in readings if meter_key(r) in wanted]
 
     async def frozen(self, point: int, *, period: int | None = None) -> list[Reading]:
         meter = self._meter(point)
@@ -120,10 +120,6 @@ def _cancelling() -> bool:
     CancelledError of something an uplink awaited."""
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
-
-
-def _key(reading: Reading) -> str:
-    return meter_key(reading.channel, reading.protocol, reading.meter)
 
 
 class UplinkRunner:
