@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from meterhub.channels import halfduplex
 from meterhub.channels.halfduplex import (
     LATE_GUARD_TIMEOUTS,
     HalfDuplexChannel,
@@ -240,19 +241,59 @@ def _alike(bus: Any, request: bytes):
 
 
 def test_an_unanswered_request_claims_the_late_answer_that_a_different_one_would_take():
-    async def scenario() -> tuple[str, list[LateAnswer]]:
-        # q1's answer comes 3 timeouts late: after its guard, inside q2's window, before q2's
-        # own (a meter answers in order). q2 would take it (it looks like its own), but q1
-        # asked first; q2 gets its own answer.
+    async def scenario() -> tuple[str, list[LateAnswer], list[LateAnswer]]:
+        # q1's answer comes after its guard, inside q2's window, before q2's own (a meter
+        # answers in order). q2 would take it (it looks like its own), but q1 asked first;
+        # q2 gets its own answer. The far end sends q1's answer when it hears q2, so a
+        # stalled host cannot move it into q1's guard.
         def meter(req: bytes) -> list[tuple[float, bytes]]:
-            return [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else [(0.9 * SLOW, b"<V-voltage>")]
+            return [] if req == b"<q1>" else [(0.3 * SLOW, b"<V-energy>"), (0.9 * SLOW, b"<V-voltage>")]
 
         bus = HalfDuplexChannel("b", ScriptLink(meter))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
-        await bus.settle()  # the guard: q1's answer is not in it
+        in_guard = await bus.settle()
         exchange = await _alike(bus, b"<q2>")
-        await asyncio.sleep(0.1)
+        return exchange.frame, in_guard, await bus.settle()
+
+    frame, in_guard, late = asyncio.run(scenario())
+    assert frame == "V-voltage"
+    assert in_guard == []
+    assert [(a.request, a.frame) for a in late] == [(b"<q1>", "V-energy")]
+
+
+def test_a_late_answer_that_arrived_in_time_is_claimed_even_if_the_host_stalls_past_its_expiry(monkeypatch):
+    # q1 stays pending for 3.5 timeouts. Its answer reaches the port inside that, during
+    # q2's window, and then the host stalls (another process, a GC pause) past the expiry
+    # before the channel sees the bytes. The answer is still q1's: were its expiry judged
+    # when the bytes are processed, q2 would take q1's energy register as its own voltage.
+    monkeypatch.setattr(halfduplex, "PENDING_TIMEOUTS", 3.5)
+
+    class StallingLink(ScriptLink):
+        def later(self, delay: float, data: bytes) -> None:
+            if data != b"<V-energy>":
+                return super().later(delay, data)
+
+            async def deliver_then_stall() -> None:
+                await asyncio.sleep(delay)
+                self._rx += data
+                self._arrived.set()
+                time.sleep(2.0 * SLOW)  # the whole loop stops; the bytes are in
+
+            task = asyncio.get_running_loop().create_task(deliver_then_stall())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def scenario() -> tuple[str, list[LateAnswer]]:
+        def meter(req: bytes) -> list[tuple[float, bytes]]:
+            return [] if req == b"<q1>" else [(0.5 * SLOW, b"<V-energy>"), (3.0 * SLOW, b"<V-voltage>")]
+
+        bus = HalfDuplexChannel("b", StallingLink(meter))
+        with pytest.raises(MeterTimeout):
+            await _alike(bus, b"<q1>")  # pending until 3.5 SLOW after it was sent
+        await bus.settle()  # the guard: 2 SLOW
+        # q2 leaves at about 2.1 SLOW; q1's answer arrives at about 2.6 SLOW, is seen at 4.6.
+        exchange = await bus.transact(b"<q2>", ToyDecoder(), timeout=4 * SLOW, accept=lambda f: f.startswith("V"))
         return exchange.frame, await bus.settle()
 
     frame, late = asyncio.run(scenario())
@@ -263,7 +304,7 @@ def test_an_unanswered_request_claims_the_late_answer_that_a_different_one_would
 def test_the_claim_is_made_in_the_window_of_the_later_request():
     async def scenario() -> tuple[object, list[LateAnswer]]:
         # q1's answer lands in q2's window and q2's own never comes: q2 is not answered.
-        bus = HalfDuplexChannel("b", ScriptLink(lambda req: [(3.0 * SLOW, b"<V-energy>")] if req == b"<q1>" else []))
+        bus = HalfDuplexChannel("b", ScriptLink(lambda req: [(0.5 * SLOW, b"<V-energy>")] if req == b"<q2>" else []))
         with pytest.raises(MeterTimeout):
             await _alike(bus, b"<q1>")
         await bus.settle()

@@ -220,10 +220,19 @@ class HalfDuplexChannel:
         late, self._late = self._late, []
         return late
 
+    def _forget_expired(self) -> None:
+        """Drop the pending requests too old to be answered now, keeping at most
+        MAX_PENDING. Expiry is judged here, when a transaction or a guard begins, never
+        while bytes are being processed: a loop that stalls after an answer arrived in
+        time must not let that answer expire and be taken for the next request's."""
+        now = time.monotonic()
+        self._pending = [p for p in self._pending if p.expires > now][-MAX_PENDING:]
+
     async def _settle_locked(self) -> None:
         listen = self._listen
         if listen is None:
             return
+        self._forget_expired()
         try:
             remaining = listen.until - time.monotonic()
             while remaining > 0:
@@ -247,12 +256,14 @@ class HalfDuplexChannel:
         meter answers in the order it was asked), then the others'. A frame that the
         current request would take (``mine``) is left to it unless one of its target's
         earlier requests, other than repeats of ``skip``, takes it: another meter's late
-        answer can look the same (an M-Bus E5 names no one) and is no concern of this one."""
+        answer can look the same (an M-Bus E5 names no one) and is no concern of this one.
+        Every request still pending when this transaction or guard began may claim
+        (:meth:`_forget_expired`)."""
         ordered = [p for p in self._pending if p.target == target]
         if not mine:
             ordered += [p for p in self._pending if p.target != target]
         for pending in ordered:
-            if pending.request != skip and pending.expires > now and pending.accept(frame):
+            if pending.request != skip and pending.accept(frame):
                 self._pending.remove(pending)
                 self._late.append(LateAnswer(pending.request, frame, began - pending.started, now - pending.started,
                                              pending.timeout, pending.target, held))
@@ -307,8 +318,7 @@ class HalfDuplexChannel:
 
     async def _prepare(self, settings: SerialSettings | None, limit: float, gap: float | None = None) -> SerialSettings:
         await self._settle_locked()
-        now = time.monotonic()
-        self._pending = [p for p in self._pending if p.expires > now][-MAX_PENDING:]
+        self._forget_expired()
         wanted = settings or self._default
         if wanted != self._settings:
             await self.link.apply_settings(wanted)
