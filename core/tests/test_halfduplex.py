@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from meterhub import timing
 from meterhub.channels import halfduplex
 from meterhub.channels.halfduplex import (
     LATE_GUARD_TIMEOUTS,
@@ -366,3 +367,29 @@ def test_another_meters_pending_request_does_not_take_what_this_one_is_answered(
         return (await _alike(bus.towards(_meter("b")), b"<b>")).frame
 
     assert asyncio.run(scenario()) == "V"
+
+
+# --- the quiet line before a request: the protocol's gap, the turnaround, the wake-up bytes ----------
+
+SLOW_8E1 = SerialSettings(300, 8, "E", 1)  #: 36.7 ms a character: the waits are plain to see
+
+
+def test_line_quiet_is_the_protocols_gap_or_the_turnaround_less_the_wake_up_bytes():
+    char = timing.char_time(SLOW_8E1)
+    assert timing.line_quiet(SLOW_8E1) == pytest.approx(3.5 * char)  # Modbus RTU's rule, the default
+    assert timing.line_quiet(SLOW_8E1, 0.0) == pytest.approx(char)  # self-delimiting: a turnaround
+    assert timing.line_quiet(SLOW_8E1, 0.0, wake_up=4) == 0.0  # FEh bytes may go out meanwhile
+    assert timing.line_quiet(SLOW_8E1, None, wake_up=4) == pytest.approx(3.5 * char)  # a gap stays a gap
+
+
+@pytest.mark.parametrize(("gap", "chars"), [(None, 3.5), (0.0, 1.0)])
+def test_after_an_answer_the_next_request_waits_for_the_gap_or_the_turnaround(gap, chars):
+    async def scenario() -> float:
+        link = ScriptLink(lambda req: [(0.01, req)])
+        bus = HalfDuplexChannel("b", link)
+        for request in (b"<A>", b"<B>"):
+            await _ask(bus, request, settings=SLOW_8E1, gap=gap)
+        (first, _), (second, _) = link.writes
+        return second - (first + 0.01)  # from the answer's arrival to the next request
+
+    assert asyncio.run(scenario()) >= chars * timing.char_time(SLOW_8E1)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import termios
+import tty
 
 import pytest
 
@@ -218,6 +220,60 @@ def test_io_on_a_closed_link_is_a_link_error(peer):
 
     with pytest.raises(LinkError, match="is not open"):
         asyncio.run(scenario())
+
+
+def _raw_pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    return master, slave, os.ttyname(slave)
+
+
+def test_a_write_larger_than_the_kernel_buffer_waits_for_room_and_arrives_whole():
+    # Writes go from the event loop; when the far end is slow the loop waits for room
+    # instead of blocking, and nothing is lost or reordered.
+    master, slave, path = _raw_pty()
+    data = bytes(range(256)) * 256  # 64 KiB: many times a pty's buffer
+    received = bytearray()
+
+    async def scenario() -> None:
+        async with SerialLink("bus1", path, MODBUS_8N1) as link:
+            writing = asyncio.create_task(link.write(data))
+            await asyncio.sleep(0.05)
+            assert not writing.done()  # the buffer is full and nobody reads
+            loop = asyncio.get_running_loop()
+            while len(received) < len(data):
+                received.extend(await loop.run_in_executor(None, os.read, master, 65536))
+            await asyncio.wait_for(writing, 5.0)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert bytes(received) == data
+
+
+def test_close_fails_a_write_that_waits_for_room():
+    master, slave, path = _raw_pty()
+
+    async def scenario() -> BaseException | None:
+        link = SerialLink("bus1", path, MODBUS_8N1)
+        await link.open()
+        writing = asyncio.create_task(link.write(b"x" * 65536))
+        await asyncio.sleep(0.05)
+        await link.close()
+        try:
+            await asyncio.wait_for(writing, 5.0)
+        except LinkError as exc:
+            return exc
+        return None
+
+    try:
+        outcome = asyncio.run(scenario())
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert isinstance(outcome, LinkError) and "closed" in str(outcome)
 
 
 def test_close_wakes_a_pending_read(peer):

@@ -15,7 +15,7 @@ from meterhub import timing
 from meterhub.channels.halfduplex import HalfDuplexChannel
 from meterhub.errors import FrameError
 from meterhub.model import Meter, SerialSettings
-from meterhub.protocols.dlt645 import StreamDecoder
+from meterhub.protocols.dlt645 import PREAMBLE, StreamDecoder
 from meterhub.protocols.dlt645_driver import FRAME_GAP, MAX_RESPONSE_DELAY, Dlt645Driver
 from meterhub.protocols.dlt645_sim import SimulatedMeter
 from meterhub.quantities import resolve
@@ -115,7 +115,8 @@ def test_turnaround_and_inter_frame_gaps_on_the_wire_are_within_limits(bench, pa
     for (_, _, request_end), (_, reply_start, _) in zip(frames[0::2], frames[1::2]):
         turnaround = reply_start - request_end
         assert MIN_RESPONSE_DELAY - resolution <= turnaround <= MAX_RESPONSE_DELAY + resolution
-    minimum_gap = timing.line_quiet(settings, FRAME_GAP)  # DL/T 645: a turnaround, no inter-frame gap
+    # DL/T 645: no inter-frame gap, and the FEh preamble may overlap the turnaround
+    minimum_gap = timing.line_quiet(settings, FRAME_GAP, wake_up=len(PREAMBLE))
     for (_, _, reply_end), (_, next_start, _) in zip(frames[1::2], frames[2::2]):
         assert next_start - reply_end >= minimum_gap - resolution
 

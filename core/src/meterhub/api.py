@@ -173,6 +173,7 @@ class Conduit(Protocol):
         settings: SerialSettings | None = None,
         guard: bool = True,
         gap: float | None = None,
+        wake_up: int = 0,
     ) -> Exchange:
         """Send ``request``; return the first decoded frame that ``accept`` takes. Raise
         MeterTimeout (nothing began by ``timeout``), ChecksumError, UnexpectedReply,
@@ -181,10 +182,14 @@ class Conduit(Protocol):
         probes whose ``accept`` checks the address asked), so no guard is kept after it.
         ``gap``: the silence the protocol needs before its frame; None = an inter-frame gap
         of 3.5 characters (Modbus RTU's, always safe), 0 for self-delimiting frames
-        (:func:`meterhub.timing.line_quiet`). A medium that does not share a line may ignore it."""
+        (:func:`meterhub.timing.line_quiet`). ``wake_up``: how many characters at the head of
+        ``request`` only wake the receiver (FEh): they may overlap the last talker's
+        turnaround. A medium that does not share a line may ignore both."""
         ...
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
+    async def send(
+        self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None, wake_up: int = 0,
+    ) -> None:
         """Send a frame that gets no answer (a broadcast time sync)."""
         ...
 

@@ -46,13 +46,18 @@ def turnaround(settings: SerialSettings) -> float:
     return TURNAROUND_CHARS * char_time(settings)
 
 
-def line_quiet(settings: SerialSettings, gap: float | None = None) -> float:
+def line_quiet(settings: SerialSettings, gap: float | None = None, *, wake_up: int = 0) -> float:
     """The silence a frame needs before it goes out: the protocol's own inter-frame gap
     (``gap``; by default Modbus RTU's 3.5 characters, :func:`inter_frame_gap`) or the last
     talker's turnaround, whichever is longer (both run at once on a silent line). A
     protocol whose frames delimit themselves (start byte, length, end byte) needs no gap:
-    ``gap=0`` leaves the turnaround alone."""
-    return max(inter_frame_gap(settings) if gap is None else gap, turnaround(settings))
+    ``gap=0`` leaves the turnaround alone.
+
+    ``wake_up`` characters at the head of the frame (DL/T 645's and CJ/T 188's FEh) are
+    there to be lost while a receiver wakes: they may go out during the turnaround, which
+    shrinks by their time (four FEh cover a one-character turnaround)."""
+    released = max(turnaround(settings) - wake_up * char_time(settings), 0.0)
+    return max(inter_frame_gap(settings) if gap is None else gap, released)
 
 
 def response_timeout(

@@ -291,7 +291,8 @@ class HalfDuplexChannel:
         listen.skipped = listen.decoder.skipped
 
     async def _await_quiet(
-        self, settings: SerialSettings, limit: float, listen: _Listen | None = None, gap: float | None = None
+        self, settings: SerialSettings, limit: float, listen: _Listen | None = None, gap: float | None = None,
+        wake_up: int = 0,
     ) -> None:
         """Listen until the line has been quiet for the next frame's gap (at least a
         turnaround) since anything was last on it (our own frames included; :func:`_quiet`).
@@ -301,7 +302,7 @@ class HalfDuplexChannel:
         deadline = started + max(limit, timing.frame_time(LONGEST_FRAME_BYTES, settings))
         heard = 0
         while True:
-            quiet = _quiet(settings, known_end=self._known_end, gap=gap)
+            quiet = _quiet(settings, known_end=self._known_end, gap=gap, wake_up=wake_up)
             wait = self._idle_since + quiet - time.monotonic()
             data = await self.link.read(max(wait, 0.0))
             if not data:
@@ -316,7 +317,9 @@ class HalfDuplexChannel:
 
     # -- transactions ------------------------------------------------------------------
 
-    async def _prepare(self, settings: SerialSettings | None, limit: float, gap: float | None = None) -> SerialSettings:
+    async def _prepare(
+        self, settings: SerialSettings | None, limit: float, gap: float | None = None, wake_up: int = 0,
+    ) -> SerialSettings:
         await self._settle_locked()
         self._forget_expired()
         wanted = settings or self._default
@@ -325,7 +328,7 @@ class HalfDuplexChannel:
             self._settings = wanted
         # The frame's gap (at least the last talker's turnaround) since the line last went
         # quiet, measured in the *current* character format; stray bytes are dropped.
-        await self._await_quiet(wanted, limit, gap=gap)
+        await self._await_quiet(wanted, limit, gap=gap, wake_up=wake_up)
         return wanted
 
     async def _send(self, request: bytes, settings: SerialSettings) -> float:
@@ -336,10 +339,12 @@ class HalfDuplexChannel:
         # The UART shifts the request out after write() returns; the line is ours until then.
         return started + timing.frame_time(len(request), settings)
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
+    async def send(
+        self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None, wake_up: int = 0,
+    ) -> None:
         """Send a frame that gets no answer (broadcast time sync, broadcast freeze)."""
         async with self._held():
-            used = await self._prepare(settings, 0.0, gap)
+            used = await self._prepare(settings, 0.0, gap, wake_up)
             sent_at = await self._send(request, used)
             self._idle_since = sent_at
             self._known_end = True
@@ -355,6 +360,7 @@ class HalfDuplexChannel:
         guard: bool = True,
         target: str | None = None,
         gap: float | None = None,
+        wake_up: int = 0,
     ) -> Exchange:
         """Send ``request`` and return the first decoded frame that ``accept`` takes and no
         earlier unanswered request claims (module docstring).
@@ -373,11 +379,12 @@ class HalfDuplexChannel:
         another, each answer naming its address); a driver that is unsure keeps the guard.
         ``target`` names the meter asked (its key), so that a late answer says whose it is
         and the meter's own earlier requests claim first; :meth:`towards` fills it in.
-        ``gap`` is the silence the request's protocol needs before it (see
+        ``gap`` is the silence the request's protocol needs before it, ``wake_up`` the
+        characters at its head that may overlap the last talker's turnaround (see
         :func:`meterhub.timing.line_quiet`).
         """
         async with self._held():
-            used = await self._prepare(settings, timeout, gap)
+            used = await self._prepare(settings, timeout, gap, wake_up)
             if request != self._repeated:
                 self._repeated, self._unanswered = bytes(request), []
             start = time.monotonic()
@@ -480,12 +487,15 @@ class _Towards:
         settings: SerialSettings | None = None,
         guard: bool = True,
         gap: float | None = None,
+        wake_up: int = 0,
     ) -> Exchange:
         return await self.channel.transact(request, decoder, timeout=timeout, accept=accept, settings=settings,
-                                           guard=guard, target=self.target, gap=gap)
+                                           guard=guard, target=self.target, gap=gap, wake_up=wake_up)
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
-        await self.channel.send(request, settings=settings, gap=gap)
+    async def send(
+        self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None, wake_up: int = 0,
+    ) -> None:
+        await self.channel.send(request, settings=settings, gap=gap, wake_up=wake_up)
 
     def session(self) -> contextlib.AbstractAsyncContextManager[None]:
         return self.channel.session()
@@ -494,13 +504,13 @@ class _Towards:
         return await self.channel.settle()
 
 
-def _quiet(settings: SerialSettings, *, known_end: bool, gap: float | None = None) -> float:
+def _quiet(settings: SerialSettings, *, known_end: bool, gap: float | None = None, wake_up: int = 0) -> float:
     """How long the line must be silent to be quiet: the next frame's gap, at least a
     turnaround (:func:`meterhub.timing.line_quiet`), after a frame we know the end of; after
     bytes of unknown extent at least an inter-frame gap and RX_LATENCY_S too, as the host
     sees a busy line in packets with pauses longer than the gap."""
     if known_end:
-        return timing.line_quiet(settings, gap)
+        return timing.line_quiet(settings, gap, wake_up=wake_up)
     return max(timing.line_quiet(settings), RX_LATENCY_S)
 
 

@@ -10,7 +10,11 @@ Two things real buses and virtual ones disagree on are handled here, once:
   is skipped with one warning, on a real port that refuses it the link fails to open.
 
 Blocking pyserial calls run on one worker thread per link, so calls stay in order and
-the event loop never blocks; ports with a file descriptor are read from the loop itself.
+the event loop never blocks. Ports with a file descriptor (a tty, a pty) are read and
+written from the loop itself: the descriptor is non-blocking (pyserial opens it so), a
+frame fits the kernel's transmit buffer, and a transaction then costs no thread hop
+(measured in BENCHMARKS.md, ``bus``). Only RTS direction control, which must time the
+end of its own frame, still writes on the worker thread.
 """
 
 from __future__ import annotations
@@ -234,6 +238,7 @@ class SerialLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # a write waiting for the driver's buffer
         self._stash = bytearray()  # bytes a cancelled polled read took off the port
         self._lock = threading.Lock()
         self._closing = False
@@ -287,8 +292,10 @@ class SerialLink:
         fd, self._fd = self._fd, None
         if fd is not None:
             self._loop.remove_reader(fd)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            self._loop.remove_writer(fd)
+        for waiter in (self._waiter, self._room):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
         executor, self._executor = self._executor, None
         try:
             if ser is not None:
@@ -450,8 +457,36 @@ class SerialLink:
         ser = self._require_open()
         if self._direction == "rts":
             await self._run(self._write_rts, ser, bytes(data))
+        elif self._fd is not None:
+            await self._write_fd(self._fd, bytes(data))
         else:
             await self._run(self._write_plain, ser, bytes(data))
+
+    async def _write_fd(self, fd: int, data: bytes) -> None:
+        """Hand ``data`` to the driver from the loop; waits for room only if the kernel's
+        buffer is full (never for a meter's frame on a working port)."""
+        loop = self._loop
+        assert loop is not None
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise LinkError(f"write to {self.url} failed: {_reason(exc)}") from exc
+            if view:
+                room: asyncio.Future[None] = loop.create_future()
+                loop.add_writer(fd, _wake, room)
+                self._room = room
+                try:
+                    await room
+                finally:
+                    self._room = None
+                    if self._fd == fd:
+                        loop.remove_writer(fd)
+                if self._fd != fd:
+                    raise LinkError(f"{self.url} was closed while writing")
 
     def _write_plain(self, ser: Any, data: bytes) -> None:
         try:

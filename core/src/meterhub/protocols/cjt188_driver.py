@@ -65,6 +65,11 @@ MAX_RESPONSE_DELAY = 0.5
 
 DEFAULT_METER_TYPE = codec.MeterType.COLD_WATER
 
+#: Like DL/T 645's, a CJ/T 188 frame delimits itself (68h, type, length, 16h) and its FEh
+#: preamble wakes the receiver: no inter-frame gap, and the preamble may overlap the last
+#: talker's turnaround (:func:`meterhub.timing.line_quiet`).
+FRAME_GAP = 0.0
+
 MAX_PREAMBLE = 16  #: the most FE bytes a meter's ``preamble`` option may ask for
 
 #: The longest request the driver sends (write address: DI + SER + 7 address bytes, after
@@ -579,6 +584,8 @@ class Cjt188Driver:
             accept=accept,
             settings=meter.settings if meter is not None else None,
             guard=guard,
+            gap=FRAME_GAP,
+            wake_up=opts.preamble,
         )
         return exchange.frame
 

@@ -54,7 +54,9 @@ MAX_RESPONSE_DELAY = codec.MAX_RESPONSE_DELAY
 #: DL/T 645 sets no silence between frames (§1.6 bounds only the gap between bytes of one
 #: frame, at 500 ms): a frame delimits itself (68h, length, 16h) and the master wakes the
 #: line with FEh bytes before it. So a request goes out once the last talker has turned
-#: its transmitter off (a turnaround), not after Modbus RTU's 3.5 characters.
+#: its transmitter off (a turnaround), not after Modbus RTU's 3.5 characters; and the
+#: FEh preamble (§1.1: sent to wake the receiver, which may miss it) may go out during
+#: that turnaround (``wake_up=``, :func:`meterhub.timing.line_quiet`).
 FRAME_GAP = 0.0
 MIN_RESPONSE_DELAY = codec.MIN_RESPONSE_DELAY
 
@@ -331,7 +333,7 @@ class Dlt645Driver:
         try:
             # No late-answer guard: every answer carries the full address it is credited to.
             await bus.transact(codec.encode(request, preamble=self.preamble), decoder, timeout=timeout, accept=accept,
-                               guard=False, gap=FRAME_GAP)
+                               guard=False, gap=FRAME_GAP, wake_up=self.preamble)
         except MeterTimeout:
             return heard, False
         except UnexpectedReply:
@@ -453,6 +455,7 @@ class Dlt645Driver:
             accept=accept,
             settings=meter.settings if meter is not None else None,
             gap=FRAME_GAP,
+            wake_up=self.preamble,
         )
         return exchange.frame
 
@@ -485,7 +488,7 @@ class Dlt645Driver:
         when = _datetime_arg(args.get("time")) or datetime.now()
         address = BROADCAST if args.get("broadcast", True) else self.normalize_address(meter.address)
         await bus.send(codec.encode(codec.broadcast_time(when, address=address), preamble=self.preamble),
-                       settings=meter.settings, gap=FRAME_GAP)
+                       settings=meter.settings, gap=FRAME_GAP, wake_up=self.preamble)
         return {"address": address, "time": when.isoformat(timespec="seconds"), "reply": False}
 
     async def _relay(self, bus: Conduit, meter: Meter, args: dict[str, Any], timeout: float) -> dict[str, Any]:

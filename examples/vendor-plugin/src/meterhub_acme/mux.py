@@ -485,12 +485,16 @@ class _Towards:
         settings: SerialSettings | None = None,
         guard: bool = True,
         gap: float | None = None,
+        wake_up: int = 0,
     ) -> Exchange:
-        """``gap`` is not ours to keep: the MX4 times each of its RS485 ports itself."""
+        """``gap`` and ``wake_up`` are not ours to keep: the MX4 times each of its RS485
+        ports itself."""
         return await self.channel.transact(self._port(settings), self.target, request, decoder, timeout=timeout,
                                            accept=accept, guard=guard)
 
-    async def send(self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None) -> None:
+    async def send(
+        self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None, wake_up: int = 0,
+    ) -> None:
         """To the meter's port; for no meter, to all four (a broadcast reaches every meter)."""
         ports = list(mx4.PORTS) if self.target is None else [self._port(settings)]
         await self.channel.send(ports, request)
