@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -720,6 +721,32 @@ def test_a_failing_progress_callback_does_not_stop_reading() -> None:
 
     rig = Rig([meter("01")], progress=progress)
     assert rig.round().ok_count == 1
+
+
+def test_the_line_reads_the_next_meter_while_the_last_ones_readings_are_committed() -> None:
+    # The first commit waits (a slow flash) until meter 02 has been asked: a runtime that
+    # held the line until the commit was done would never ask it, and the wait would fail.
+    rig = Rig([meter("01"), meter("02")])
+    asked_02 = threading.Event()
+    respond, commit = rig.field.respond, rig.store.add_reading_batches
+    waited: list[bool] = []
+
+    def respond_noting(request: bytes) -> bytes | None:
+        if request.startswith(b"R02|"):
+            asked_02.set()
+        return respond(request)
+
+    def slow_commit(batches: Any) -> list[int]:
+        if not waited:
+            waited.append(asked_02.wait(5.0))
+        return commit(batches)
+
+    rig.field.respond = respond_noting  # type: ignore[method-assign]
+    rig.store.add_reading_batches = slow_commit  # type: ignore[method-assign]
+    report = rig.round()
+    assert waited == [True]
+    assert report.ok_count == 2
+    assert sorted(r.meter for r in rig.store.readings()) == ["01", "02"]  # both stored before the round ended
 
 
 def test_store_failure_raises_out_of_the_round() -> None:

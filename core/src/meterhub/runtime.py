@@ -528,11 +528,14 @@ class Concentrator:
                     taken = _lane_of(ch, meter)
                     busy.add(taken)
                 try:
-                    await self._visit(ch, index, meter, rnd, jam)
+                    readings = await self._visit(ch, index, meter, rnd, jam)
                 finally:
                     async with turn:
                         busy.discard(taken)
                         turn.notify_all()
+                # Stored while the line reads the next meter: a commit (an fsync on a
+                # gateway's flash) never holds the bus. The round waits for every one.
+                group.create_task(self._finish_meter(index, meter, readings, rnd), name=f"meterhub store {meter.label}")
 
         lanes = min(_lanes(ch.channel), len(todo)) if ch.channel is not None else 1
         try:
@@ -546,8 +549,8 @@ class Concentrator:
             log.warning("channel %s: the line is clear again", ch.name)
             self.raise_event(Event("line_clear", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
 
-    async def _visit(self, ch: _Channel, index: int, meter: Meter, rnd: _Round, jam: list[str]) -> None:
-        """Read one meter of a channel (or record why it was not tried) and finish it."""
+    async def _visit(self, ch: _Channel, index: int, meter: Meter, rnd: _Round, jam: list[str]) -> list[Reading]:
+        """Read one meter of a channel, or record why it was not tried; the caller finishes it."""
         if ch.channel is None:
             readings = self._all(meter, Quality.LINK_ERROR, f"channel {ch.name} is down: {ch.error}")
         elif jam:
@@ -566,7 +569,7 @@ class Concentrator:
                 # the port went away mid-round: reopen next round
                 await self._drop_link(ch)
                 self._channel_down(ch, broken.detail)
-        await self._finish_meter(index, meter, readings, rnd)
+        return readings
 
     @contextlib.asynccontextmanager
     async def _lane(self, ch: _Channel, meter: Meter) -> AsyncIterator[None]:
