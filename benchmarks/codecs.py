@@ -7,7 +7,10 @@ ratio never compares different work. The two sides take turns (A B A B ...) and 
 keeps its best run, so a disturbance of the shared machine hits both alike.
 
 * DL/T 645-2007: :mod:`meterhub.protocols.dlt645` against ``dlt645`` 3.2.0
-  (``DLT645Protocol.build_frame``, ``deserialize``, ``deserialize_with_remaining``).
+  (``DLT645Protocol.build_frame``, ``deserialize``, ``deserialize_with_remaining``). The
+  encode pair is what each side of a read sends: the request as ``Dlt645Driver`` makes it
+  (``encode_read_request`` from the meter's address as sent, kept per meter, as the peer
+  is given it too) and the reply as the simulator makes it (``encode(read_reply(...))``).
 * CJ/T 188-2004: :mod:`meterhub.protocols.cjt188`; PyPI has no peer, so rates only.
 * Modbus RTU: ``meterhub_rs485.modbus.StreamDecoder`` (the decoder the driver feeds)
   against pymodbus 3.16 ``FramerRTU.handleFrame`` as pymodbus's own transport drives it.
@@ -190,14 +193,19 @@ def _dlt645_figures(race: Race) -> list[Figure]:
     reply_data = di_wire + DLT645_PAYLOAD
 
     # encode: a read request and its reply, 2 frames a call, each from what its API takes
+    # and as it is made in use: the request as Dlt645Driver.read_di sends it, from the wire
+    # address it keeps per meter (the peer too is handed the wire address); the reply as
+    # the simulator sends it, through a checked Frame.
     def ours_encode() -> tuple[bytes, bytes]:
-        return (dlt645.encode(dlt645.read_request(DLT645_ADDRESS, DLT645_DI)),
+        return (dlt645.encode_read_request(wire_address, DLT645_DI),
                 dlt645.encode(dlt645.read_reply(DLT645_ADDRESS, DLT645_DI, DLT645_PAYLOAD)))
 
     def peer_encode() -> tuple[bytearray, bytearray]:
         return Peer.build_frame(wire_address, 0x11, di_wire), Peer.build_frame(wire_address, 0x91, reply_data)
 
     _require(ours_encode() == peer_encode() == (DLT645_REQUEST, DLT645_REPLY), "the DL/T 645 encoders disagree")
+    _require(dlt645.encode(dlt645.read_request(DLT645_ADDRESS, DLT645_DI)) == DLT645_REQUEST,
+             "encode_read_request and encode(read_request) disagree")
 
     # decode: one reply frame to address, control and data (0x33 removed)
     def ours_decode() -> int:
@@ -245,13 +253,15 @@ def _dlt645_figures(race: Race) -> list[Figure]:
                    f"(no 68h), fed in 1-{MAX_CHUNK} B chunks")
     return [
         _ratio("dlt645_encode_ratio", rates["ours_encode"], rates["peer_encode"], peer,
-               "encode(read_request/read_reply) vs build_frame; read 00000000 and its 7502.64 kWh reply"),
+               "encode_read_request(wire address) + encode(read_reply) vs build_frame; read 00000000 and its "
+               "7502.64 kWh reply"),
         _ratio("dlt645_decode_ratio", rates["ours_decode"], rates["peer_decode"], peer,
                "decode vs deserialize, a 24-byte read reply to address, control, data"),
         _ratio("dlt645_stream_ratio", rates["ours_stream"], rates["peer_stream"], peer,
                f"StreamDecoder().feed vs deserialize_with_remaining loop; {stream_what}"),
         _rate("dlt645_encode_fps", rates["ours_encode"],
-              "meterhub DL/T 645 encode: read request + read reply, 2 frames a call"),
+              "meterhub DL/T 645 encode: read request (encode_read_request, as the driver) + read reply "
+              "(encode(read_reply), as the simulator), 2 frames a call"),
         _rate("dlt645_decode_fps", rates["ours_decode"], "meterhub DL/T 645 decode of a 24-byte read reply"),
         _rate("dlt645_stream_fps", rates["ours_stream"], f"meterhub DL/T 645 StreamDecoder: {stream_what}"),
     ]

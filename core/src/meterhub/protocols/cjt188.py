@@ -304,7 +304,9 @@ class StreamDecoder(FrameFinder[Frame]):
     """
 
     def __init__(self) -> None:
-        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, wake_up=WAKE_UP)
+        super().__init__(
+            _candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, wake_up=WAKE_UP, starts=bytes((START,))
+        )
 
 
 # --- the DATA field ------------------------------------------------------------------

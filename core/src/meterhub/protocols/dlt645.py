@@ -13,8 +13,10 @@ identifier's value lives in :mod:`meterhub.protocols.dlt645_data`.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from datetime import datetime
+from typing import Any
 
 import attrs
 
@@ -132,10 +134,6 @@ ERROR_BITS_1997: tuple[str, ...] = (
 # --- the frame -----------------------------------------------------------------------
 
 
-def _address(value: object) -> str:
-    return str(value).strip().upper()
-
-
 _ADDRESS = re.compile(r"[0-9A-F]{12}")
 
 
@@ -144,23 +142,49 @@ def _check_address(_instance: object, _attribute: object, value: str) -> None:
         raise ValueError(f"DL/T 645 address must be 12 hex characters (6 bytes), got {value!r}")
 
 
-def _check_control(_instance: object, _attribute: object, value: int) -> None:
-    if not 0 <= value <= 0xFF:
-        raise ValueError(f"control code must fit in one byte, got {value!r}")
+# Frame's converters also check (one call a field instead of a converter and a validator:
+# frames are built for every request and reply). The errors are the ValueErrors they were.
 
 
-def _check_data(_instance: object, _attribute: object, value: bytes) -> None:
-    if len(value) > 0xFF:
-        raise ValueError(f"data field holds at most 255 bytes (L is one byte), got {len(value)}")
+def _address(value: object) -> str:
+    """The address as stored: upper case, without surrounding blanks, 12 hex characters."""
+    if type(value) is str:
+        return _text_address(value)
+    address = str(value).strip().upper()
+    _check_address(None, None, address)
+    return address
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_address(value: str) -> str:
+    """:func:`_address` of a str, kept: a master and a meter use the same few addresses
+    over and over (a wrong one raises, and nothing is kept of it)."""
+    address = value.strip().upper()
+    _check_address(None, None, address)
+    return address
+
+
+def _control(value: Any) -> int:
+    control = int(value)
+    if not 0 <= control <= 0xFF:
+        raise ValueError(f"control code must fit in one byte, got {control!r}")
+    return control
+
+
+def _data(value: Any) -> bytes:
+    data = bytes(value)
+    if len(data) > 0xFF:
+        raise ValueError(f"data field holds at most 255 bytes (L is one byte), got {len(data)}")
+    return data
 
 
 @attrs.frozen
 class Frame:
     """One DL/T 645 frame: address in nameplate order, control byte, de-scrambled data."""
 
-    address: str = attrs.field(converter=_address, validator=_check_address)
-    control: int = attrs.field(converter=int, validator=_check_control)
-    data: bytes = attrs.field(default=b"", converter=bytes, validator=_check_data)
+    address: str = attrs.field(converter=_address)
+    control: int = attrs.field(converter=_control)
+    data: bytes = attrs.field(default=b"", converter=_data)
 
     @property
     def function(self) -> int:
@@ -207,22 +231,79 @@ def unscramble(data: bytes) -> bytes:
     return bytes(data).translate(_UNSCRAMBLE)
 
 
+_WAKE_UP_BYTE = bytes((WAKE_UP,))
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_start(address: str) -> bytes:
+    """``68 A0..A5 68`` for a Frame's address (checked when the Frame was made); a master
+    asks the same meters over and over, so it is kept."""
+    return b"%c%b%c" % (START, bytes.fromhex(address)[::-1], START)
+
+
 def encode(frame: Frame, *, preamble: int = 4) -> bytes:
     """The wire bytes of ``frame``: ``preamble`` × FE, header, scrambled data, CS, 16."""
     if preamble < 0:
         raise ValueError(f"preamble cannot be negative, got {preamble}")
-    body = bytearray((START,))
-    body += bytes.fromhex(frame.address)[::-1]  # a Frame's address was checked when it was made
-    body += bytes((START, frame.control, len(frame.data)))
-    body += scramble(frame.data)
-    body.append(sum8(body))  # §1.1: CS covers the first 68 through the last data byte
-    body.append(END)
-    return bytes((WAKE_UP,)) * preamble + bytes(body)
+    data = frame.data
+    body = b"%b%c%c%b" % (_header_start(frame.address), frame.control, len(data), data.translate(_SCRAMBLE))
+    # §1.1: CS covers the first 68 through the last data byte
+    return b"%b%b%c%c" % (_WAKE_UP_BYTE * preamble, body, sum(body) & 0xFF, END)
+
+
+#: The DI's size and the bytes from the second 68h to L of a read request, by edition.
+_READ_REQUESTS = {
+    2007: (4, bytes((START, Control.READ, 4))),
+    1997: (2, bytes((START, Control1997.READ, 2))),
+}
+
+
+def encode_read_request(wire_address: bytes, di: int, *, preamble: int = 4, edition: int = 2007) -> bytes:
+    """The wire bytes of a read request (2007: 11h, 1997: 01h) straight from the address
+    as sent, without building and checking a :class:`Frame`: the request a master sends
+    over and over.
+
+    ``wire_address`` is :func:`address_to_wire` of the meter's address, worked out once
+    per meter. The bytes are those of ``encode(read_request(address, di))`` (or of
+    :func:`read_request_1997`) with the same ``preamble``; a DI that does not fit, a
+    negative preamble or an address that is not 6 bytes is a ValueError, as there.
+    """
+    try:
+        size, head = _READ_REQUESTS[edition]
+    except KeyError:
+        raise ValueError(f"DL/T 645 edition is 2007 or 1997, got {edition!r}") from None
+    if len(wire_address) != 6:
+        raise ValueError(f"a DL/T 645 address is 6 bytes on the wire, got {len(wire_address)}")
+    if preamble < 0:
+        raise ValueError(f"preamble cannot be negative, got {preamble}")
+    try:
+        di_wire = di.to_bytes(size, "little")
+    except OverflowError:
+        di_wire = _di_bytes(di, size)  # raises the ValueError of the frame builders
+    body = b"%c%b%b%b" % (START, wire_address, head, di_wire.translate(_SCRAMBLE))
+    return b"%b%b%c%c" % (_WAKE_UP_BYTE * preamble, body, sum(body) & 0xFF, END)
+
+
+_new_frame = object.__new__
+_set_address = Frame.__dict__["address"].__set__  # a slotted attrs class: its fields are slots
+_set_control = Frame.__dict__["control"].__set__
+_set_data = Frame.__dict__["data"].__set__
+
+
+def _checked_frame(address: str, control: int, data: bytes) -> Frame:
+    """``Frame(address, control, data)`` for fields that are already what its converters
+    make (a decoded frame's: 12 upper-case hex digits, a byte, at most 255 bytes), without
+    running them: a decoder makes one for every frame it reads."""
+    frame = _new_frame(Frame)
+    _set_address(frame, address)
+    _set_control(frame, control)
+    _set_data(frame, data)
+    return frame
 
 
 def _frame_from_body(body: bytes) -> Frame:
-    length = body[9]
-    return Frame(address_from_wire(body[1:7]), body[8], unscramble(body[HEADER_LEN : HEADER_LEN + length]))
+    """The Frame of a whole, checked frame from its first 68h on."""
+    return _checked_frame(body[6:0:-1].hex().upper(), body[8], body[HEADER_LEN : HEADER_LEN + body[9]].translate(_UNSCRAMBLE))
 
 
 def _checksum_error(body: bytes) -> ChecksumError:
@@ -238,11 +319,10 @@ def decode(data: bytes) -> Frame:
     Raises :class:`TruncatedFrame` if bytes are missing, :class:`ChecksumError` on a
     wrong CS and :class:`FrameError` for anything else that is not one whole frame.
     """
-    data = bytes(data)
-    start = 0
-    while start < len(data) and data[start] == WAKE_UP:  # §1.1: FE only before the first 68
-        start += 1
-    body = data[start:]
+    if type(data) is not bytes:
+        data = bytes(data)
+    body = data.lstrip(_WAKE_UP_BYTE)  # §1.1: FE only before the first 68
+    start = len(data) - len(body)
     if not body:
         raise TruncatedFrame(f"no DL/T 645 frame: {len(data)} wake-up byte(s) and nothing else")
     if body[0] != START:
@@ -258,7 +338,7 @@ def decode(data: bytes) -> Frame:
         raise FrameError(f"{len(body) - total} byte(s) after the end of a DL/T 645 frame of {total} bytes")
     if body[-1] != END:
         raise FrameError(f"DL/T 645 frame must end with 16, got {body[-1]:02X}")
-    if sum8(body[:-2]) != body[-2]:
+    if sum(body[:-2]) & 0xFF != body[-2]:  # sum8, inline: this runs for every frame read
         raise _checksum_error(body)
     return _frame_from_body(body)
 
@@ -283,7 +363,9 @@ class StreamDecoder(FrameFinder[Frame]):
     """
 
     def __init__(self) -> None:
-        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, wake_up=WAKE_UP)
+        super().__init__(
+            _candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, wake_up=WAKE_UP, starts=bytes((START,))
+        )
 
 
 # --- data field helpers --------------------------------------------------------------
@@ -291,6 +373,10 @@ class StreamDecoder(FrameFinder[Frame]):
 
 def _di_bytes(di: int, size: int = 4) -> bytes:
     """§1.4: a DI is sent DI0 first (00010000 -> 00 00 01 00 before scrambling)."""
+    try:
+        return di.to_bytes(size, "little")  # the usual case, without the checks below
+    except (OverflowError, AttributeError):
+        pass
     if not 0 <= di < 1 << (8 * size):
         raise ValueError(f"data identifier {di:#x} does not fit in {size} bytes")
     return di.to_bytes(size, "little")
@@ -344,15 +430,28 @@ def datetime_from_wire(data: bytes) -> datetime:
 # --- requests and replies, 2007 ----------------------------------------------------------
 
 
+def _built(address: object, control: int, data: bytes) -> Frame:
+    """``Frame(address, control, data)`` for a builder whose control byte is a valid one
+    of this module's (the address and the data are still converted and checked)."""
+    frame = _new_frame(Frame)
+    _set_address(frame, _text_address(address) if type(address) is str else _address(address))
+    _set_control(frame, control)
+    _set_data(frame, data if type(data) is bytes and len(data) <= 0xFF else _data(data))
+    return frame
+
+
+_READ = int(Control.READ)
+_READ_REPLY = _READ | DIR_REPLY
+
+
 def read_request(address: str, di: int) -> Frame:
     """Read data (11h): DATA = DI, DI0 first."""
-    return Frame(address, Control.READ, _di_bytes(di))
+    return _built(address, _READ, _di_bytes(di))
 
 
 def read_reply(address: str, di: int, payload: bytes, *, followup: bool = False) -> Frame:
     """Normal read reply: 91h, or B1h when follow-up frames carry the rest."""
-    control = Control.READ | DIR_REPLY | (FOLLOWUP if followup else 0)
-    return Frame(address, control, _di_bytes(di) + bytes(payload))
+    return _built(address, (_READ_REPLY | FOLLOWUP) if followup else _READ_REPLY, _di_bytes(di) + bytes(payload))
 
 
 def followup_request(address: str, di: int, seq: int) -> Frame:

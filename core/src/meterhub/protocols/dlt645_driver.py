@@ -9,6 +9,7 @@ subclassing; nothing here is private to the built-in plugin.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -73,6 +74,10 @@ _READ_REQUEST_LEN = len(PREAMBLE) + codec.OVERHEAD + 4  # a read carries one 4-b
 _REPLY_HEADER_LEN = len(PREAMBLE) + 1
 #: A scan's answers: read address (6 address bytes) or SCAN_DI (4 DI + 4 data bytes).
 _SCAN_REPLY_LEN = len(PREAMBLE) + codec.OVERHEAD + 4 + 4
+
+#: A meter's address as sent (6 bytes, least significant first), worked out once per meter
+#: rather than for every request.
+_wire_address = functools.lru_cache(maxsize=1024)(codec.address_to_wire)
 
 
 def _hex_field(value: object, size: int, what: str) -> bytes:
@@ -255,15 +260,17 @@ class Dlt645Driver:
     async def read_di(self, bus: Conduit, meter: Meter, di: int, timeout: float) -> bytes:
         """The payload of one DI, follow-up frames included (each transaction gets ``timeout``)."""
         address = self.normalize_address(meter.address)
-        frame = await self._transact(bus, meter, self._read_request(address, di), self._read_function, timeout,
+        frame = await self._transact(bus, meter, self._read_request_bytes(address, di), address, self._read_function,
+                                     timeout,
                                      answers=lambda f: self._answers(lambda: self._check_di(f, di, self._parse_read(f)[0]), f))
         got, payload = self._parse_read(frame)
         self._check_di(frame, di, got)
         for seq in range(1, MAX_FOLLOWUPS + 1):
             if not frame.has_followup:
                 return payload
-            frame = await self._transact(bus, meter, self._followup_request(address, di, seq), self._followup_function,
-                                         timeout, answers=lambda f, n=seq: self._answers(lambda: self._parse_followup(f, di, n), f))
+            frame = await self._transact(bus, meter, self._encode(self._followup_request(address, di, seq)), address,
+                                         self._followup_function, timeout,
+                                         answers=lambda f, n=seq: self._answers(lambda: self._parse_followup(f, di, n), f))
             payload += self._parse_followup(frame, di, seq)
         raise FrameError(f"meter {address} announced more than {MAX_FOLLOWUPS} follow-up frames for DI {di:X}")
 
@@ -387,6 +394,18 @@ class Dlt645Driver:
     def _read_request(self, address: str, di: int) -> Frame:
         return codec.read_request(address, di)
 
+    def _read_request_bytes(self, address: str, di: int) -> bytes:
+        """The wire bytes of ``self._read_request(address, di)``, the request sent for every
+        reading: for the built-in requests straight from the address as sent (kept per
+        meter), without building a Frame; a subclass's own ``_read_request`` is encoded."""
+        edition = _FAST_READS.get(type(self)._read_request)
+        if edition is None:
+            return self._encode(self._read_request(address, di))
+        return codec.encode_read_request(_wire_address(address), di, preamble=self.preamble, edition=edition)
+
+    def _encode(self, request: Frame) -> bytes:
+        return codec.encode(request, preamble=self.preamble)
+
     def _parse_read(self, frame: Frame) -> tuple[int, bytes]:
         return codec.parse_read_reply(frame)
 
@@ -430,26 +449,28 @@ class Dlt645Driver:
         self,
         bus: Conduit,
         meter: Meter | None,
-        request: Frame,
+        request: bytes,
+        address: str,
         function: int,
         timeout: float,
         *,
         answers: Callable[[Frame], bool] | None = None,
     ) -> Frame:
-        """Send ``request``, return the reply to ``function`` from the addressed meter that
-        ``answers`` (if given) recognises as the answer to this very request."""
+        """Send ``request`` (its wire bytes) to ``address``, return the reply to ``function``
+        from the addressed meter that ``answers`` (if given) recognises as the answer to
+        this very request."""
 
         def accept(frame: object) -> bool:
             return (
                 isinstance(frame, Frame)
                 and frame.is_reply
                 and frame.function == function
-                and self._address_matches(request.address, frame.address)
+                and self._address_matches(address, frame.address)
                 and (answers is None or answers(frame))
             )
 
         exchange = await bus.transact(
-            codec.encode(request, preamble=self.preamble),
+            request,
             StreamDecoder(),
             timeout=timeout,
             accept=accept,
@@ -460,7 +481,7 @@ class Dlt645Driver:
         return exchange.frame
 
     async def _command(self, bus: Conduit, meter: Meter, request: Frame, timeout: float) -> Frame:
-        reply = await self._transact(bus, meter, request, request.function, timeout)
+        reply = await self._transact(bus, meter, self._encode(request), request.address, request.function, timeout)
         codec.expect_reply(reply, request.function, edition=self.EDITION)
         return reply
 
@@ -590,7 +611,8 @@ class Dlt645_1997Driver(Dlt645Driver):
         """
         timeout = at_least(timeout, self.scan_minimum(bus.settings), f"a {self.name} scan query")
         try:
-            frame = await self._transact(bus, None, codec.read_request_1997(WILDCARD, 0x9010), self._read_function, timeout)
+            frame = await self._transact(bus, None, self._encode(codec.read_request_1997(WILDCARD, 0x9010)), WILDCARD,
+                                         self._read_function, timeout)
         except MeterTimeout:
             return []
         except FrameError as exc:
@@ -615,3 +637,11 @@ class Dlt645_1997Driver(Dlt645Driver):
         )
         await self._command(bus, meter, request, timeout)
         return {"di": f"{di:04X}", "ok": True}
+
+
+#: The built-in read requests that :func:`~meterhub.protocols.dlt645.encode_read_request`
+#: makes without a Frame, and the edition it is told.
+_FAST_READS: dict[Callable[..., Frame], int] = {
+    Dlt645Driver._read_request: 2007,
+    Dlt645_1997Driver._read_request: 1997,
+}

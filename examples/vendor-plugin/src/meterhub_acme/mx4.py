@@ -139,4 +139,4 @@ class StreamDecoder(FrameFinder[Envelope]):
     """
 
     def __init__(self) -> None:
-        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN)
+        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=HEADER_LEN, starts=bytes((START,)))

@@ -25,6 +25,7 @@ identification and FFFF/FF in the other fields are wildcards (EN 13757-3 §11.4 
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import struct
 from collections.abc import Iterable
@@ -183,13 +184,15 @@ class Coding(enum.IntEnum):
 
     @property
     def is_integer(self) -> bool:
-        return self in (Coding.INT8, Coding.INT16, Coding.INT24, Coding.INT32, Coding.INT48, Coding.INT64)
+        return self in _INTEGER_CODINGS
 
     @property
     def is_bcd(self) -> bool:
-        return self in (Coding.BCD2, Coding.BCD4, Coding.BCD6, Coding.BCD8, Coding.BCD12)
+        return self in _BCD_CODINGS
 
 
+_INTEGER_CODINGS = frozenset((Coding.INT8, Coding.INT16, Coding.INT24, Coding.INT32, Coding.INT48, Coding.INT64))
+_BCD_CODINGS = frozenset((Coding.BCD2, Coding.BCD4, Coding.BCD6, Coding.BCD8, Coding.BCD12))
 _CODING_SIZE = {
     Coding.NONE: 0, Coding.INT8: 1, Coding.INT16: 2, Coding.INT24: 3, Coding.INT32: 4, Coding.REAL32: 4,
     Coding.INT48: 6, Coding.INT64: 8, Coding.SELECTION: 0, Coding.BCD2: 1, Coding.BCD4: 2, Coding.BCD6: 3,
@@ -686,6 +689,8 @@ def parse_records(data: bytes, start: int = 0) -> tuple[tuple[Item, ...], int | 
 
     Offsets in error messages count from the first byte of ``data`` (after CI).
     """
+    if type(data) is not bytes:
+        data = bytes(data)  # once, so that every slice below is bytes
     items: list[Item] = []
     pos = start
     while pos < len(data):
@@ -724,10 +729,20 @@ def _extensions(data: bytes, pos: int, head: int, what: str, limit: int, start: 
 
 
 def _parse_record(data: bytes, start: int) -> tuple[Record, int]:
-    pos = _extensions(data, start + 1, data[start], "DIFE", MAX_DIFE, start)
-    dib = bytes(data[start:pos])
+    """The record at ``data[start]`` (``data`` is bytes) and the position after it.
+
+    The checks are :func:`_need` and :func:`_extensions`, called only where they have
+    something to say (an extension bit set, too few bytes left): a record is parsed for
+    every record of every telegram read.
+    """
+    end = len(data)
+    pos = start + 1
+    if data[start] & EXTENSION:
+        pos = _extensions(data, pos, data[start], "DIFE", MAX_DIFE, start)
+    dib = data[start:pos]
     vib_start = pos
-    _need(data, pos, 1, "VIF", start)
+    if pos >= end:
+        _need(data, pos, 1, "VIF", start)
     vif = data[pos]
     pos += 1
     if vif & 0x7F == 0x7C:  # §6.4.2: plain-text unit: a length byte and that many characters
@@ -735,18 +750,21 @@ def _parse_record(data: bytes, start: int) -> tuple[Record, int]:
         text_len = data[pos]
         _need(data, pos + 1, text_len, "plain-text VIF", start)
         pos += 1 + text_len
-    pos = _extensions(data, pos, vif, "VIFE", MAX_VIFE, start)
-    vib = bytes(data[vib_start:pos])
-    coding = Coding(dib[0] & 0x0F)
+    if vif & EXTENSION:
+        pos = _extensions(data, pos, vif, "VIFE", MAX_VIFE, start)
+    vib = data[vib_start:pos]
+    fields = _dib_fields(dib)
+    coding = fields[0]
     if coding is Coding.VARIABLE:
         _need(data, pos, 1, "LVAR", start)
         size = _lvar_size(data[pos], start)
         _need(data, pos + 1, size, "variable-length data", start)
         size += 1
     else:
-        size = coding.size or 0
-        _need(data, pos, size, f"{coding.name} data", start)
-    return _interpret(dib, vib, bytes(data[pos : pos + size])), pos + size
+        size = _CODING_SIZE[coding] or 0
+        if pos + size > end:
+            _need(data, pos, size, f"{coding.name} data", start)
+    return _interpret(dib, vib, data[pos : pos + size], fields), pos + size
 
 
 def _lvar_size(lvar: int, start: int) -> int:
@@ -776,6 +794,14 @@ def record_storage(dib: bytes) -> tuple[int, int, int]:
         tariff |= (dife >> 4 & 0x03) << (2 * k)
         subunit |= (dife >> 6 & 0x01) << k
     return storage, tariff, subunit
+
+
+@functools.lru_cache(maxsize=1024)
+def _dib_fields(dib: bytes) -> tuple[Coding, Function, int, int, int]:
+    """``(coding, function, storage, tariff, subunit)`` of a DIB. Kept by its bytes: a
+    meter sends the same DIBs in every telegram (bounded; the values are immutable)."""
+    storage, tariff, subunit = record_storage(dib)
+    return Coding(dib[0] & 0x0F), Function(dib[0] >> 4 & 0x03), storage, tariff, subunit
 
 
 def build_dib(coding: Coding, *, function: Function = Function.INSTANTANEOUS, storage: int = 0, tariff: int = 0, subunit: int = 0) -> bytes:
@@ -1043,8 +1069,13 @@ class _Vib:
     date_of: bool
 
 
+@functools.lru_cache(maxsize=1024)
 def _interpret_vib(vib: bytes) -> _Vib:
-    """The meaning of a VIB; unknown codes give known=False, never an exception."""
+    """The meaning of a VIB; unknown codes give known=False, never an exception.
+
+    Kept by its bytes (bounded): a meter sends the same VIBs in every telegram, and a
+    _Vib is immutable, so one may serve every record that has that VIB.
+    """
     vif = vib[0]
     code = vif & 0x7F
     pos = 1
@@ -1197,9 +1228,11 @@ def _type_j(data: bytes) -> time:
     return time(data[2] & 0x1F, data[1] & 0x3F, data[0] & 0x3F)
 
 
+_TIME_POINTS = {Coding.INT16: _type_g, Coding.INT32: _type_f, Coding.INT48: _type_i, Coding.INT24: _type_j}
+
+
 def _time_point(coding: Coding, data: bytes, kind: str) -> tuple[Value, str]:
-    decoders = {Coding.INT16: _type_g, Coding.INT32: _type_f, Coding.INT48: _type_i, Coding.INT24: _type_j}
-    decoder = decoders.get(coding)
+    decoder = _TIME_POINTS.get(coding)
     if decoder is None:
         return None, f"a time point cannot be coded as {coding.name}"
     try:
@@ -1224,10 +1257,9 @@ def _variable(data: bytes) -> tuple[Value, str, bool]:
     return body, "binary data", False
 
 
-def _interpret(dib: bytes, vib: bytes, data: bytes) -> Record:
-    coding = Coding(dib[0] & 0x0F)
-    function = Function(dib[0] >> 4 & 0x03)
-    storage, tariff, subunit = record_storage(dib)
+def _interpret(dib: bytes, vib: bytes, data: bytes, fields: tuple[Coding, Function, int, int, int]) -> Record:
+    """The record of these wire parts; ``fields`` is ``_dib_fields(dib)``."""
+    coding, function, storage, tariff, subunit = fields
     info = _interpret_vib(vib)
     value: Value = None
     note = ""
@@ -1241,9 +1273,9 @@ def _interpret(dib: bytes, vib: bytes, data: bytes) -> Record:
         value, note, is_number = _variable(data)
         if is_number and isinstance(value, Decimal):
             value = _scaled(int(value), info.exponent)
-    elif coding.is_integer:
+    elif coding in _INTEGER_CODINGS:
         value = _scaled(int.from_bytes(data, "little", signed=True), info.exponent)
-    elif coding.is_bcd:
+    elif coding in _BCD_CODINGS:
         try:
             value = _scaled(_bcd(data), info.exponent)
         except ValueError as exc:
@@ -1436,7 +1468,10 @@ class StreamDecoder(FrameFinder[Frame]):
     """
 
     def __init__(self) -> None:
-        super().__init__(_candidate_size, judge_by_decode(decode), lookahead=_LONG_HEAD, singles={ACK: Ack})
+        super().__init__(
+            _candidate_size, judge_by_decode(decode), lookahead=_LONG_HEAD, singles={ACK: Ack},
+            starts=bytes((SHORT_START, LONG_START)),
+        )
 
 
 __all__ = [

@@ -18,7 +18,9 @@ quantities wanted are read in one request.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import struct
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -111,6 +113,8 @@ _RESPONSES = {3: ReadHoldingRegistersResponse, 4: ReadInputRegistersResponse}
 #: Bytes from a frame's start that always suffice to tell its length (the byte count of
 #: read/write multiple registers, function 23, is its 11th byte).
 _HEADER_LOOKAHEAD = 16
+#: Modbus Application Protocol §6.8: diagnostics, whose length depends on a 2-byte sub-function.
+_DIAGNOSTICS = 0x08
 #: Errors pymodbus's PDU look-ups raise on bytes that are not (yet) a PDU.
 _PDU_ERRORS = (ModbusException, IndexError, KeyError, ValueError, struct.error)
 
@@ -200,6 +204,11 @@ class _Sizer:
         if function & 0x80:
             # §7: only a server answers with an exception (unit, function | 0x80, code, CRC).
             return 0 if self.server else 5
+        if function == _DIAGNOSTICS and len(data) < 4:
+            # pymodbus reads the sub-function (bytes 2-3) from whatever is there, so a
+            # shorter head names another sub-function, with a length the whole header
+            # then denies; the stream search needs one answer that stays.
+            return None
         try:
             pdu_class = self.decoder.lookupPduClass(data)
             size = pdu_class.calculateRtuFrameSize(data) if pdu_class is not None else 0
@@ -249,6 +258,19 @@ def decode(data: bytes, *, server: bool = False) -> Frame:
     return frame
 
 
+def _byte_class(values: Iterable[int]) -> bytes:
+    return b"[" + b"".join(re.escape(bytes((v,))) for v in sorted(values)) + b"]"
+
+
+@functools.cache
+def _start_pattern(first_unit: int, server: bool, functions: frozenset[int]) -> re.Pattern[bytes]:
+    """Where a candidate can start: a unit id followed by a known function code (with
+    bit 7 set too, an exception, in answers), or by nothing yet. The stream search skips
+    the other bytes at C speed, as :meth:`_Sizer.size` would refuse them."""
+    codes = set(functions) | ({f | 0x80 for f in functions} if not server else set())
+    return re.compile(_byte_class(range(first_unit, MAX_UNIT + 1)) + b"(?=" + _byte_class(codes) + rb"|\Z)")
+
+
 class StreamDecoder(FrameFinder[Frame]):
     """Finds Modbus RTU frames in a byte stream that may hold noise and damaged frames.
 
@@ -265,6 +287,12 @@ class StreamDecoder(FrameFinder[Frame]):
     starts where a frame could start (the stream's start, or right after the previous
     frame). Other bad candidates are noise. ``functions`` limits the function codes
     recognised (default: every code pymodbus knows).
+
+    A damaged frame is reported only once no earlier candidate could still contain it,
+    and not at all if a frame around it turns out valid (or damaged): register values
+    can read as a short frame of the expected unit (``11 83 02 ..``, an exception reply
+    with a bad CRC), and such a false candidate inside an answer ends, and would be
+    judged, before the answer around it.
     """
 
     def __init__(
@@ -278,7 +306,8 @@ class StreamDecoder(FrameFinder[Frame]):
         self._sizer = _Sizer(server, functions)
         self._unit = unit
         self._function = function
-        super().__init__(self._sizer.size, self._judge_candidate, lookahead=_HEADER_LOOKAHEAD)
+        super().__init__(self._sizer.size, self._judge_candidate, lookahead=_HEADER_LOOKAHEAD,
+                         starts=_start_pattern(self._sizer.first_unit, server, self._sizer.functions), hold_errors=True)
 
     def _reportable(self, body: bytes, aligned: bool) -> bool:
         """Is a bad-CRC candidate a damaged frame worth reporting, or just noise?"""
