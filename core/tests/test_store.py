@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_every_reading_filter_runs_in_the_indexed_query(store: SqliteStore) -> N
     (sql,) = [s for s in executed if s.startswith("SELECT")]
     assert "protocol = 'modbus'" in sql and "channel = 'bus2'" in sql and "meter = '1'" in sql
     plan = store._conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()
-    assert any("readings_meter_quantity_time" in row[-1] for row in plan)
+    assert any("readings_key (meter=? AND quantity=? AND timestamp>?)" in row[-1] for row in plan)
 
 
 def test_since_is_inclusive_and_timezone_correct(store: SqliteStore) -> None:
@@ -208,11 +209,50 @@ def test_limit_keeps_the_oldest(store: SqliteStore) -> None:
 
 
 def test_readings_are_indexed_by_meter_quantity_time(store: SqliteStore) -> None:
+    # the reading key leads with them: one index keeps readings unique and finds them
     plan = store._conn.execute(
         "EXPLAIN QUERY PLAN SELECT * FROM readings WHERE meter = ? AND quantity = ? AND timestamp >= ?",
         ("a", "b", "c"),
     ).fetchall()
-    assert any("readings_meter_quantity_time" in row[-1] for row in plan)
+    assert any("readings_key (meter=? AND quantity=? AND timestamp>?)" in row[-1] for row in plan)
+
+
+def _plan_of(store: SqliteStore, query: Callable[[], object]) -> list[str]:
+    """The query plan of every SELECT ``query()`` runs."""
+    executed: list[str] = []
+    store._conn.set_trace_callback(executed.append)
+    try:
+        query()
+    finally:
+        store._conn.set_trace_callback(None)
+    selects = [sql for sql in executed if sql.startswith("SELECT")]
+    assert selects
+    return [row[-1] for sql in selects for row in store._conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+@pytest.mark.parametrize("query, index", [
+    (lambda s: s.readings(meter="1"), "readings_key (meter=?)"),
+    (lambda s: s.readings(meter="1", quantity="1-0:1.8.0"), "readings_key (meter=? AND quantity=?)"),
+    (lambda s: s.readings(since=T0), "readings_time (timestamp>?)"),
+    (lambda s: s.readings(), "readings_time"),
+    (lambda s: s.meters(), "COVERING INDEX readings_key"),
+    (lambda s: s.meters(meter="1"), "COVERING INDEX readings_key (meter=?)"),
+    (lambda s: s.latest(), "readings_key"),
+    (lambda s: s.latest(terminal=""), "readings_key"),
+    (lambda s: s.latest(meter="1"), "readings_key (meter=?)"),
+    (lambda s: s.latest(meter="1", quantity="1-0:1.8.0"), "readings_key (meter=? AND quantity=?)"),
+])
+def test_every_lookup_uses_an_index(store: SqliteStore, query: Callable[[SqliteStore], object], index: str) -> None:
+    _same_address_on_two_protocols_and_two_buses(store)
+    plan = _plan_of(store, lambda: query(store))
+    assert any(f"USING {index}" in step or f"USING INDEX {index}" in step for step in plan), plan
+    assert not any(step == "SCAN readings" for step in plan), plan
+
+
+def test_latest_sorts_only_within_a_measuring_point(store: SqliteStore) -> None:
+    # the key's index gives meter and quantity in order; no sort of every stored reading
+    plan = _plan_of(store, store.latest)
+    assert "USE TEMP B-TREE FOR RIGHT PART OF ORDER BY" in plan
 
 
 # --- events and rounds -----------------------------------------------------------------------

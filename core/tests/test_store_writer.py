@@ -174,6 +174,34 @@ def test_each_merged_caller_gets_its_own_count(url: str) -> None:
     run(main)
 
 
+def test_the_callers_of_a_merged_write_are_told_with_one_wake_up_of_their_loop(url: str) -> None:
+    async def main() -> None:
+        gate = Gate()
+        loop = asyncio.get_running_loop()
+        wake_ups: list[int] = []
+        call_soon_threadsafe = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            if threading.current_thread().name == "meterhub-store-writer":
+                wake_ups.append(1)
+            return call_soon_threadsafe(*args, **kw)
+
+        async with StoreWriter(lambda: open_store(url)) as writer:
+            held = await gate.close_on(writer)
+            loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+            writes = await queued(*(writer.add_readings([reading(f"{n}")]) for n in range(8)))
+            writes[3].cancel()  # a caller that gives up does not keep the others from hearing
+            gate.opened.set()
+            await held
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            assert results[:3] + results[4:] == [1] * 7 and isinstance(results[3], asyncio.CancelledError)
+            assert writer.merged_writes == 1
+            assert len(wake_ups) == 2  # the held call's answer, then all eight writes at once
+            assert await writer.call(lambda store: len(store.readings())) == 8  # the cancelled one too
+
+    run(main)
+
+
 def test_a_call_between_reading_writes_keeps_its_place(url: str) -> None:
     async def main() -> None:
         gate = Gate()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
+import itertools
 import json
 import operator
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Self
 
@@ -43,7 +45,7 @@ from . import (
 
 #: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
 #: tables change; a store written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Seconds a writer waits for another process's lock (``meterhub export`` reading the
 #: file while the concentrator writes) before the write fails loudly.
@@ -59,15 +61,20 @@ ROUTE_SEPARATOR = "/"
 #: reading (SQL counts NULL unequal to NULL). Periods are ≥ 0, which writes check.
 _NO_PERIOD = -1
 
+# One row per reading key. Meter, quantity and time lead, so the key is also the index the
+# lookups use (readings of a meter, since a time; latest; meters), and a reading written
+# costs one index besides its row and the time index.
 _READINGS_KEY = (
     "CREATE UNIQUE INDEX readings_key ON readings"
-    f" (terminal, channel, protocol, meter, quantity, timestamp, coalesce(period, {_NO_PERIOD}))"
+    f" (meter, quantity, timestamp, terminal, channel, protocol, coalesce(period, {_NO_PERIOD}))"
 )
 
-# Tables new in schema version 2, built alike by a new file and by the migration from 1.
+# Tables new in schema version 2 (as version 3 has them, without version 2's triggers).
 # outbox ids are AUTOINCREMENT: an id an uplink acknowledged is never handed out again.
-# outbox_sizes keeps each queue's length, so the cap is checked without counting rows.
-_V2_TABLES = """
+# outbox_sizes keeps each queue's length, so the cap is checked without counting rows; the
+# writes keep it, once per transaction and uplink (every write to outbox goes through
+# SqliteStore._queue, _cap_outboxes or ack).
+_OUTBOX_AND_COMMANDS = """
 CREATE TABLE outbox (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     uplink      TEXT NOT NULL,
@@ -80,13 +87,6 @@ CREATE TABLE outbox_sizes (
     uplink      TEXT PRIMARY KEY,
     size        INTEGER NOT NULL
 );
-CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
-    INSERT INTO outbox_sizes (uplink, size) VALUES (NEW.uplink, 1)
-        ON CONFLICT (uplink) DO UPDATE SET size = size + 1;
-END;
-CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
-    UPDATE outbox_sizes SET size = size - 1 WHERE uplink = OLD.uplink;
-END;
 CREATE TABLE commands (
     id          TEXT PRIMARY KEY,
     meter       TEXT NOT NULL,
@@ -128,7 +128,6 @@ CREATE TABLE readings (
     data_time   TEXT,
     period      INTEGER
 );
-CREATE INDEX readings_meter_quantity_time ON readings (meter, quantity, timestamp);
 CREATE INDEX readings_time ON readings (timestamp);
 {_READINGS_KEY};
 CREATE TABLE events (
@@ -150,7 +149,25 @@ CREATE TABLE rounds (
     failed      INTEGER NOT NULL,
     stats       TEXT NOT NULL
 );
-{_V2_TABLES}
+{_OUTBOX_AND_COMMANDS}
+"""
+
+# What version 2 had and version 3 has not, for the migration from 1 to build version 2
+# exactly (the step from 2 to 3 then takes it away, with the index by meter, quantity and
+# time that version 1 had already): its reading key, and a trigger per outbox row keeping
+# the sizes.
+_V2_READINGS_KEY = (
+    "CREATE UNIQUE INDEX readings_key ON readings"
+    f" (terminal, channel, protocol, meter, quantity, timestamp, coalesce(period, {_NO_PERIOD}))"
+)
+_V2_OUTBOX_TRIGGERS = """
+CREATE TRIGGER outbox_counted AFTER INSERT ON outbox BEGIN
+    INSERT INTO outbox_sizes (uplink, size) VALUES (NEW.uplink, 1)
+        ON CONFLICT (uplink) DO UPDATE SET size = size + 1;
+END;
+CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_sizes SET size = size - 1 WHERE uplink = OLD.uplink;
+END;
 """
 
 _READING_COLUMNS = (
@@ -168,9 +185,35 @@ def _insert_sql(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-# A reading already stored under its key is skipped. Not INSERT OR IGNORE: that would
-# also skip, silently, a row breaking a NOT NULL or CHECK constraint.
-_INSERT_READING = _insert_sql("readings", _READING_COLUMNS) + " ON CONFLICT DO NOTHING RETURNING id"
+#: Rows one INSERT of readings takes at most (fewer when the connection's limit on SQL
+#: variables says so: SQLite builds before 3.32 allow 999).
+_READINGS_PER_INSERT = 256
+
+
+#: What a reading row holds for None in the columns that may be NULL, turned back into NULL
+#: by the INSERT (``nullif(?, x'')``): sqlite3 binds None only after looking for an adapter
+#: (half a microsecond, three times a reading), an empty bytearray at once. No field of a
+#: reading is a blob, so no value is mistaken for it.
+_NULL = bytearray()
+_NULLABLE = frozenset({"value", "value_type", "error_code", "latency", "data_time", "period"})
+
+#: The largest rowid there is. Below it SQLite gives a new row the id one past the largest
+#: in its table (https://sqlite.org/autoinc.html), so the rows one INSERT stores get the ids
+#: that follow; once a table holds it, SQLite picks new ids at random.
+_MAX_ROWID = 2**63 - 1
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_readings_sql(rows: int, *, returning: bool) -> str:
+    """One INSERT of ``rows`` readings. A reading already stored under its key (or earlier
+    in the same INSERT: rows go in in order, so the first wins) is skipped: not counted, and
+    with ``returning``, no id returned for it. Not INSERT OR IGNORE: that would also skip,
+    silently, a row breaking a NOT NULL or CHECK constraint."""
+    values = "(" + ", ".join("nullif(?, x'')" if column in _NULLABLE else "?" for column in _READING_COLUMNS) + ")"
+    return (f"INSERT INTO readings ({', '.join(_READING_COLUMNS)}) VALUES {', '.join([values] * rows)}"
+            f" ON CONFLICT DO NOTHING{' RETURNING id' if returning else ''}")
+
+
 _INSERT_EVENT = _insert_sql("events", _EVENT_COLUMNS) + " RETURNING id"
 _INSERT_COMMAND = _insert_sql("commands", _COMMAND_COLUMNS)
 
@@ -207,16 +250,32 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
         "DELETE FROM readings WHERE id NOT IN (SELECT min(id) FROM readings GROUP BY terminal, channel,"
         f" protocol, meter, quantity, timestamp, coalesce(period, {_NO_PERIOD}))"
     ).rowcount
-    _run_script(conn, f"{_READINGS_KEY};{_V2_TABLES}")
+    _run_script(conn, f"{_V2_READINGS_KEY};{_OUTBOX_AND_COMMANDS}{_V2_OUTBOX_TRIGGERS}")
     if dropped:
         note = Event(DUPLICATES_DROPPED, source="store", severity="warning",
                      data={"schema_version": 2, "readings": dropped, "kept": "the first stored of each"})
         conn.execute(_INSERT_EVENT, _event_row(note)).fetchall()
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3: cheaper writes, nothing stored differently. The reading key leads with
+    meter, quantity and time, so it serves the lookups ``readings_meter_quantity_time`` did
+    and that index goes; the outbox sizes are kept by the writes, once per transaction,
+    instead of by a trigger per outbox row."""
+    conn.execute("DROP TRIGGER outbox_counted")
+    conn.execute("DROP TRIGGER outbox_uncounted")
+    # The triggers kept the sizes exact; counted afresh all the same, from the rows themselves.
+    conn.execute("DELETE FROM outbox_sizes")
+    conn.execute("INSERT INTO outbox_sizes (uplink, size) SELECT uplink, count(*) FROM outbox GROUP BY uplink")
+    conn.execute("DROP INDEX readings_meter_quantity_time")
+    # The same columns in another order: every stored row fits the new key as it fitted the old.
+    conn.execute("DROP INDEX readings_key")
+    conn.execute(_READINGS_KEY)
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from version ``n - 1`` to ``n`` (inside the
 #: opening transaction). Version 0 is an empty file, built by :data:`_SCHEMA` directly.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_1_to_2, 3: _migrate_2_to_3}
 
 
 # --- conversions -------------------------------------------------------------------
@@ -224,9 +283,12 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_1_to_
 
 def _ts(value: datetime) -> str:
     """A timestamp as fixed-width ISO 8601 UTC text (microseconds always present)."""
+    if value.tzinfo is UTC:  # what meterhub makes: no conversion to do
+        # the default form has the microseconds unless they are 0, and costs less
+        return value.isoformat() if value.microsecond else value.isoformat(timespec="microseconds")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"timestamp {value!r} has no timezone; meterhub stores aware UTC times")
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _parse_ts(text: str) -> datetime:
@@ -261,21 +323,37 @@ def _route_text(r: Reading) -> str:
     return ROUTE_SEPARATOR.join(r.route)
 
 
+#: Quality (or its text) → the text stored: the check ``Quality(q).value`` makes, without its cost.
+_QUALITY_TEXT: dict[str, str] = {quality: quality.value for quality in Quality}
+
+
 def _reading_row(r: Reading) -> tuple[Any, ...]:
-    if r.value is None:
-        value, value_type = None, None
-    elif isinstance(r.value, Decimal):
-        value, value_type = str(r.value), _DECIMAL
-    elif isinstance(r.value, str):
-        value, value_type = r.value, _TEXT
+    """A reading as the INSERT of readings binds it (None as :data:`_NULL` where NULL may go)."""
+    # On the writer's path for every reading: each field read once, the usual case first.
+    value = r.value
+    if value is None:
+        text, value_type = _NULL, _NULL
+    elif isinstance(value, Decimal):
+        text, value_type = str(value), _DECIMAL
+    elif isinstance(value, str):
+        text, value_type = value, _TEXT
     else:
-        raise ValueError(f"reading {r.meter} {r.quantity}: value {r.value!r} is neither Decimal, str nor None")
-    if r.period is not None and (not isinstance(r.period, int) or isinstance(r.period, bool) or r.period < 0):
-        raise ValueError(f"reading {r.meter} {r.quantity}: period {r.period!r} is not a whole number ≥ 0")
+        raise ValueError(f"reading {r.meter} {r.quantity}: value {value!r} is neither Decimal, str nor None")
+    period = r.period
+    if period is None:
+        period = _NULL
+    elif not isinstance(period, int) or isinstance(period, bool) or period < 0:
+        raise ValueError(f"reading {r.meter} {r.quantity}: period {period!r} is not a whole number ≥ 0")
+    try:
+        quality = _QUALITY_TEXT[r.quality]
+    except (KeyError, TypeError):
+        quality = Quality(r.quality).value  # raises for what is no quality
+    error_code, latency, data_time = r.error_code, r.latency, r.data_time
     return (
-        r.meter, r.quantity, value, value_type, r.unit, _ts(r.timestamp), Quality(r.quality).value,
-        r.error_code, r.detail, r.channel, r.protocol, r.attempts, r.latency,
-        r.terminal, _route_text(r), None if r.data_time is None else _ts(r.data_time), r.period,
+        r.meter, r.quantity, text, value_type, r.unit, _ts(r.timestamp), quality,
+        _NULL if error_code is None else error_code, r.detail, r.channel, r.protocol, r.attempts,
+        _NULL if latency is None else latency, r.terminal, _route_text(r) if r.route else "",
+        _NULL if data_time is None else _ts(data_time), period,
     )
 
 
@@ -497,49 +575,86 @@ class SqliteStore:
         counts: list[int] = []
         with self._transaction("write readings to"):
             queued = utcnow()
-            touched: dict[str, None] = {}
+            refs: dict[str, list[int]] = {}  # what each uplink gets, in the order of the batches
+            (last_id,) = self._conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()
             for rows, uplinks in prepared:
-                new_ids = self._insert_readings(rows)
+                new_ids, last_id = self._insert_readings(rows, last_id)
                 counts.append(len(new_ids))
                 if new_ids:
-                    self._queue(uplinks, "reading", new_ids, queued)
-                    touched.update(dict.fromkeys(uplinks))
-            overflow = self._cap_outboxes(touched, queued)
+                    for uplink in uplinks:
+                        refs.setdefault(uplink, []).extend(new_ids)
+            overflow = self._queue("reading", refs, queued)
         self._overflow.extend(overflow)
         return counts
 
-    def _insert_readings(self, rows: Iterable[tuple[Any, ...]]) -> list[int]:
-        """Insert rows, skipping those stored already; the ids of the new ones."""
-        new_ids = []
-        for row in rows:
-            # fetchall: the statement runs to its end (RETURNING gives no row for a skip)
-            new_ids.extend(id_ for (id_,) in self._conn.execute(_INSERT_READING, row).fetchall())
-        return new_ids
+    def _insert_readings(self, rows: Sequence[tuple[Any, ...]], last_id: int) -> tuple[list[int], int]:
+        """Insert rows, skipping those stored already; the ids of the new ones, ascending (a
+        duplicate gets none, so it is neither counted nor queued), and the largest id now.
+        ``last_id`` is the largest id before: in this transaction no one else writes readings."""
+        per_insert = max(1, min(_READINGS_PER_INSERT,
+                                self._conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(_READING_COLUMNS)))
+        new_ids: list[int] = []
+        for start in range(0, len(rows), per_insert):
+            chunk = rows[start:start + per_insert]
+            params = list(itertools.chain.from_iterable(chunk))
+            if last_id + len(chunk) < _MAX_ROWID:
+                # The rows stored took the ids after last_id, one each (see _MAX_ROWID): no
+                # RETURNING, which would cost a sixth of the write. The last id tells if not.
+                cursor = self._conn.execute(_insert_readings_sql(len(chunk), returning=False), params)
+                stored = cursor.rowcount
+                if stored and cursor.lastrowid != last_id + stored:
+                    raise StoreError(f"store {self.url}: {stored} readings stored after id {last_id} got ids up"
+                                     f" to {cursor.lastrowid}; their outbox items cannot be told")
+                new_ids += range(last_id + 1, last_id + stored + 1)
+                last_id += stored
+            else:
+                # Random ids: as the INSERT returns them (read to the end, so it ran whole),
+                # in no promised order; sorted, as the others come.
+                cursor = self._conn.execute(_insert_readings_sql(len(chunk), returning=True), params)
+                new_ids += sorted(id_ for (id_,) in cursor)
+                last_id = max([last_id, *new_ids])
+        return new_ids, last_id
 
-    def _queue(self, uplinks: Sequence[str], kind: str, refs: Sequence[int], queued: datetime) -> None:
+    def _queue(self, kind: str, refs: Mapping[str, Sequence[int]], queued: datetime) -> list[Event]:
+        """Queue ``refs[uplink]`` (ids of ``kind``) for each uplink, in that order; keep the
+        queues' sizes, and hold each to ``outbox_max`` (:meth:`_cap_outboxes`)."""
         at = _ts(queued)
-        self._conn.executemany(
-            "INSERT INTO outbox (uplink, kind, ref, queued) VALUES (?, ?, ?, ?)",
-            [(uplink, kind, ref, at) for uplink in uplinks for ref in refs],
-        )
+        sizes = {}
+        for uplink, ids in refs.items():
+            added = self._conn.execute(
+                "INSERT INTO outbox (uplink, kind, ref, queued) SELECT ?, ?, value, ? FROM json_each(?) ORDER BY key",
+                (uplink, kind, at, json.dumps(ids)),
+            ).rowcount
+            ((sizes[uplink],),) = self._conn.execute(
+                "INSERT INTO outbox_sizes (uplink, size) VALUES (?, ?)"
+                " ON CONFLICT (uplink) DO UPDATE SET size = size + excluded.size RETURNING size",
+                (uplink, added),
+            ).fetchall()
+        return self._cap_outboxes(sizes, queued)
 
-    def _cap_outboxes(self, uplinks: Iterable[str], at: datetime) -> list[Event]:
-        """Drop the oldest items of every queue past ``outbox_max``, each drop told by a
-        stored ``outbox_overflow`` event (not queued itself); the events, for observers."""
+    def _cap_outboxes(self, sizes: Mapping[str, int], at: datetime) -> list[Event]:
+        """Drop the oldest items of every queue past ``outbox_max`` (``sizes``: the queues
+        written to, by their size now), each drop told by a stored ``outbox_overflow`` event
+        (not queued itself); the events, for observers."""
         events = []
-        for uplink in uplinks:
-            excess = self._outbox_size(uplink) - self.outbox_max
+        for uplink, size in sizes.items():
+            excess = size - self.outbox_max
             if excess <= 0:
                 continue
-            self._conn.execute(
+            dropped = self._conn.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE uplink = ? ORDER BY id LIMIT ?)",
                 (uplink, excess),
-            )
+            ).rowcount
+            self._count_out(uplink, dropped)
             event = Event(OUTBOX_OVERFLOW, source=uplink, timestamp=at, severity="warning",
                           data={"uplink": uplink, "dropped": excess, "limit": self.outbox_max})
             self._conn.execute(_INSERT_EVENT, _event_row(event)).fetchall()
             events.append(event)
         return events
+
+    def _count_out(self, uplink: str, removed: int) -> None:
+        if removed:
+            self._conn.execute("UPDATE outbox_sizes SET size = size - ? WHERE uplink = ?", (removed, uplink))
 
     def add_event(self, event: Event, *, outbox: Sequence[str] = ()) -> None:
         """Store one event (``data`` as JSON, Decimals as strings), queued for every
@@ -547,9 +662,7 @@ class SqliteStore:
         row, uplinks = _event_row(event), _uplinks(outbox)
         with self._transaction("write an event to"):
             ((event_id,),) = self._conn.execute(_INSERT_EVENT, row).fetchall()
-            queued = utcnow()
-            self._queue(uplinks, "event", [event_id], queued)
-            overflow = self._cap_outboxes(uplinks, queued)
+            overflow = self._queue("event", {uplink: [event_id] for uplink in uplinks}, utcnow())
         self._overflow.extend(overflow)
 
     def add_round(self, report: RoundReport) -> None:
@@ -620,6 +733,7 @@ class SqliteStore:
                 "DELETE FROM outbox WHERE uplink = ? AND id IN (SELECT value FROM json_each(?))",
                 (uplink, json.dumps(keys)),
             ).rowcount
+            self._count_out(uplink, removed)
         return int(removed)
 
     # -- commands ---------------------------------------------------------------------
@@ -727,8 +841,10 @@ class SqliteStore:
         equal = [(column, value) for column, value in (("meter", meter), ("quantity", quantity), ("terminal", terminal))
                  if value is not None]
         where = " AND ".join(["quality = ?", *(f"{column} = ?" for column, _ in equal)])
+        # Partitioned meter and quantity first, as the reading key leads: the key's index
+        # gives the rows in that order, and only each measuring point's few are sorted.
         sql = (
-            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY terminal, channel, protocol, meter, quantity,"
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY meter, quantity, terminal, channel, protocol,"
             f" period ORDER BY timestamp DESC, id DESC) AS newness FROM readings WHERE {where})"
             " WHERE newness = 1 ORDER BY terminal, channel, protocol, meter, quantity, period"
         )

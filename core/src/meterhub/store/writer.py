@@ -41,13 +41,18 @@ class _Job:
 _STOP = object()  # queued by close(): everything before it is written first
 
 
-def _set_outcome(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():  # the caller gave up waiting; the write happened all the same
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+#: What a job came to: the job, its result, or the error it raised (then the result is None).
+_Outcome = tuple[_Job, Any, BaseException | None]
+
+
+def _set_outcomes(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in settled:
+        if future.cancelled():  # the caller gave up waiting; the write happened all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
 
 
 class StoreWriter:
@@ -175,7 +180,7 @@ class StoreWriter:
             else:
                 for job in group:
                     assert job.fn is not None
-                    self._settle(job, job.fn, store, *job.args)
+                    self._deliver([self._settle(job, job.fn, store, *job.args)])
 
     def _write_readings(self, store: Store, group: list[_Job]) -> None:
         batches = [job.batch for job in group if job.batch is not None]
@@ -186,36 +191,42 @@ class StoreWriter:
                 counts = None  # and the one at fault fails its own caller, no other
             if counts is not None:
                 self.merged_writes += 1
-                for job, count in zip(group, counts, strict=True):
-                    self._deliver(job, count, None)
+                self._deliver([(job, count, None) for job, count in zip(group, counts, strict=True)])
                 return
-        for job, (readings, outbox) in zip(group, batches, strict=True):
-            self._settle(job, _add_readings, store, readings, outbox)
-
-    def _settle(self, job: _Job, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - the caller's to handle, whatever it is
-            self._deliver(job, None, exc)
-        else:
-            self._deliver(job, result, None)
+        self._deliver([self._settle(job, _add_readings, store, readings, outbox)
+                       for job, (readings, outbox) in zip(group, batches, strict=True)])
 
     @staticmethod
-    def _deliver(job: _Job, result: Any, error: BaseException | None) -> None:
+    def _settle(job: _Job, fn: Callable[..., Any], *args: Any) -> _Outcome:
         try:
-            job.loop.call_soon_threadsafe(_set_outcome, job.future, result, error)
-        except RuntimeError:
-            pass  # the caller's event loop is closed: nobody is left to tell
+            return job, fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - the caller's to handle, whatever it is
+            return job, None, exc
+
+    @staticmethod
+    def _deliver(outcomes: list[_Outcome]) -> None:
+        """Tell each caller its outcome: one wake-up per event loop for all of them (a
+        merged write settles many callers at once; a wake-up each would cost a syscall each)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for job, result, error in outcomes:
+            by_loop.setdefault(job.loop, []).append((job.future, result, error))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_set_outcomes, settled)
+            except RuntimeError:
+                pass  # the caller's event loop is closed: nobody is left to tell
 
     def _fail_leftovers(self) -> None:
         """Tell callers whose jobs were never run (the thread is ending) that they were not."""
+        leftovers: list[_Outcome] = []
         while True:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:
-                return
+                break
             if isinstance(job, _Job):
-                self._deliver(job, None, StoreError("the store writer stopped before this write"))
+                leftovers.append((job, None, StoreError("the store writer stopped before this write")))
+        self._deliver(leftovers)
 
 
 def _add_readings(store: Store, readings: Sequence[Reading], outbox: Sequence[str]) -> int:
