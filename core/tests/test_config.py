@@ -317,9 +317,9 @@ def test_good_file_becomes_the_right_site():
                 credential="meter-2",
             ),
             Meter(address="000000000003", protocol="dlt645", channel="bus2", quantities=(DEFAULT_QUANTITY,), timeout=0.5,
-                  hops=(HUB1,)),
+                  hops=(HUB1,), point=3),  # no point: its position
             Meter(address="000000000004", protocol="dlt645", channel="bus2", quantities=(DEFAULT_QUANTITY,),
-                  hops=(HUB1, Hop("relay2", delay=0.3))),
+                  hops=(HUB1, Hop("relay2", delay=0.3)), point=4),
         ),
         collectors={"hub1": Collector("hub1", "bus2", "000000009001", "dlt645", {"ports": 12}),
                     "relay2": Collector("relay2", "bus2", via="hub1", delay=0.3)},
@@ -360,7 +360,29 @@ def test_schedule_defaults():
 
 def test_optional_meter_fields_stay_unset():
     meter = load("defaults.yaml").meters[0]
-    assert (meter.point, meter.name, meter.timeout, meter.retries, meter.settings) == (None, "", None, None, None)
+    assert (meter.name, meter.timeout, meter.retries, meter.settings) == ("", None, None, None)
+
+
+POINTS_SITE = (
+    "channels: {b: {transport: rs485, port: /dev/x}}\n"
+    "meters:\n"
+    "  - {address: '1', channel: b, protocol: dlt645, point: %s}\n"
+    "  - {address: '2', channel: b, protocol: dlt645}\n"
+    "  - {address: '3', channel: b, protocol: dlt645}\n"
+)
+
+
+def test_a_meter_without_a_point_is_the_measuring_point_of_its_position_in_the_file():
+    assert [m.point for m in parse(POINTS_SITE % 7).meters] == [7, 2, 3]
+
+
+def test_a_position_taken_by_an_explicit_point_is_an_error_naming_both_meters():
+    with pytest.raises(ConfigError) as caught:
+        parse(POINTS_SITE % 2)
+    assert str(caught.value.issues[0]) == (
+        "site.yaml:4: meters[1]: has no point: and its position makes it measuring point 2, which meters[0]"
+        " (line 3) already has; give it a point:"
+    )
 
 
 def test_no_collectors_and_no_uplink_by_default():

@@ -674,10 +674,13 @@ class _SiteBuilder:
         result: list[Meter] = []
         addresses: dict[tuple[str, str, str], _Node] = {}
         points: dict[int, _Node] = {}
-        for item in items or ():
+        unnumbered: list[tuple[int, int, _Node]] = []  # (index in result, position in the file, node)
+        for position, item in enumerate(items or (), start=1):
             meter = self.meter(item, channels, collectors)
             if meter is None:
                 continue
+            if meter.point is None:
+                unnumbered.append((len(result), position, item))
             result.append(meter)
             self.driver_issues(meter, item)
             self.placement_issues(meter, item, channels)
@@ -705,6 +708,21 @@ class _SiteBuilder:
                     )
                 else:
                     points[meter.point] = point_node
+        # A meter without ``point:`` is measuring point N, N its position in the file from 1
+        # (Q/GDW 1376.1 pn; 0 is the terminal itself).
+        for index, position, item in unnumbered:
+            if position > POINT_RANGE[1]:
+                break  # past the last pn 1376.1 can name: such meters have no measuring point
+            first = points.get(position)
+            if first is not None:
+                self.bad(
+                    item,
+                    f"has no point: and its position makes it measuring point {position}, which"
+                    f" {first.path.rsplit('.', 1)[0]} (line {first.line}) already has; give it a point:",
+                )
+                continue
+            points[position] = item
+            result[index] = attrs.evolve(result[index], point=position)
         return result
 
     def offers(self, plugin: object, capability: type) -> bool:
