@@ -200,10 +200,18 @@ def _redact(text: str, secret_values: Collection[str], keep: Collection[str] = (
     """``text`` with every secret value masked, except inside the ``keep`` strings (the
     meter's address: a factory password 000000 is not what address 000000000001 shows)."""
     kept = [k for k in keep if k]
-    if kept:
+    # A secret that no kept string contains is masked everywhere, also where it contains a
+    # kept string itself (a password "#000000000001%" around the address).
+    inside = [v for v in secret_values if any(v in k for k in kept)]
+    text = _mask(text, [v for v in secret_values if v not in inside])
+    if inside:
         pattern = "|".join(re.escape(k) for k in sorted(kept, key=len, reverse=True))
         parts = re.split(f"({pattern})", text)
-        return "".join(part if i % 2 else _redact(part, secret_values) for i, part in enumerate(parts))
+        return "".join(part if i % 2 else _mask(part, inside) for i, part in enumerate(parts))
+    return text
+
+
+def _mask(text: str, secret_values: Collection[str]) -> str:
     for value in sorted(secret_values, key=len, reverse=True):  # a longer secret may contain a shorter
         text = text.replace(value, REDACTED)
     return text
