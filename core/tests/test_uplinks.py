@@ -713,6 +713,22 @@ def test_events_since_a_time_oldest_first(make_rig) -> None:
     assert first == [old]
 
 
+def test_an_uplinks_event_is_stored_and_queued_for_every_uplink(make_rig) -> None:
+    rig = make_rig()
+    event = Event("uplink_password_refused", source="gdw1376.1", severity="warning", data={"afn": 5})
+
+    async def go() -> tuple[list[Event], list[Any]]:
+        async with rig.running():
+            terminal = await started(rig)
+            terminal.raise_event(event)
+            await rig.concentrator.flush()
+            return await terminal.events(), [item.item for item in await terminal.outbox()]
+
+    stored, queued = asyncio.run(go())
+    assert stored == [event]
+    assert event in queued
+
+
 def test_execute_refused_by_a_policy_sends_nothing_and_is_journalled_as_the_uplinks(make_rig) -> None:
     rig = make_rig()
     rig.plugin.refusal = "relay control is locked during billing"

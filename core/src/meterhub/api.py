@@ -506,6 +506,12 @@ class Terminal(Protocol):
         """Stored events, oldest first."""
         ...
 
+    def raise_event(self, event: Event) -> None:
+        """Raise an event of the uplink's own (a master that sent a wrong password, a
+        modem's signal quality): stored, queued for every uplink and told to observers,
+        like the concentrator's events. Returns at once; the store writes it."""
+        ...
+
     async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
         """Carry out a command on a point's meter through the command path every origin
         uses (policy hooks, credentials from the secret store, the audit trail); raise

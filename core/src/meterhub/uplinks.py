@@ -91,6 +91,9 @@ class ConcentratorTerminal:
     async def events(self, *, since: datetime | None = None, limit: int | None = None) -> list[Event]:
         return await self._c.store_call(lambda store: store.events(since=since, limit=limit))
 
+    def raise_event(self, event: Event) -> None:
+        self._c.raise_event(event)
+
     async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
         meter = self._meter(point)
         command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel,
