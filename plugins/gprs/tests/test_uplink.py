@@ -19,7 +19,6 @@ from meterhub.errors import CommandRefused
 from meterhub.model import Command, Event, Meter, OutboxItem, Reading, UplinkConfig
 from meterhub.protocols import gdw1376_1 as g
 from meterhub.protocols import gdw1376_1_data as d
-
 from meterhub_gprs import uplink as up
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,6 +58,7 @@ class FakeTerminal:
                        2: Meter("000000000002", "dlt645", "bus1", point=2)}
         self.readings: list[Reading] = []
         self.stored_events: list[Event] = []
+        self.raised: list[Event] = []  #: the uplink's own events
         self.queue: list[OutboxItem] = []
         self.acked: list[int] = []
         self.executed: list[tuple[int, Command]] = []
@@ -88,6 +88,9 @@ class FakeTerminal:
 
     async def events(self, *, since: datetime | None = None, limit: int | None = None) -> list[Event]:
         return list(self.stored_events)
+
+    def raise_event(self, event: Event) -> None:
+        self.raised.append(event)
 
     async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
         if self.refuse:
@@ -455,13 +458,15 @@ def test_bad_pw_on_control_is_denied_and_nothing_is_executed(caplog):
         async with session() as (master, _uplink, terminal):
             trip = master.request(g.Afn.CONTROL, [d.unit([1], [1], [d.RemoteTrip()])], pw=bytes(16))
             answer = await master.ask(trip)
-            return answer, terminal.executed
+            return answer, terminal.executed, terminal.raised
 
     with caplog.at_level(logging.WARNING):
-        answer, executed = run(scenario())
+        answer, executed, raised = run(scenario())
     assert answer.afn == g.Afn.CONFIRM and d.units(answer)[0].functions == (2,)
     assert executed == []
     assert "wrong PW" in caplog.text
+    assert [(e.kind, e.severity, e.data["afn"], e.data["reason"]) for e in raised] == [
+        ("uplink_password_refused", "warning", g.Afn.CONTROL, "wrong PW")]
 
 
 def test_bad_pw_on_set_is_denied_and_nothing_is_set():
@@ -863,3 +868,36 @@ def test_a_failing_terminal_ends_the_run_for_the_runner_to_restart():
 
     with pytest.raises(RuntimeError, match="store is gone"):
         run(scenario())
+
+
+def _items(*readings_: Reading) -> list[OutboxItem]:
+    return [OutboxItem(i, "master", r, T0) for i, r in enumerate(readings_, start=1)]
+
+
+def _f129_totals(frames: list[tuple[int, list[g.DataUnit], list[int]]]) -> list[tuple[list[int], bytes]]:
+    return [(ids, units[0].data) for afn, units, ids in frames if afn == g.Afn.CLASS1]
+
+
+def _offline_uplink() -> up.Gdw1376Uplink:
+    config = {"server": "127.0.0.1:9", "area_code": AREA, "terminal_address": TERMINAL}
+    return up.Gdw1376Uplink(up.settings(config), FakeTerminal())
+
+
+def test_two_visits_in_one_minute_are_two_reports_never_one_mixed():
+    uplink = _offline_uplink()
+    second = T0 + timedelta(seconds=20)
+    items = _items(reading("1-0:1.8.0", "10.00"), reading("1-0:1.8.1", "4.00"),
+                   reading("1-0:1.8.0", "10.01", when=second), reading("1-0:1.8.1", "4.01", when=second))
+    frames = _f129_totals(uplink._report_frames(items))
+    assert [ids for ids, _ in frames] == [[1, 2], [3, 4]]
+    assert [d.TariffEnergy.decode(data).values[:2] for _, data in frames] == [
+        (Decimal("10.00"), Decimal("4.00")), (Decimal("10.01"), Decimal("4.01"))]
+
+
+def test_a_visit_cut_by_the_batch_waits_for_the_next_batch_whole():
+    uplink = _offline_uplink()
+    items = _items(reading("1-0:1.8.0", "10.00"), reading("1-0:1.8.1", "4.00"),
+                   reading("1-0:1.8.0", "20.00", meter="000000000002"))  # point 2's tariffs are past the batch
+    frames = uplink._report_frames(items, more=True)
+    assert [ids for _afn, _units, ids in frames] == [[1, 2]]
+    assert [ids for _afn, _units, ids in uplink._report_frames(items[2:], more=False)] == [[3]]

@@ -261,6 +261,7 @@ class MasterStation:
         answer_s: float = DEFAULT_ANSWER_S,
         msa: int = 1,
         frame_count: bool = False,
+        confirm_delay: float = 0.0,
     ) -> None:
         if not 1 <= msa <= 127:
             raise ValueError(f"a master's requests carry MSA 1..127, got {msa}")
@@ -270,6 +271,9 @@ class MasterStation:
         self.answer_s = answer_s
         self.msa = msa
         self.frame_count = frame_count
+        #: Seconds an active report's confirm is held back after its items are stored (tests:
+        #: a terminal killed or cut off in that window must send the report again). Settable.
+        self.confirm_delay = confirm_delay
         self.port = 0
         self.terminals: dict[TerminalId, TerminalState] = {}
         self.received: list[Reading] = []  #: stored report items, in arrival order, no duplicates
@@ -450,6 +454,9 @@ class MasterStation:
                 return
             self._store(terminal, frame.afn, found)
             if frame.con:
+                if self.confirm_delay > 0:
+                    await self._notify()  # what was stored is visible while the confirm waits
+                    await asyncio.sleep(self.confirm_delay)
                 await session.send(_reply(frame, SecondaryFunction.CONFIRM, 1))
             return
         log.warning("%s: unexpected AFN %02X frame from %s%s", session.peer, frame.afn, name, ", denied" if frame.con else "")

@@ -92,6 +92,9 @@ READ_SLICE_S = 0.05
 #: A line longer than this with no CR/LF yet is handed on as it is (garbage on the port
 #: must not grow the buffer without bound). Longer than any result line of these modems.
 MAX_LINE = 1024
+#: Filler that completes any fixed-length send a killed predecessor left open: the
+#: largest send any supported model takes (SIM7600's 1500).
+OPEN_SEND_FILLER = 1500
 
 #: The longest ``+IPD,<n>[,<ip>:<port>]:`` header waited for before its ``:`` arrives.
 MAX_INLINE_HEADER = 48
@@ -1579,14 +1582,20 @@ class ModemConnector:
         return commands
 
     async def _sync(self, engine: AtEngine) -> None:
-        """AT until OK: an autobauding modem learns the speed from the first ATs, and a
-        modem left in data mode by an earlier session hears +++ half-way through."""
+        """AT until OK: an autobauding modem learns the speed from the first ATs, a modem
+        left in data mode by an earlier session hears +++ half-way through, and one left
+        waiting for the data of a fixed-length send (the earlier process was killed after
+        the prompt) gets filler bytes to complete it three quarters through: NULs, which
+        the master's frame search skips as noise, then ESC, which cancels an open SIMCom
+        send instead."""
         t = self.timeouts
         for attempt in range(t.sync_attempts):
             if attempt == t.sync_attempts // 2:
                 await asyncio.sleep(t.escape_guard * GUARD_MARGIN)
                 await engine.write(ESCAPE)
                 await asyncio.sleep(t.escape_guard * GUARD_MARGIN)
+            elif attempt == t.sync_attempts * 3 // 4:
+                await engine.write(bytes(OPEN_SEND_FILLER) + b"\x1b")
             try:
                 await engine.command("AT", timeout=t.sync_interval)
             except AtError:

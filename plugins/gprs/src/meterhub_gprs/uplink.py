@@ -51,13 +51,15 @@ no meter, or an "every point" unit with no points, is denied. AFN 04 F10 maps pr
 to ``dlt645-1997`` and 30 to ``dlt645`` (others are denied) and puts the meter on the
 channel the point's meter had, else on the site's first channel (the channel a meter
 already at that point uses; the Terminal offers no list of channels, so "the first
-channel" is the channel of the meter with the lowest point). A wrong PW raises no meterhub
-event: the :class:`~meterhub.api.Terminal` has no way to raise one; it is logged at warning.
+channel" is the channel of the meter with the lowest point). A wrong PW raises the meterhub
+event ``uplink_password_refused`` (and a log line at warning); the modem's signal at each
+connection is an event ``modem_signal`` (``signal_dbm``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import logging
 import random
@@ -108,6 +110,8 @@ LOGIN_TRIES = 3
 HEARTBEAT_MISSES = 3
 #: The logout at cancellation is best effort: this long for the master's confirm.
 LOGOUT_TIMEOUT_S = 2.0
+#: A send under way when the session is cancelled gets this long to finish (see _send).
+SEND_FINISH_S = 10.0
 #: Outbox items taken per look, and how long an idle uplink waits before looking again anyway.
 OUTBOX_BATCH = 100
 IDLE_POLL_S = 5.0
@@ -452,8 +456,16 @@ class Gdw1376Uplink:
                                   baudrate=int(modem.get("baudrate", 115200)),
                                   pin=None if modem.get("pin") is None else str(modem["pin"]),
                                   model=modem.get("model"), mode=str(modem.get("mode", "command")),
-                                  metrics=lambda name, value: log.debug("modem %s = %s", name, value))
+                                  metrics=self._modem_metric)
         return TcpConnector(*self.server)
+
+    def _modem_metric(self, name: str, value: float) -> None:
+        """The modem's signal quality at each connection, as an event the store keeps (and
+        every uplink carries): a field technician's first question about a silent site."""
+        log.debug("modem %s = %s", name, value)
+        if name == "signal_dbm":
+            self.terminal.raise_event(Event("modem_signal", source=self.terminal.name,
+                                            data={"signal_dbm": value}))
 
     # -- the outer loop ---------------------------------------------------------------------------
 
@@ -548,7 +560,22 @@ class Gdw1376Uplink:
         if self._lost is not None:
             raise self._lost
         async with self._send_lock:
-            await self._stream.send(g.encode(frame))
+            # A send is not cut by a cancellation (the session ending, the uplink stopping):
+            # through a modem it is a command, a '>' prompt and then the data, and a modem
+            # left waiting for the data takes the next commands (the logout, AT+QICLOSE) as
+            # data, so closing the connection then hangs for the modem driver's timeouts
+            # (over a minute). The send runs to its end (bounded) and the cancellation is
+            # taken after it.
+            send = asyncio.ensure_future(self._stream.send(g.encode(frame)))
+            try:
+                await asyncio.shield(send)
+            except asyncio.CancelledError:
+                done, _ = await asyncio.wait([send], timeout=SEND_FINISH_S)
+                if not done:
+                    send.cancel()
+                elif not send.cancelled():
+                    send.exception()  # retrieved: the cancellation is what is raised
+                raise
 
     async def _confirmed(self, afn: int, units: Sequence[g.DataUnit], *, function: int, timeout: float) -> int | None:
         """Send a frame with CON = 1 and wait for the master's AFN 00 answer: its Fn (1
@@ -558,7 +585,11 @@ class Gdw1376Uplink:
         self._pending[seq] = future
         try:
             await self._send(self._frame(afn, units, prm=True, function=function, seq=seq, con=True))
-            return await asyncio.wait_for(future, timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the result and
+            # swallows a cancellation that comes as the confirm arrives, and the session's
+            # TaskGroup then waits forever for a task that goes on reporting
+            async with asyncio.timeout(timeout):
+                return await future
         except TimeoutError:
             return None
         finally:
@@ -614,7 +645,7 @@ class Gdw1376Uplink:
                 await self.terminal.wait_outbox(IDLE_POLL_S)
                 continue
             sent_all = True
-            for afn, units, ids in self._report_frames(items):
+            for afn, units, ids in self._report_frames(items, more=len(items) == OUTBOX_BATCH):
                 if not units:
                     log.debug("gdw1376.1 uplink: outbox items %s cannot be expressed in 1376.1; acknowledged", ids)
                     await self.terminal.ack(ids)
@@ -634,12 +665,21 @@ class Gdw1376Uplink:
     def _point_of(self) -> dict[str, int]:
         return {m.key: p for p, m in self.terminal.points().items()}
 
-    def _report_frames(self, items: Sequence[OutboxItem]) -> list[tuple[int, list[g.DataUnit], list[int]]]:
-        """(AFN, units, outbox ids) per frame; no units: ids to acknowledge unsent."""
+    def _report_frames(
+        self, items: Sequence[OutboxItem], *, more: bool = False,
+    ) -> list[tuple[int, list[g.DataUnit], list[int]]]:
+        """(AFN, units, outbox ids) per frame; no units: ids to acknowledge unsent.
+
+        One F129 report is one visit of a meter: its registers, all from the same reading
+        (a quantity seen again for the point starts the next visit, so two rounds within
+        one minute are never mixed into one report). ``more``: the outbox holds items past
+        these; the last visit may continue there, so it waits for the next batch rather than
+        go out without some of its tariffs (unless it is all there is)."""
         points = self._point_of()
         out: list[tuple[int, list[g.DataUnit], list[int]]] = []
         skipped: list[int] = []
-        readings: dict[tuple[int, datetime], list[tuple[int, Reading]]] = {}
+        visits: list[tuple[int, list[tuple[int, Reading]]]] = []  # (point, readings), in outbox order
+        current: dict[int, tuple[datetime, list[tuple[int, Reading]]]] = {}  # point -> its open visit
         for item in items:
             thing = item.item
             if isinstance(thing, Reading):
@@ -647,7 +687,12 @@ class Gdw1376Uplink:
                 if point is None or not thing.ok or thing.period is not None or not _TARIFF.fullmatch(thing.quantity):
                     skipped.append(item.id)
                     continue
-                readings.setdefault((point, local_minute(thing.timestamp)), []).append((item.id, thing))
+                minute = local_minute(thing.timestamp)
+                visit = current.get(point)
+                if visit is None or visit[0] != minute or any(r.quantity == thing.quantity for _i, r in visit[1]):
+                    visit = current[point] = (minute, [])
+                    visits.append((point, visit[1]))
+                visit[1].append((item.id, thing))
             else:
                 point = points.get(thing.source)
                 record = event_record(thing, point)
@@ -659,7 +704,15 @@ class Gdw1376Uplink:
                 # pointers count this uplink's reported events (restarting at 0 with the uplink)
                 reply = d.EventReply((seq + 1) % 256, 0, seq, (seq + 1) % 256, [record])
                 out.append((g.Afn.CLASS3, [g.DataUnit([0], [1], reply.encode())], [item.id]))
-        for (point, _when), group in readings.items():
+        if more and len(visits) > 1:
+            last = {i for i, _r in visits[-1][1]}
+            visits.pop()
+            # Everything from the held visit on waits: the next batch starts there (a meter's
+            # readings of one visit are stored in one transaction, so their ids run together).
+            cut = min(last)
+            skipped = [i for i in skipped if i < cut]
+            out = [frame for frame in out if all(i < cut for i in frame[2])]
+        for point, group in visits:
             energy = tariff_energy({r.quantity: r for _id, r in group})
             if energy is None:
                 skipped.extend(i for i, _r in group)
@@ -800,10 +853,12 @@ class Gdw1376Uplink:
             log.warning("gdw1376.1 uplink: AFN %02X from master %d denied: the PW cannot be checked: %s",
                         frame.afn, frame.master, exc)
             return False
-        if expected is None or frame.pw != expected:
-            # an ERC20 in a full terminal; the Terminal API cannot raise a meterhub event
-            log.warning("gdw1376.1 uplink: AFN %02X from master %d denied: %s", frame.afn, frame.master,
-                        "no password is configured" if expected is None else "wrong PW")
+        if expected is None or not hmac.compare_digest(frame.pw or b"", expected):
+            why = "no password is configured" if expected is None else "wrong PW"
+            log.warning("gdw1376.1 uplink: AFN %02X from master %d denied: %s", frame.afn, frame.master, why)
+            # (a full terminal would also count an ERC20, message authentication error)
+            self.terminal.raise_event(Event("uplink_password_refused", source=self.terminal.name, severity="warning",
+                                            data={"afn": frame.afn, "master": frame.master, "reason": why}))
             return False
         return True
 
