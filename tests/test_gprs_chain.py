@@ -297,7 +297,10 @@ def test_connection_dropped_during_upload(tmp_path, meters, modem, cut) -> None:
                 count = _assert_master_has_every_reading(master, db, points)
                 assert count >= METERS
                 if cut == "before_confirm":
-                    assert master.duplicates == 1  # the second report, sent again after its lost confirm
+                    # The second report, sent again after its lost confirm: a duplicate if the
+                    # master stored it before the connection closed under it, which is a race
+                    # on a loaded host (both outcomes leave it stored once, checked above).
+                    assert master.duplicates <= 1
                 else:
                     assert master.duplicates == 0
         assert _outbox(db) == 0
