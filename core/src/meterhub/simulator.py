@@ -148,6 +148,18 @@ class _Chunk:
     ends_frame: bool = False  #: the last chunk of a complete reply (counted in frames_out)
 
 
+def open_raw_pty() -> tuple[int, int, str]:
+    """A pseudo-terminal for a simulated device: (master fd, non-blocking; slave fd; the
+    slave's path for the client). The slave is made raw before any client opens it (no
+    echo, no CR/LF mangling), and the caller keeps the slave fd open so that a client
+    closing and reopening the port does not make reads on the master fail with EIO
+    (serial-visa-peers notes B1)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    return master, slave, os.ttyname(slave)
+
+
 class PtyBus:
     """Simulated devices on a pseudo-terminal, served by a background thread.
 
@@ -194,14 +206,7 @@ class PtyBus:
         """Open the pty and start serving; returns self."""
         if self._thread is not None:
             return self
-        master, slave = os.openpty()
-        # The slave must be raw before any client opens it (no echo, no CR/LF mangling);
-        # we keep our slave fd open so a client closing and reopening the port does not
-        # make reads on the master fail with EIO (serial-visa-peers notes B1).
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self.port = os.ttyname(slave)
+        self._master, self._slave, self.port = open_raw_pty()
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"PtyBus {self.port}", daemon=True)
         self._thread.start()

@@ -41,12 +41,12 @@ import select
 import socket
 import threading
 import time
-import tty
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 from meterhub import timing
 from meterhub.model import SerialSettings
+from meterhub.simulator import open_raw_pty
 
 log = logging.getLogger(__name__)
 
@@ -252,11 +252,7 @@ class ModemSim:
         """Open the pty and start serving; returns self."""
         if self._thread is not None:
             return self
-        master, slave = os.openpty()
-        tty.setraw(slave)  # raw before any client opens it: no echo, no CR/LF mangling
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self.path = os.ttyname(slave)
+        self._master, self._slave, self.path = open_raw_pty()
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name=f"ModemSim {self.model} {self.path}", daemon=True)
         self._thread.start()
