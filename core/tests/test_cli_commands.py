@@ -427,3 +427,14 @@ def test_a_secret_named_argument_written_around_the_command_path_is_masked(tmp_p
     path = _one_command(tmp_path, args={"action": "open", "password": PASSWORD, "extra": {"pin": "0000"}})
     row = listed(path)[0]
     assert row["args"] == {"action": "open", "password": "***", "extra": {"pin": "***"}}
+
+
+def test_a_command_on_the_concentrator_itself_is_shown_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "one.db"
+    command = Command("", "", "set_clock", {"time": "2030-01-02T03:04:05"}, origin=Origin.UPLINK,
+                      issuer="gdw1376.1 master 1", requested=T0)
+    with open_store(f"sqlite:///{path}") as store:
+        store.add_command(CommandRecord(command, CommandState.REQUESTED, T0))
+    result = run("--db", str(path))
+    assert result.exit_code == 0 and "(concentrator)" in result.stdout and "set_clock" in result.stdout
+    assert listed(path)[0]["meter"] == ""

@@ -964,3 +964,145 @@ def test_observers_hear_of_an_outbox_that_overflowed_by_the_end_of_the_round(mak
     stored = rig.store.events(kind="outbox_overflow")
     assert [(e.source, dict(e.data)) for e in told] == [(e.source, dict(e.data)) for e in stored]
     assert rig.store.outbox_size("probe") == 2
+
+
+# --- commands on the concentrator itself; what a master set, kept across restarts --------------------
+
+
+def test_a_terminal_command_goes_through_the_policy_and_the_journal(make_rig) -> None:
+    rig = make_rig()
+    carried: list[Command] = []
+
+    async def carry(command: Command) -> dict[str, Any]:
+        carried.append(command)
+        return {"offset_s": 2}
+
+    async def go() -> Any:
+        async with rig.running():
+            terminal = await started(rig)
+            return await terminal.command(Command("x", "y", "set_clock", {"time": "2030-01-01T00:00:00"},
+                                                  issuer="master 1"), carry)
+
+    assert asyncio.run(go()) == {"offset_s": 2}
+    (command,) = carried
+    assert (command.meter, command.protocol, command.channel, command.origin) == ("", "", "", Origin.UPLINK)
+    (asked,) = rig.plugin.asked
+    assert asked.name == "set_clock" and asked.meter == ""
+    (record,) = rig.store.commands()
+    assert (record.state, record.command.issuer, dict(record.answer)) == (
+        CommandState.ANSWERED, "master 1", {"offset_s": 2})
+    assert [e.source for e in rig.store.events(kind="command_executed")] == ["concentrator"]
+
+
+def test_a_refused_terminal_command_is_not_carried_out(make_rig) -> None:
+    rig = make_rig()
+    rig.plugin.refusal = "clock changes only by NTP here"
+    carried: list[Command] = []
+
+    async def carry(command: Command) -> dict[str, Any]:
+        carried.append(command)
+        return {}
+
+    async def go() -> None:
+        async with rig.running():
+            terminal = await started(rig)
+            with pytest.raises(CommandRefused, match="only by NTP"):
+                await terminal.command(Command("", "", "set_clock", {"time": "2030-01-01T00:00:00"}), carry)
+
+    asyncio.run(go())
+    assert carried == []
+    (record,) = rig.store.commands()
+    assert record.state is CommandState.REFUSED and "only by NTP" in record.reason
+    assert [e.source for e in rig.store.events(kind="command_refused")] == ["concentrator"]
+
+
+def test_a_terminal_command_that_fails_is_journalled_failed(make_rig) -> None:
+    rig = make_rig()
+
+    async def carry(command: Command) -> dict[str, Any]:
+        raise ValueError("a heartbeat period of 0 minutes")
+
+    async def go() -> None:
+        async with rig.running():
+            terminal = await started(rig)
+            with pytest.raises(ValueError, match="0 minutes"):
+                await terminal.command(Command("", "", "set_heartbeat", {"heartbeat_s": 0}), carry)
+
+    asyncio.run(go())
+    (record,) = rig.store.commands()
+    assert record.state is CommandState.FAILED and "0 minutes" in record.reason
+
+
+def test_an_uplinks_settings_are_its_own_and_outlive_the_concentrator(make_rig) -> None:
+    rig = make_rig(uplinks=[UplinkConfig("probe", "probe"), UplinkConfig("other", "probe")])
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with rig.running():
+            terminal = await started(rig)
+            await terminal.keep_settings({"heartbeat_s": {"value": 300, "given": 60}, "apn": "x"})
+            await terminal.keep_settings({"apn": None})
+            other = await started(rig, "other")
+            return await terminal.settings(), await other.settings()
+
+    assert asyncio.run(go()) == ({"heartbeat_s": {"value": 300, "given": 60}}, {})
+    assert rig.store.settings("uplink/probe") == {"heartbeat_s": {"value": 300, "given": 60}}
+
+
+def test_the_archive_set_while_running_is_put_back_after_a_restart(make_rig, tmp_path) -> None:
+    rig = make_rig([toy("01", point=1), toy("02", point=2)])
+
+    async def change() -> None:
+        async with rig.running():
+            terminal = await started(rig)
+            await terminal.set_meter(3, toy("03"))
+            await terminal.set_meter(2, None)
+            await terminal.set_meter(1, toy("05", E_IMPORT, VOLTAGE))
+
+    asyncio.run(change())
+    again = Concentrator(rig.site, plugins=rig.plugins, store=rig.store)  # the site file as it was
+
+    async def restart() -> list[str]:
+        async with again:
+            return sorted(r.meter for r in (await again.run_round()).readings)
+
+    assert asyncio.run(restart()) == ["03", "05", "05"]
+    assert {m.point: m.address for m in again.site.meters} == {1: "05", 3: "03"}
+
+
+def test_a_point_the_site_file_changed_since_keeps_the_files_meter(make_rig, caplog) -> None:
+    rig = make_rig([toy("01", point=1), toy("02", point=2)])
+
+    async def change() -> None:
+        async with rig.running():
+            terminal = await started(rig)
+            await terminal.set_meter(1, toy("05"))
+            await terminal.set_meter(2, toy("06"))
+
+    asyncio.run(change())
+    edited = attrs.evolve(rig.site, meters=(toy("01", point=1), toy("07", point=2)))  # point 2 edited by hand
+    again = Concentrator(edited, plugins=rig.plugins, store=rig.store)
+
+    async def restart() -> dict[int | None, str]:
+        async with again:
+            return {m.point: m.address for m in again.site.meters}
+
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(restart()) == {1: "05", 2: "07"}
+    assert "measuring point 2: the site file changed it" in caplog.text
+    assert set(rig.store.settings("archive")) == {"1"}
+
+
+def test_a_kept_archive_change_that_no_longer_fits_is_dropped(make_rig, caplog) -> None:
+    rig = make_rig([toy("01", point=1)])
+    rig.store.put_settings("archive", {"4": {"meter": {"address": "09", "protocol": "toy", "channel": "gone",
+                                                       "quantities": [E_IMPORT], "name": "", "credential": ""},
+                                             "given": None}})
+    again = Concentrator(rig.site, plugins=rig.plugins, store=rig.store)
+
+    async def restart() -> list[int | None]:
+        async with again:
+            return [m.point for m in again.site.meters]
+
+    with caplog.at_level(logging.WARNING):
+        assert asyncio.run(restart()) == [1]
+    assert "channel 'gone' is not configured" in caplog.text and rig.store.settings("archive") == {}

@@ -19,7 +19,7 @@ the medium, and the four drivers and their tests stay as they are.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -516,6 +516,24 @@ class Terminal(Protocol):
         """Carry out a command on a point's meter through the command path every origin
         uses (policy hooks, credentials from the secret store, the audit trail); raise
         CommandRefused with the reason when it is refused, with nothing sent."""
+        ...
+
+    async def command(self, command: Command,
+                      carry: Callable[[Command], Awaitable[Mapping[str, Any]]]) -> Mapping[str, Any]:
+        """Carry out a command on the concentrator itself, one that names no meter (a
+        master station setting the terminal's clock or the uplink's parameters), through
+        the same command path as :meth:`execute`: journalled, and refused with
+        CommandRefused (nothing done) unless every policy hook agrees; then
+        ``carry(command)`` does it, and what it returns is journalled as the answer."""
+        ...
+
+    async def settings(self) -> dict[str, Any]:
+        """What this uplink kept with :meth:`keep_settings` (JSON values), across restarts."""
+        ...
+
+    async def keep_settings(self, values: Mapping[str, Any]) -> None:
+        """Keep JSON-able ``values`` for this uplink in the store (None deletes a key):
+        what a master station set outlives a restart."""
         ...
 
     async def outbox(self, limit: int = 100) -> list[OutboxItem]:

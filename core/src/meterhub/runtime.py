@@ -32,7 +32,7 @@ from .api import (
     Unsolicited,
     WireRecord,
 )
-from .commands import run_command
+from .commands import Send, run_command
 from .errors import (
     ChecksumError,
     CommandRefused,
@@ -192,6 +192,20 @@ class _StoreJournal:
         return await self._c.store_call(lambda store: store.update_command(id, state, reason=reason, answer=answer))
 
 
+#: The store's settings scope of the meter archive changes made while running.
+ARCHIVE_SETTINGS = "archive"
+
+
+def _archive_record(meter: Meter | None) -> dict[str, Any] | None:
+    """What the store keeps of a meter put at a point while running: where it is and what
+    is read (a master's archive says no more; per-meter serial settings and hops stay the
+    site file's business)."""
+    if meter is None:
+        return None
+    return {"address": meter.address, "protocol": meter.protocol, "channel": meter.channel,
+            "quantities": list(meter.quantities), "name": meter.name, "credential": meter.credential}
+
+
 def _obis_or_none(name: str) -> str | None:
     try:
         return resolve(name).obis
@@ -273,6 +287,9 @@ class Concentrator:
         self._writer: StoreWriter | None = None
         self._outbox = tuple(uplink.name for uplink in site.uplinks)  #: uplinks whose outbox gets every reading and event
         self._queued: list[Callable[[], None]] = []
+        #: the meter each measuring point had in the site as given: what a kept archive
+        #: change replaced (see :meth:`set_meter`)
+        self._given_points = {m.point: m.key for m in site.meters if m.point is not None}
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -288,6 +305,8 @@ class Concentrator:
         # The drivers are imported when their registry is first built: here, not in the
         # middle of the first round's first meter (pymodbus alone takes a tenth of a second).
         self.plugins.meter_drivers()
+        if not self._opened:
+            await self._apply_kept_archive()
         await asyncio.gather(*(self._open_channel(ch) for ch in self._channels.values()))
         self._opened = True
 
@@ -1045,12 +1064,54 @@ class Concentrator:
                 meters.append(meter)
             else:
                 meters[at] = meter
+        kept = {str(point): {"meter": _archive_record(meter), "given": self._given_points.get(point)}}
+        await self.store_call(lambda store: store.put_settings(ARCHIVE_SETTINGS, kept))
         self.site = attrs.evolve(self.site, meters=tuple(meters))
         if old is not None:
             self._states.pop(old.key, None)
         self.raise_event(Event("meter_archive_changed", source="concentrator", data={
             "point": point, "old": old.key if old else None, "new": meter.key if meter else None}))
         await self.flush()
+
+    async def _apply_kept_archive(self) -> None:
+        """Put back the archive changes made while running (:meth:`set_meter`), kept in the
+        store: a master station's meter archive outlives a restart. A change whose point
+        the site file has changed since (another meter there than the one it replaced) is
+        dropped: the newer word, the file's, wins; so is one that no longer fits the site
+        (its channel or protocol gone)."""
+        kept = await self.store_call(lambda store: store.settings(ARCHIVE_SETTINGS))
+        dropped: dict[str, None] = {}
+        for key, entry in sorted(kept.items(), key=lambda item: int(item[0]) if item[0].isdigit() else -1):
+            meters = list(self.site.meters)
+            try:
+                point = int(key)
+                at = next((i for i, m in enumerate(meters) if m.point == point), None)
+                if entry.get("given") != self._given_points.get(point):
+                    log.warning("measuring point %d: the site file changed it since a running change (kept in the "
+                                "store) replaced %s; the site file's meter stays", point, entry.get("given") or "none")
+                    dropped[key] = None
+                    continue
+                record = entry.get("meter")
+                if record is None:
+                    if at is not None:
+                        del meters[at]
+                else:
+                    meter = self._archive_entry(point, Meter(**{**record, "quantities": tuple(record["quantities"])}),
+                                                [m for m in meters if m.point != point])
+                    if at is None:
+                        meters.append(meter)
+                    else:
+                        meters[at] = meter
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.warning("measuring point %s: a kept archive change no longer fits the site (%s); dropped",
+                            key, exc)
+                dropped[key] = None
+                continue
+            log.info("measuring point %d: %s, as set while running (kept in the store), not the site file's %s",
+                     point, "no meter" if record is None else f"meter {meter.key}", entry.get("given") or "none")
+            self.site = attrs.evolve(self.site, meters=tuple(meters))
+        if dropped:
+            await self.store_call(lambda store: store.put_settings(ARCHIVE_SETTINGS, dropped))
 
     def _archive_entry(self, point: int, meter: Meter, others: Sequence[Meter]) -> Meter:
         if meter.channel not in self.site.channels:
@@ -1114,6 +1175,30 @@ class Concentrator:
             await self.flush()
             raise
         self.raise_event(Event("command_executed", source=source, data=data))
+        await self.flush()
+        return result
+
+    async def execute_local(self, command: Command, carry: Send) -> Mapping[str, Any]:
+        """Carry out a command on the concentrator itself (set its clock, change an
+        uplink's parameters), one that names no meter, through the same command path as
+        :meth:`execute`: journalled, refused with nothing done (:class:`CommandRefused`)
+        when a policy hook refuses or fails; ``carry(command)`` does it once every check
+        passed and returns its answer. The command is journalled with an empty meter,
+        protocol and channel, as policy hooks see it."""
+        if not self._opened:
+            await self.open()
+        command = attrs.evolve(command, meter="", protocol="", channel="")
+        data = {"meter": "", "command": command.name, "id": command.id, "origin": command.origin.value,
+                "issuer": command.issuer}
+        try:
+            result = await run_command(command, plugins=self.plugins, secrets=self.secrets,
+                                       journal=_StoreJournal(self), send=carry)
+        except CommandRefused as exc:
+            self.raise_event(Event("command_refused", source="concentrator", severity="warning",
+                                   data={**data, "reason": str(exc)}))
+            await self.flush()
+            raise
+        self.raise_event(Event("command_executed", source="concentrator", data=data))
         await self.flush()
         return result
 

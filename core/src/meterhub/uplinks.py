@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ class ConcentratorTerminal:
         self.terminal = concentrator.site.terminal
         self._c = concentrator
         self._queued = asyncio.Event()
+        self._scope = f"uplink/{name}"  #: its settings' scope in the store
         concentrator.on_queued(self._queued.set)
 
     def _meter(self, point: int) -> Meter:
@@ -99,6 +100,18 @@ class ConcentratorTerminal:
         command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel,
                                origin=Origin.UPLINK, issuer=command.issuer or self.name)
         return await self._c.execute(meter, command)
+
+    async def command(self, command: Command,
+                      carry: Callable[[Command], Awaitable[Mapping[str, Any]]]) -> Mapping[str, Any]:
+        command = attrs.evolve(command, origin=Origin.UPLINK, issuer=command.issuer or self.name)
+        return await self._c.execute_local(command, carry)
+
+    async def settings(self) -> dict[str, Any]:
+        return await self._c.store_call(lambda store: store.settings(self._scope))
+
+    async def keep_settings(self, values: Mapping[str, Any]) -> None:
+        wanted = dict(values)
+        await self._c.store_call(lambda store: store.put_settings(self._scope, wanted))
 
     async def outbox(self, limit: int = 100) -> list[OutboxItem]:
         return await self._c.store_call(lambda store: store.outbox_items(self.name, limit=limit))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self
@@ -64,6 +64,8 @@ class FakeTerminal:
         self.executed: list[tuple[int, Command]] = []
         self.set_meters: list[tuple[int, Meter | None]] = []
         self.refuse = False
+        self.local: list[Command] = []  #: commands on the terminal itself, as they passed the policy
+        self.kept: dict[str, Any] = {}  #: the uplink's kept settings
         self._news = asyncio.Event()
 
     def points(self) -> Mapping[int, Meter]:
@@ -97,6 +99,23 @@ class FakeTerminal:
             raise CommandRefused("policy says no")
         self.executed.append((point, command))
         return {"ok": True}
+
+    async def command(self, command: Command,
+                      carry: Callable[[Command], Awaitable[Mapping[str, Any]]]) -> Mapping[str, Any]:
+        if self.refuse:
+            raise CommandRefused("policy says no")
+        self.local.append(command)
+        return await carry(command)
+
+    async def settings(self) -> dict[str, Any]:
+        return dict(self.kept)
+
+    async def keep_settings(self, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            if value is None:
+                self.kept.pop(key, None)
+            else:
+                self.kept[key] = value
 
     def enqueue(self, item: Reading | Event) -> int:
         ident = len(self.queue) + len(self.acked) + 1
@@ -134,6 +153,7 @@ class Master:
         self.connections = 0
         self.confirm_link = True
         self.confirm_reports = True
+        self.deny: Callable[[g.Frame], bool] = lambda frame: False  #: reports answered AFN 00 F2
         self.writer: asyncio.StreamWriter | None = None
         self.connected = asyncio.Event()
         self.logins = 0
@@ -178,15 +198,17 @@ class Master:
                 writer.write(g.encode(self.confirm(frame, g.SecondaryFunction.LINK_STATUS)))
         elif frame.prm and frame.con:
             await self.frames.put(frame)
-            if self.confirm_reports:
+            if self.deny(frame):
+                writer.write(g.encode(self.confirm(frame, g.SecondaryFunction.CONFIRM, fn=2)))
+            elif self.confirm_reports:
                 writer.write(g.encode(self.confirm(frame, g.SecondaryFunction.CONFIRM)))
         else:
             await self.frames.put(frame)
 
     @staticmethod
-    def confirm(frame: g.Frame, function: int) -> g.Frame:
+    def confirm(frame: g.Frame, function: int, fn: int = 1) -> g.Frame:
         return g.Frame(g.Direction.DOWN, False, function, frame.area, frame.terminal, g.Afn.CONFIRM,
-                       g.pack_units([d.unit([0], [1])]), seq=frame.seq)
+                       g.pack_units([d.unit([0], [fn])]), seq=frame.seq)
 
     def request(self, afn: int, units: list[g.DataUnit], *, pw: bytes | None = None, terminal: int = TERMINAL,
                 area: str = AREA, group: bool = False) -> g.Frame:
@@ -901,3 +923,153 @@ def test_a_visit_cut_by_the_batch_waits_for_the_next_batch_whole():
     frames = uplink._report_frames(items, more=True)
     assert [ids for _afn, _units, ids in frames] == [[1, 2]]
     assert [ids for _afn, _units, ids in uplink._report_frames(items[2:], more=False)] == [[3]]
+
+
+# --- the master's settings and controls of the terminal itself ---------------------------------------
+
+
+def test_a_clock_set_is_a_command_on_the_terminal_and_is_kept():
+    async def scenario():
+        async with session() as (master, uplink, terminal):
+            target = datetime(2030, 1, 2, 3, 4, 5)
+            await master.ask(master.request(g.Afn.CONTROL, [d.unit([0], [31], [d.ClockSet(d.Clock.at(target))])]))
+            return terminal, uplink.clock_offset
+
+    terminal, offset = run(scenario())
+    (command,) = terminal.local
+    assert command.name == "set_clock" and command.args == {"time": "2030-01-02T03:04:05"}
+    assert command.meter == "" and command.issuer.startswith("gdw1376.1 master")
+    assert terminal.kept["clock_offset_s"] == {"value": offset.total_seconds(), "given": 0.0}
+
+
+def test_a_refused_clock_set_is_denied_and_changes_nothing():
+    terminal = FakeTerminal()
+    terminal.refuse = True
+
+    async def scenario():
+        async with session(terminal) as (master, uplink, _terminal):
+            target = datetime(2030, 1, 2, 3, 4, 5)
+            answer = await master.ask(master.request(
+                g.Afn.CONTROL, [d.unit([0], [31], [d.ClockSet(d.Clock.at(target))])]))
+            return answer, uplink.clock_offset
+
+    answer, offset = run(scenario())
+    assert d.units(answer)[0].functions == (2,)
+    assert offset == timedelta(0) and terminal.kept == {}
+
+
+def test_settings_the_master_made_outlive_a_restart():
+    terminal = FakeTerminal()
+
+    async def scenario():
+        async with session(terminal) as (master, _uplink, _terminal):
+            params = d.UplinkParams(0, 0, 30, 1, (True, False, False), 5)
+            await master.ask(master.request(g.Afn.SET, [d.unit([0], [1], [params])]))
+            await master.ask(master.request(g.Afn.CONTROL, [d.unit([0], [37])]))  # forbid active reports
+        async with session(terminal) as (_master, uplink, _terminal):
+            await asyncio.sleep(0.05)  # restore() runs first thing in run()
+            return uplink.heartbeat_s, uplink.reporting
+
+    assert run(scenario()) == (300, False)
+    assert [c.name for c in terminal.local] == ["set_heartbeat", "set_active_reporting"]
+
+
+def test_a_setting_the_site_file_changed_since_is_dropped_for_the_files():
+    terminal = FakeTerminal()
+    terminal.kept["heartbeat_s"] = {"value": 300.0, "given": 120.0}  # the file said 120 s then; it says 60 now
+    terminal.kept["apn"] = {"value": "cmiot", "given": ""}
+
+    async def scenario():
+        async with session(terminal) as (_master, uplink, _terminal):
+            await asyncio.sleep(0.05)
+            return uplink.heartbeat_s, uplink.apn
+
+    assert run(scenario()) == (60, "cmiot")
+    assert set(terminal.kept) == {"apn"}
+
+
+def test_a_kept_setting_that_cannot_be_used_is_dropped(caplog):
+    terminal = FakeTerminal()
+    terminal.kept["heartbeat_s"] = {"value": "soon", "given": 60.0}
+
+    async def scenario():
+        async with session(terminal) as (_master, uplink, _terminal):
+            await asyncio.sleep(0.05)
+            return uplink.heartbeat_s
+
+    with caplog.at_level(logging.WARNING):
+        assert run(scenario()) == 60
+    assert terminal.kept == {} and "heartbeat_s cannot be used" in caplog.text
+
+
+def test_a_heartbeat_of_zero_minutes_is_denied():
+    async def scenario():
+        async with session() as (master, uplink, terminal):
+            params = d.UplinkParams(0, 0, 30, 1, (True, False, False), 0)
+            answer = await master.ask(master.request(g.Afn.SET, [d.unit([0], [1], [params])]))
+            return answer, uplink.heartbeat_s, terminal.kept
+
+    answer, heartbeat, kept = run(scenario())
+    assert d.units(answer)[0].functions == (2,) and heartbeat == 60 and kept == {}
+
+
+def test_the_meter_archive_set_is_one_command_with_its_records():
+    async def scenario():
+        async with session() as (master, _uplink, terminal):
+            record = d.MeterRecord(1, 2, 1, None, d.MeterProtocol.DLT645_2007, "000000000009")
+            await master.ask(master.request(g.Afn.SET, [d.unit([0], [10], [d.MeterArchive([record])])]))
+            return terminal.local
+
+    (command,) = run(scenario())
+    assert command.name == "set_meter_archive"
+    assert command.args == {"records": [{"point": 2, "protocol": 30, "address": "000000000009"}]}
+
+
+def test_a_report_the_master_keeps_denying_is_given_up_and_the_rest_goes_on():
+    terminal = FakeTerminal()
+    refused = terminal.enqueue(reading("1-0:1.8.0", "6.66", meter="000000000001"))
+    fine = terminal.enqueue(reading("1-0:1.8.0", "7.77", meter="000000000002"))
+
+    async def scenario():
+        async with session(terminal, confirm_timeout=0.05) as (master, _uplink, _terminal):
+            master.deny = lambda frame: frame.afn == g.Afn.CLASS1 and d.units(frame)[0].points == (1,)
+            for _ in range(200):
+                if not terminal.queue:
+                    break
+                await asyncio.sleep(0.02)
+            sent = []
+            while not master.frames.empty():
+                frame = master.frames.get_nowait()
+                if frame.prm and frame.afn == g.Afn.CLASS1:
+                    sent.append(d.units(frame)[0].points)
+            return sent
+
+    sent = run(scenario())
+    assert sent.count((1,)) == up.DENIED_TRIES and sent[-1] == (2,)
+    assert sorted(terminal.acked) == [refused, fine]
+    (event,) = [e for e in terminal.raised if e.kind == "uplink_report_denied"]
+    assert event.data["outbox_ids"] == [refused] and event.data["units"] == ["pn 1 F129"]
+
+
+def test_a_report_denied_once_then_confirmed_is_not_given_up():
+    terminal = FakeTerminal()
+    ident = terminal.enqueue(reading("1-0:1.8.0", "6.66"))
+    denials = []
+
+    def deny_once(frame):
+        if frame.afn == g.Afn.CLASS1 and not denials:
+            denials.append(frame)
+            return True
+        return False
+
+    async def scenario():
+        async with session(terminal, confirm_timeout=0.05) as (master, _uplink, _terminal):
+            master.deny = deny_once
+            for _ in range(200):
+                if not terminal.queue:
+                    break
+                await asyncio.sleep(0.02)
+
+    run(scenario())
+    assert terminal.acked == [ident] and len(denials) == 1
+    assert not [e for e in terminal.raised if e.kind == "uplink_report_denied"]

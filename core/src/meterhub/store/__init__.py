@@ -200,6 +200,14 @@ class Store(Protocol):
     ) -> list[CommandRecord]:
         """Command records, oldest request first; ``since`` filters on the request time."""
 
+    def settings(self, scope: str) -> dict[str, Any]:
+        """The settings kept for ``scope`` (an uplink's name; ``archive``): key -> JSON
+        value (Decimals and times as text); empty when none are kept."""
+
+    def put_settings(self, scope: str, values: Mapping[str, Any]) -> None:
+        """Keep JSON-able ``values`` for ``scope`` in one transaction, replacing what the
+        keys held; a value of None deletes its key."""
+
     def close(self) -> None:
         """Release the store; using it afterwards raises StoreError."""
 

@@ -45,7 +45,7 @@ from . import (
 
 #: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
 #: tables change; a store written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Seconds a writer waits for another process's lock (``meterhub export`` reading the
 #: file while the concentrator writes) before the write fails loudly.
@@ -107,6 +107,18 @@ CREATE INDEX commands_time ON commands (requested);
 CREATE INDEX commands_meter_time ON commands (meter, requested);
 """
 
+# New in schema version 4: settings made while running (a master station's parameters and
+# meter archive) that outlive a restart. ``value`` is JSON.
+_SETTINGS = """
+CREATE TABLE settings (
+    scope       TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    updated     TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+"""
+
 _SCHEMA = f"""
 CREATE TABLE readings (
     id          INTEGER PRIMARY KEY,
@@ -149,7 +161,7 @@ CREATE TABLE rounds (
     failed      INTEGER NOT NULL,
     stats       TEXT NOT NULL
 );
-{_OUTBOX_AND_COMMANDS}
+{_OUTBOX_AND_COMMANDS}{_SETTINGS}
 """
 
 # What version 2 had and version 3 has not, for the migration from 1 to build version 2
@@ -273,9 +285,16 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     conn.execute(_READINGS_KEY)
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Version 4: the settings table."""
+    _run_script(conn, _SETTINGS)
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from version ``n - 1`` to ``n`` (inside the
 #: opening transaction). Version 0 is an empty file, built by :data:`_SCHEMA` directly.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _migrate_1_to_2, 3: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _migrate_1_to_2, 3: _migrate_2_to_3, 4: _migrate_3_to_4,
+}
 
 
 # --- conversions -------------------------------------------------------------------
@@ -794,6 +813,29 @@ class SqliteStore:
             origin=None if origin is None else Origin(origin).value,
         )
         return [_command_from_row(row) for row in rows]
+
+    # -- settings ---------------------------------------------------------------------
+
+    def settings(self, scope: str) -> dict[str, Any]:
+        """The settings kept for ``scope``: key -> value as stored (JSON: Decimals and
+        times come back as text); empty when there are none."""
+        rows = self._query("settings", "SELECT key, value FROM settings WHERE scope = ? ORDER BY key", (scope,))
+        return {row["key"]: json.loads(row["value"]) for row in rows}
+
+    def put_settings(self, scope: str, values: Mapping[str, Any]) -> None:
+        """Keep ``values`` for ``scope`` in one transaction; a value of None deletes its key.
+        A value JSON cannot hold is a TypeError, and nothing of the call is stored."""
+        rows = [(scope, str(key), None if value is None else _to_json(value)) for key, value in values.items()]
+        updated = _ts(utcnow())
+        with self._transaction("write settings to"):
+            for scope_, key, text in rows:
+                if text is None:
+                    self._conn.execute("DELETE FROM settings WHERE scope = ? AND key = ?", (scope_, key))
+                else:
+                    self._conn.execute(
+                        "INSERT INTO settings (scope, key, value, updated) VALUES (?, ?, ?, ?)"
+                        " ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                        (scope_, key, text, updated))
 
     # -- reading ----------------------------------------------------------------------
 

@@ -16,7 +16,15 @@ and RSEQ = our PSEQ), sends heartbeats (AFN 02 F3) and answers the master's requ
   ``close_permitted``, as the DL/T 645 driver names them; it goes through the command
   policy and takes the meter's own credential from the secret store),
   F29/F37 (allow/forbid active reports), F31 (clock set: kept as an offset, the OS clock
-  is not changed) — PW required;
+  is not changed) — PW required.
+
+Every setting and control of the terminal itself (AFN 04 F1 ``set_heartbeat``, F3
+``set_master_station``, F10 ``set_meter_archive``; AFN 05 F31 ``set_clock``, F29/F37
+``set_active_reporting``) is a command through :meth:`Terminal.command`: journalled in the
+audit trail with the master as issuer, and denied, with nothing changed, when a policy hook
+refuses it. What it sets is kept in the store (:meth:`Terminal.keep_settings`; the archive
+by the concentrator) and put back after a restart, except where the site file was changed
+since: then the file's newer value wins.
 * AFN 0E F1/F2 events from :meth:`Terminal.events`, mapped to ERC records: meter_dead /
   meter_recovered -> ERC31 start / end (pn of the meter's point), line_jammed and
   link_down -> ERC21 code 4 (meter-reading port), concentrator_started -> ERC14 power-on
@@ -37,7 +45,9 @@ README gives for a terminal's active reports) and CON = 1: readings of 1-0:1.8.x
 0C F129 (one frame per point and read time), meterhub events that have an ERC as AFN 0E
 F1 (one record per frame; Pm/Pn count this uplink's reported events from 0). An item is acknowledged in the outbox only when the master confirmed its frame (AFN 00
 F1 with our PSEQ); what is not confirmed is offered again (after a reconnect or a
-restart). Items that 1376.1 cannot express here (other quantities, failed readings,
+restart). A report the master denies (AFN 00 F2) is offered :data:`DENIED_TRIES` times,
+then taken out of the outbox with an ``uplink_report_denied`` warning event naming it (the
+readings stay in the store): the master has it and refuses it, and the rest must go on. Items that 1376.1 cannot express here (other quantities, failed readings,
 readings of meters without a measuring point, events without an ERC) are acknowledged
 with a debug log: they are not for this uplink.
 
@@ -64,7 +74,7 @@ import ipaddress
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -114,6 +124,9 @@ LOGOUT_TIMEOUT_S = 2.0
 SEND_FINISH_S = 10.0
 #: Outbox items taken per look, and how long an idle uplink waits before looking again anyway.
 OUTBOX_BATCH = 100
+#: Times a report the master denies (AFN 00 F2) is offered before it is given up: the
+#: master has it and refuses it, so sending it again for ever would only hold up the rest.
+DENIED_TRIES = 3
 IDLE_POLL_S = 5.0
 DEFAULT_MAX_FRAME = 1024
 DEFAULT_HEARTBEAT_S = 60
@@ -430,6 +443,7 @@ class Gdw1376Uplink:
         self._pseq = 0
         self._pfc = 0
         self._pending: dict[int, asyncio.Future[int]] = {}
+        self._denials: dict[int, int] = {}  #: times a report was denied, by its first outbox id
         self._send_lock = asyncio.Lock()
         self._stream: ByteStream | None = None
         self._lost: LinkError | None = None  #: why the current connection ended
@@ -470,6 +484,7 @@ class Gdw1376Uplink:
     # -- the outer loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await self.restore()
         failures = 0
         outage = False
         while True:
@@ -653,14 +668,32 @@ class Gdw1376Uplink:
                 answer = await self._confirmed(afn, units, function=g.PrimaryFunction.USER_DATA,
                                                timeout=self.confirm_timeout)
                 if answer == 1:
+                    self._denials.pop(ids[0], None)
                     await self.terminal.ack(ids)
-                else:
-                    log.info("gdw1376.1 uplink: active report %s; kept for later",
-                             "denied" if answer else "not confirmed")
-                    sent_all = False
-                    break
+                    continue
+                if answer == 2:
+                    denials = self._denials[ids[0]] = self._denials.get(ids[0], 0) + 1
+                    if denials >= DENIED_TRIES:
+                        await self._give_up(afn, units, ids, denials)
+                        continue
+                log.info("gdw1376.1 uplink: active report %s; kept for later", "denied" if answer else "not confirmed")
+                sent_all = False
+                break
             if not sent_all:
                 await asyncio.sleep(self.confirm_timeout)
+
+    async def _give_up(self, afn: int, units: Sequence[g.DataUnit], ids: Sequence[int], denials: int) -> None:
+        """Take a report the master keeps denying out of the outbox, saying so: the readings
+        and events stay in the store, and the ``uplink_report_denied`` event (queued for
+        every uplink, this one included) names what the master refused."""
+        self._denials.pop(ids[0], None)
+        what = [f"pn {p} F{f}" for unit in units for p in unit.points for f in unit.functions]
+        log.warning("gdw1376.1 uplink: the master denied the AFN %02X report (%s) %d times; given up, the "
+                    "outbox goes on (outbox ids %s stay in the store)", afn, ", ".join(what), denials, list(ids))
+        self.terminal.raise_event(Event("uplink_report_denied", source=self.terminal.name, severity="warning",
+                                        data={"afn": afn, "units": what, "outbox_ids": list(ids),
+                                              "denials": denials}))
+        await self.terminal.ack(ids)
 
     def _point_of(self) -> dict[str, int]:
         return {m.key: p for p, m in self.terminal.points().items()}
@@ -1041,64 +1074,153 @@ class Gdw1376Uplink:
         denied: list[tuple[tuple[int, ...] | None, tuple[int, ...]]] = []
         for item in items:
             where = (None if item.point is None else (item.point,), (item.fn,))
-            try:
-                if item.fn == 1:
-                    params: d.UplinkParams = item.value
-                    if params.heartbeat < 1:
-                        raise ValueError("a heartbeat period of 0 minutes")
-                    self.heartbeat_s = params.heartbeat * 60.0
-                    self._heartbeat_changed.set()
-                elif item.fn == 3:
-                    station: d.MasterStation = item.value
-                    self.server = (str(station.main), station.main_port)
-                    self.apn = station.apn or self.apn
-                    log.info("gdw1376.1 uplink: master station set to %s:%d (used from the next connection)",
-                             *self.server)
-                elif item.fn == 10:
-                    await self._set_archive(item.value)
-                else:
-                    raise ValueError(f"AFN 04 F{item.fn} is not supported here")
-            except (ValueError, KeyError) as exc:
-                log.info("gdw1376.1 uplink: AFN 04 F%d denied: %s", item.fn, exc)
-                denied.append(where)
+            if item.fn == 1:
+                params: d.UplinkParams = item.value
+                ok = await self._local(frame, "set_heartbeat", {"heartbeat_s": params.heartbeat * 60},
+                                       self._carry_setting)
+            elif item.fn == 3:
+                station: d.MasterStation = item.value
+                args = {"server": f"{station.main}:{station.main_port}", "apn": station.apn or self.apn}
+                ok = await self._local(frame, "set_master_station", args, self._carry_setting)
+            elif item.fn == 10:
+                records = [{"point": r.point, "protocol": int(r.protocol), "address": r.address}
+                           for r in item.value.records if r.point != 0]
+                ok = await self._local(frame, "set_meter_archive", {"records": records}, self._carry_archive)
             else:
-                confirmed.append(where)
+                log.info("gdw1376.1 uplink: AFN 04 F%d is not supported here, denied", item.fn)
+                ok = False
+            (confirmed if ok else denied).append(where)
         return _Answer((), tuple(denied), tuple(confirmed))
 
-    async def _set_archive(self, archive: d.MeterArchive) -> None:
+    async def _local(self, frame: g.Frame, name: str, args: Mapping[str, Any],
+                     carry: Callable[[Command], Awaitable[Mapping[str, Any]]]) -> bool:
+        """Carry out a master's setting or control of the terminal itself through the
+        command path (policy hooks, the audit trail); whether it was done."""
+        command = Command(meter="", protocol="", name=name, args=args, issuer=f"gdw1376.1 master {frame.master}")
+        try:
+            await self.terminal.command(command, carry)
+        except CommandRefused as exc:
+            log.warning("gdw1376.1 uplink: %s refused: %s", name, exc)
+            return False
+        except (MeterhubError, LookupError, ValueError) as exc:
+            log.warning("gdw1376.1 uplink: %s failed: %s: %s", name, type(exc).__name__, exc)
+            return False
+        return True
+
+    # -- what the master may set, kept across restarts ----------------------------------------------
+
+    def _given(self) -> dict[str, Any]:
+        """The settings as the site file gives them, by the names they are kept under."""
+        return {"heartbeat_s": self.config.heartbeat_s,
+                "server": f"{self.config.host}:{self.config.port}",
+                "apn": str(self.config.modem.get("apn", "")),
+                "active_report": self.config.active_report,
+                "clock_offset_s": 0.0}
+
+    def _apply(self, key: str, value: Any) -> None:
+        """Put one setting in force (ValueError for a value it cannot take)."""
+        if key == "heartbeat_s":
+            seconds = float(value)
+            if not seconds >= 60:
+                raise ValueError(f"a heartbeat period of {value!r} s (1376.1 sets whole minutes, at least 1)")
+            self.heartbeat_s = seconds
+            self._heartbeat_changed.set()
+        elif key == "server":
+            self.server = _server(value)
+        elif key == "apn":
+            self.apn = str(value)
+        elif key == "active_report":
+            self.reporting = bool(value)
+            self._reporting_changed.set()
+        elif key == "clock_offset_s":
+            self.clock_offset = timedelta(seconds=float(value))
+        else:
+            raise ValueError(f"unknown setting {key!r}")
+
+    async def _keep(self, values: Mapping[str, Any]) -> None:
+        """Put ``values`` in force and keep them, with the site file's values they replace:
+        a restart keeps them unless the site file has changed those since."""
+        given = self._given()
+        for key, value in values.items():
+            self._apply(key, value)
+        await self.terminal.keep_settings({key: {"value": value, "given": given[key]} for key, value in values.items()})
+
+    async def restore(self) -> None:
+        """Put back what a master set before a restart (kept in the store), except where
+        the site file was changed since: then the file's newer word wins."""
+        given = self._given()
+        stale: dict[str, None] = {}
+        for key, entry in (await self.terminal.settings()).items():
+            try:
+                if not isinstance(entry, Mapping) or entry.get("given") != given.get(key, ...):
+                    log.info("gdw1376.1 uplink: %s: the site file changed since a master set it; the file's %r stays",
+                             key, given.get(key))
+                    stale[key] = None
+                    continue
+                self._apply(key, entry["value"])
+            except (ValueError, TypeError, KeyError) as exc:
+                log.warning("gdw1376.1 uplink: kept setting %s cannot be used (%s); dropped", key, exc)
+                stale[key] = None
+            else:
+                log.info("gdw1376.1 uplink: %s = %r, as a master set it (kept in the store)", key, entry["value"])
+        if stale:
+            await self.terminal.keep_settings(stale)
+
+    async def _carry_setting(self, command: Command) -> Mapping[str, Any]:
+        args = command.args
+        if command.name == "set_heartbeat":
+            values: dict[str, Any] = {"heartbeat_s": float(args["heartbeat_s"])}
+        elif command.name == "set_master_station":
+            _server(args["server"])  # checked before anything is changed
+            values = {"server": args["server"], "apn": args["apn"]}
+        elif command.name == "set_clock":
+            target = datetime.fromisoformat(args["time"])
+            values = {"clock_offset_s": (target - self._now().replace(microsecond=0)).total_seconds()}
+        elif command.name == "set_active_reporting":
+            values = {"active_report": bool(args["allowed"])}
+        else:
+            raise ValueError(f"no such setting command {command.name!r}")
+        await self._keep(values)
+        if command.name == "set_master_station":
+            log.info("gdw1376.1 uplink: master station set to %s (used from the next connection)", args["server"])
+        elif command.name == "set_clock":
+            log.info("gdw1376.1 uplink: clock set by a master (offset %s; the OS clock is not changed)",
+                     self.clock_offset)
+        return values
+
+    async def _carry_archive(self, command: Command) -> Mapping[str, Any]:
         points = self.terminal.points()
         first = points[min(points)].channel if points else None
-        for record in archive.records:
-            if record.point == 0:
+        changed = []
+        for record in command.args["records"]:
+            point = int(record["point"])
+            if record["protocol"] == d.MeterProtocol.NONE:
+                await self.terminal.set_meter(point, None)
+                changed.append(point)
                 continue
-            if record.protocol == d.MeterProtocol.NONE:
-                await self.terminal.set_meter(record.point, None)
-                continue
-            protocol = F10_PROTOCOLS.get(record.protocol)  # type: ignore[call-overload]
+            protocol = F10_PROTOCOLS.get(record["protocol"])
             if protocol is None:
-                raise ValueError(f"F10 protocol {record.protocol} has no meterhub driver here")
-            old = points.get(record.point)
+                raise ValueError(f"F10 protocol {record['protocol']} has no meterhub driver here")
+            old = points.get(point)
             channel = old.channel if old is not None else first
             if channel is None:
                 raise ValueError("no channel to put the meter on (the site has no meter with a measuring point)")
             quantities = old.quantities if old is not None else ()
-            await self.terminal.set_meter(record.point, Meter(record.address, protocol, channel, quantities,
-                                                              point=record.point))
+            await self.terminal.set_meter(point, Meter(record["address"], protocol, channel, quantities, point=point))
+            changed.append(point)
+        return {"points": changed}
 
     async def _control(self, items: Sequence[d.Item], frame: g.Frame) -> _Answer:
         confirmed: list[tuple[tuple[int, ...] | None, tuple[int, ...]]] = []
         denied: list[tuple[tuple[int, ...] | None, tuple[int, ...]]] = []
         for item in items:
             where = (None if item.point is None else (item.point,), (item.fn,))
-            ok = True
             if item.fn == 31:
                 target: datetime = item.value.clock.time
-                self.clock_offset = target - self._now().replace(microsecond=0)
-                log.info("gdw1376.1 uplink: clock set by master %d (offset %s; the OS clock is not changed)",
-                         frame.master, self.clock_offset)
+                ok = await self._local(frame, "set_clock", {"time": target.isoformat()}, self._carry_setting)
             elif item.fn in (29, 37):
-                self.reporting = item.fn == 29
-                self._reporting_changed.set()
+                ok = await self._local(frame, "set_active_reporting", {"allowed": item.fn == 29},
+                                       self._carry_setting)
             elif item.fn in (1, 2) and item.point:
                 # F2 is "permit close" (允许合闸): DL/T 645's close_permitted (1Bh), which lets
                 # the customer close the relay, not a direct close (1Ch)
