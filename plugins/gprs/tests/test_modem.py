@@ -500,6 +500,33 @@ def test_a_slow_modem_within_its_timeouts_still_connects(make_sim, kit):
     assert asyncio.run(scenario()) == kit.TRICKY
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_a_send_stopped_after_its_command_still_gives_the_modem_its_data(make_sim, kit, model):
+    """Cancelled while the modem's '>' prompt is on its way: the driver sends the data it
+    promised before it stops, so the next command is not typed in as data."""
+    sim = make_sim(model)
+    first, second = frame(40, seed=1), frame(30, seed=2)
+
+    async def scenario():
+        async with kit.server(echo=False) as server:
+            stream = await kit.connector(sim, server).connect()
+            sim.set_fault("slow", delay=0.3)  # the prompt comes 0.3 s after the send command
+            sends = sum(1 for c in sim.commands if "SEND=" in c)
+            task = asyncio.get_running_loop().create_task(stream.send(first))
+            while sum(1 for c in sim.commands if "SEND=" in c) == sends:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            sim.set_fault("slow", on=False)
+            await stream.send(second)
+            await server.wait_for(lambda: len(server.got) >= len(first) + len(second))
+            await stream.close()
+            return server.got
+
+    assert asyncio.run(scenario()) == first + second
+
+
 def test_a_modem_too_slow_for_its_timeouts_is_a_clear_error(make_sim, kit):
     sim = make_sim("EC20", faults={"slow": {"delay": 5.0}})
 

@@ -70,8 +70,8 @@ import enum
 import ipaddress
 import logging
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import attrs
 from meterhub.api import Link
@@ -82,6 +82,7 @@ from meterhub.model import SerialSettings
 from .stream import ConnectFailed, ConnectionLost
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # -- figures ---------------------------------------------------------------------------
 
@@ -713,23 +714,9 @@ class AtEngine:
         )  # fmt: skip
         self._pending = pending
         try:
-            if command is not None:
-                log.debug("%s > %s", self.name, show)
-                self.reader.prompt_wanted = data is not None
-                await self.write(command.encode("ascii") + b"\r")
-            if data is not None:
-                assert pending.prompt is not None
-                await self._first(pending.prompt, pending.done, timeout, show)
-                self.reader.prompt_wanted = False
-                if not pending.done.done():
-                    await self.write(data)
-            final = await self._wait(pending.done, timeout, show, "answer")
-            if check and _is_error(final):
-                raise AtError(f"{self.name}: {show} failed: {final}", command=show, final=final)
-            then_line = None
-            if pending.then_line is not None and final == "OK":
-                then_line = await self._wait(pending.then_line, then_timeout or timeout, show, "completion")
-            return Reply(show, final, tuple(pending.lines), pending.payload, then_line)
+            exchange = self._exchange(command, show, data, pending, timeout, then_timeout, check)
+            # a send the modem has taken runs to its end: see _finish_if_cancelled
+            return await (exchange if data is None else _finish_if_cancelled(exchange))
         finally:
             self.reader.prompt_wanted = False
             if self._pending is pending:
@@ -739,6 +726,27 @@ class AtEngine:
                     future.exception()  # retrieved: a failure nobody awaited is not news
                 else:
                     future.cancel()
+
+    async def _exchange(self, command: str | None, show: str, data: bytes | None, pending: _Pending,
+                        timeout: float, then_timeout: float | None, check: bool) -> Reply:
+        """The command, the data after its ``>`` prompt, its answer and completion line."""
+        if command is not None:
+            log.debug("%s > %s", self.name, show)
+            self.reader.prompt_wanted = data is not None
+            await self.write(command.encode("ascii") + b"\r")
+        if data is not None:
+            assert pending.prompt is not None
+            await self._first(pending.prompt, pending.done, timeout, show)
+            self.reader.prompt_wanted = False
+            if not pending.done.done():
+                await self.write(data)
+        final = await self._wait(pending.done, timeout, show, "answer")
+        if check and _is_error(final):
+            raise AtError(f"{self.name}: {show} failed: {final}", command=show, final=final)
+        then_line = None
+        if pending.then_line is not None and final == "OK":
+            then_line = await self._wait(pending.then_line, then_timeout or timeout, show, "completion")
+        return Reply(show, final, tuple(pending.lines), pending.payload, then_line)
 
     async def _wait(self, future: asyncio.Future[str], timeout: float, show: str, what: str) -> str:
         try:
@@ -752,6 +760,24 @@ class AtEngine:
             raise ModemTimeout(f"{self.name}: no '>' prompt after {show} within {timeout:g} s")
         for future in finished:
             future.result()  # a failed port raises here
+
+
+async def _finish_if_cancelled(step: Awaitable[T]) -> T:
+    """Run ``step`` to its end even when the caller is cancelled meanwhile, then let the
+    cancellation go on. A send command the modem has taken waits for its data: stopping
+    between the command and the data would leave the modem taking the next command (a
+    logout, the next connection's AT) as the data it was promised, and stopping before its
+    answer would leave that answer to be taken as the next send's. ``step`` is bounded by
+    its own timeouts."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait([task])
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a send finished after a stop failed", exc_info=task.exception())
+        raise
 
 
 # -- timeouts ---------------------------------------------------------------------------
