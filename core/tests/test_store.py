@@ -304,7 +304,7 @@ def test_round_is_stored_with_its_stats(store: SqliteStore) -> None:
 
 
 @pytest.mark.parametrize("url", [
-    "postgresql://localhost/meterhub", "sqlite://meterhub.db", "sqlite:///", "meterhub.db", "",
+    "mysql://localhost/meterhub", "sqlite://meterhub.db", "sqlite:///", "meterhub.db", "",
 ])
 def test_other_urls_are_refused_by_name(url: str) -> None:
     with pytest.raises(ValueError) as info:

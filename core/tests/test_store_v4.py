@@ -13,9 +13,10 @@ from meterhub.store import SCHEMA_VERSION, SqliteStore, open_store
 
 
 def v3_file(path: Path) -> Path:
-    """A store as schema version 3 left it: today's schema without the settings table."""
+    """A store as schema version 3 left it: today's schema without the tables of versions 4 and 5."""
     with open_store(f"sqlite:///{path}") as s:
-        s._conn.execute("DROP TABLE settings")
+        for table in ("settings", "terminals", "allowed_terminals", "requests"):
+            s._conn.execute(f"DROP TABLE {table}")
         s._conn.execute("PRAGMA user_version = 3")
     return path
 
@@ -26,7 +27,7 @@ def test_a_v3_file_gets_the_settings_table(tmp_path: Path) -> None:
         assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'settings'").fetchall()
     conn.close()
     with open_store(f"sqlite:///{path}") as s:
-        assert s.schema_version == SCHEMA_VERSION == 4
+        assert s.schema_version == SCHEMA_VERSION
         assert s.settings("up") == {}
         s.put_settings("up", {"heartbeat_s": 300})
         assert s.settings("up") == {"heartbeat_s": 300}

@@ -279,6 +279,60 @@ class CommandRecord:
     answer: Mapping[str, Any] | None = attrs.field(default=None, converter=attrs.converters.optional(_freeze_mapping))
 
 
+class RequestState(str, enum.Enum):
+    """A head-end request's life: queued → claimed (by the node holding the terminal's
+    connection) → answered | failed; or failed while queued (no node took it in time)."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    ANSWERED = "answered"
+    FAILED = "failed"
+
+
+@attrs.frozen
+class TerminalRecord:
+    """What a head-end knows of one terminal (concentrator): ``name`` is A1 and A2 as the
+    vendors print them (``32010001``); ``node`` the head-end process holding its connection."""
+
+    name: str
+    online: bool = False
+    node: str = ""
+    peer: str = ""  #: the connection's far end, host:port
+    login: datetime | None = None  #: its last login
+    seen: datetime | None = None  #: its last valid frame
+    heartbeats: int = 0  #: since its last login
+
+
+@attrs.frozen
+class HeadEndRequest:
+    """A read or a command for a terminal, put in the store's queue by whoever asks (the
+    CLI, a schedule) and carried out by the head-end node that holds the terminal's
+    connection. ``kind`` is ``read`` or ``command``; ``args`` say what (JSON, no secret:
+    a command names its ``credential``, a secret-store reference)."""
+
+    terminal: str
+    kind: str
+    args: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    id: str = attrs.field(factory=new_command_id)
+    origin: Origin = attrs.field(default=Origin.CLI, converter=Origin)
+    issuer: str = ""
+    credential: str = ""
+    created: datetime = attrs.field(factory=utcnow)
+    timeout: float = 60.0  #: seconds from ``created`` after which nobody may take it any more
+
+
+@attrs.frozen
+class RequestRecord:
+    """A head-end request and where its life has got to."""
+
+    request: HeadEndRequest
+    state: RequestState
+    updated: datetime
+    node: str = ""  #: the node that claimed it
+    reason: str = ""  #: why it failed
+    answer: Mapping[str, Any] | None = attrs.field(default=None, converter=attrs.converters.optional(_freeze_mapping))
+
+
 DEFAULT_STORE = "sqlite:///meterhub.db"
 
 

@@ -14,7 +14,7 @@ uplink is down for months fills neither its disk nor its memory, and says what i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -25,10 +25,14 @@ from ..model import (
     CommandRecord,
     CommandState,
     Event,
+    HeadEndRequest,
     Origin,
     OutboxItem,
     Reading,
+    RequestRecord,
+    RequestState,
     RoundReport,
+    TerminalRecord,
     meter_key,
 )
 
@@ -212,6 +216,47 @@ class Store(Protocol):
         """Release the store; using it afterwards raises StoreError."""
 
 
+class HeadEndStore(Store, Protocol):
+    """What a head-end needs besides a store: its terminals, their allowlist and the queue
+    of requests that reach a terminal through whichever node holds its connection. Both
+    backends have it; several head-end processes may share one (PostgreSQL)."""
+
+    def allow_terminals(self, names: Sequence[str], *, allowed: bool = True) -> None:
+        """Add terminals (``32010001``) to the allowlist, or with ``allowed=False`` take them off."""
+
+    def allowed_terminals(self) -> list[str]:
+        """The allowlist, sorted."""
+
+    def terminal_seen(self, name: str, *, node: str, peer: str, at: datetime, online: bool = True,
+                      login: bool = False, heartbeat: bool = False) -> None:
+        """Record a terminal's valid frame on ``node`` (``login``: its login, which zeroes
+        the heartbeat count; ``heartbeat``: one more), or with ``online=False`` the end of
+        its connection there (ignored if another node holds it since)."""
+
+    def terminals_offline(self, node: str) -> int:
+        """Mark offline every terminal ``node`` held (a node starting again after a crash)."""
+
+    def terminals(self, *, online: bool | None = None) -> list[TerminalRecord]:
+        """The terminals seen, by name."""
+
+    def add_request(self, request: HeadEndRequest) -> None:
+        """Queue a request (state QUEUED); a second with the same id is a StoreError."""
+
+    def claim_requests(self, terminals: Collection[str], node: str, *, at: datetime | None = None,
+                       limit: int = 100) -> list[RequestRecord]:
+        """Claim for ``node`` the queued requests of ``terminals``, oldest first: each
+        request is claimed by one node only, also with several nodes on one database. A
+        queued request older than its timeout is FAILED instead ("not taken within its
+        timeout")."""
+
+    def finish_request(self, id: str, state: RequestState, *, reason: str = "",
+                       answer: Mapping[str, Any] | None = None) -> RequestRecord:
+        """End a queued or claimed request, ANSWERED or FAILED; anything else is a StoreError."""
+
+    def request(self, id: str) -> RequestRecord | None:
+        """A request's record, or None."""
+
+
 def _store_options(url: str, query: str) -> dict[str, int]:
     """The options a store URL's query sets (``outbox_max=10000``), checked by name."""
     options: dict[str, int] = {}
@@ -227,18 +272,28 @@ def _store_options(url: str, query: str) -> dict[str, int]:
     return options
 
 
-def open_store(url: str) -> SqliteStore:
+#: The URL schemes of a PostgreSQL store (meterhub[postgres]: psycopg 3).
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+
+def open_store(url: str) -> HeadEndStore:
     """Open (creating if needed) the store at ``url``.
 
     ``sqlite:///meterhub.db`` is relative to the working directory,
-    ``sqlite:////var/lib/meterhub.db`` absolute, ``sqlite:///:memory:`` in memory.
+    ``sqlite:////var/lib/meterhub.db`` absolute, ``sqlite:///:memory:`` in memory;
+    ``postgresql://user@host:port/database`` a PostgreSQL database (the ``postgres`` extra:
+    ``pip install 'meterhub[postgres]'``), which several processes may share.
     A query sets options: ``sqlite:///meterhub.db?outbox_max=10000``. Any other URL, an
     unknown option or a bad value raises :class:`ValueError` naming it.
     """
+    if isinstance(url, str) and url.startswith(POSTGRES_PREFIXES):
+        from .postgres import open_postgres_store
+
+        return open_postgres_store(url)
     if not isinstance(url, str) or not url.startswith(URL_PREFIX):
         raise ValueError(
             f"unsupported store URL {url!r}: expected sqlite:///relative.db, "
-            "sqlite:////absolute/path.db or sqlite:///:memory:"
+            "sqlite:////absolute/path.db, sqlite:///:memory: or postgresql://user@host/database"
         )
     path, has_query, query = url[len(URL_PREFIX):].partition("?")
     if not path:
@@ -251,7 +306,7 @@ def open_store(url: str) -> SqliteStore:
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 __all__ = [
-    "COMMAND_MOVES", "DEFAULT_OUTBOX_MAX", "FINAL_COMMAND_STATES", "MEMORY", "MIGRATIONS", "OUTBOX_OVERFLOW",
+    "COMMAND_MOVES", "DEFAULT_OUTBOX_MAX", "FINAL_COMMAND_STATES", "HeadEndStore", "MEMORY", "MIGRATIONS", "OUTBOX_OVERFLOW",
     "SCHEMA_VERSION", "URL_PREFIX", "MeterIdentity", "SqliteStore", "Store", "StoreError", "check_command_move",
     "open_store",
 ]

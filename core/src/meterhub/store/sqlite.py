@@ -17,21 +17,27 @@ import itertools
 import json
 import operator
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Self
+
+import attrs
 
 from ..model import (
     Command,
     CommandRecord,
     CommandState,
     Event,
+    HeadEndRequest,
     Origin,
     OutboxItem,
     Quality,
     Reading,
+    RequestRecord,
+    RequestState,
     RoundReport,
+    TerminalRecord,
     utcnow,
 )
 from . import (
@@ -45,7 +51,7 @@ from . import (
 
 #: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
 #: tables change; a store written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Seconds a writer waits for another process's lock (``meterhub export`` reading the
 #: file while the concentrator writes) before the write fails loudly.
@@ -119,6 +125,41 @@ CREATE TABLE settings (
 );
 """
 
+# New in schema version 5: a head-end's terminals, its allowlist and its queue of requests
+# (what a head-end node holding a terminal's connection carries out for whoever asked).
+_HEAD_END = """
+CREATE TABLE terminals (
+    name        TEXT PRIMARY KEY,
+    online      INTEGER NOT NULL,
+    node        TEXT NOT NULL,
+    peer        TEXT NOT NULL,
+    login       TEXT,
+    seen        TEXT,
+    heartbeats  INTEGER NOT NULL
+);
+CREATE TABLE allowed_terminals (
+    name        TEXT PRIMARY KEY,
+    added       TEXT NOT NULL
+);
+CREATE TABLE requests (
+    id          TEXT PRIMARY KEY,
+    terminal    TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    origin      TEXT NOT NULL,
+    issuer      TEXT NOT NULL,
+    credential  TEXT NOT NULL,
+    created     TEXT NOT NULL,
+    timeout     REAL NOT NULL,
+    state       TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    updated     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    answer      TEXT
+);
+CREATE INDEX requests_waiting ON requests (state, terminal, created);
+"""
+
 _SCHEMA = f"""
 CREATE TABLE readings (
     id          INTEGER PRIMARY KEY,
@@ -161,7 +202,7 @@ CREATE TABLE rounds (
     failed      INTEGER NOT NULL,
     stats       TEXT NOT NULL
 );
-{_OUTBOX_AND_COMMANDS}{_SETTINGS}
+{_OUTBOX_AND_COMMANDS}{_SETTINGS}{_HEAD_END}
 """
 
 # What version 2 had and version 3 has not, for the migration from 1 to build version 2
@@ -290,10 +331,15 @@ def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
     _run_script(conn, _SETTINGS)
 
 
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    """Version 5: the head-end's terminals, allowlist and request queue."""
+    _run_script(conn, _HEAD_END)
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from version ``n - 1`` to ``n`` (inside the
 #: opening transaction). Version 0 is an empty file, built by :data:`_SCHEMA` directly.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _migrate_1_to_2, 3: _migrate_2_to_3, 4: _migrate_3_to_4,
+    2: _migrate_1_to_2, 3: _migrate_2_to_3, 4: _migrate_3_to_4, 5: _migrate_4_to_5,
 }
 
 
@@ -451,6 +497,31 @@ def _command_from_row(row: sqlite3.Row) -> CommandRecord:
         reason=row["reason"],
         answer=None if row["answer"] is None else json.loads(row["answer"]),
     )
+
+
+_REQUEST_COLUMNS = (
+    "id", "terminal", "kind", "args", "origin", "issuer", "credential", "created", "timeout", "state", "node",
+    "updated", "reason", "answer",
+)
+
+
+def _opt_ts(text: str | None) -> datetime | None:
+    return None if text is None else _parse_ts(text)
+
+
+def _terminal_from_row(row: sqlite3.Row) -> TerminalRecord:
+    return TerminalRecord(row["name"], bool(row["online"]), row["node"], row["peer"], _opt_ts(row["login"]),
+                          _opt_ts(row["seen"]), row["heartbeats"])
+
+
+def _request_from_row(row: sqlite3.Row) -> RequestRecord:
+    request = HeadEndRequest(
+        terminal=row["terminal"], kind=row["kind"], args=json.loads(row["args"]), id=row["id"],
+        origin=Origin(row["origin"]), issuer=row["issuer"], credential=row["credential"],
+        created=_parse_ts(row["created"]), timeout=row["timeout"],
+    )
+    return RequestRecord(request, RequestState(row["state"]), _parse_ts(row["updated"]), node=row["node"],
+                         reason=row["reason"], answer=None if row["answer"] is None else json.loads(row["answer"]))
 
 
 def _uplinks(outbox: Sequence[str]) -> list[str]:
@@ -836,6 +907,120 @@ class SqliteStore:
                         "INSERT INTO settings (scope, key, value, updated) VALUES (?, ?, ?, ?)"
                         " ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
                         (scope_, key, text, updated))
+
+    # -- the head-end: terminals, allowlist, requests ---------------------------------------
+
+    def allow_terminals(self, names: Sequence[str], *, allowed: bool = True) -> None:
+        """Add terminals to the allowlist (``allowed``) or take them off it."""
+        at = _ts(utcnow())
+        with self._transaction("write the allowlist of"):
+            for name in names:
+                if allowed:
+                    self._conn.execute("INSERT INTO allowed_terminals (name, added) VALUES (?, ?)"
+                                       " ON CONFLICT (name) DO NOTHING", (name, at))
+                else:
+                    self._conn.execute("DELETE FROM allowed_terminals WHERE name = ?", (name,))
+
+    def allowed_terminals(self) -> list[str]:
+        """The allowlist, sorted."""
+        return [row["name"] for row in self._query("the allowlist", "SELECT name FROM allowed_terminals ORDER BY name")]
+
+    def terminal_seen(self, name: str, *, node: str, peer: str, at: datetime, online: bool = True,
+                      login: bool = False, heartbeat: bool = False) -> None:
+        """Record a terminal's frame (``login``: its login, which zeroes its heartbeats;
+        ``heartbeat``: one more) or, ``online=False``, the end of its connection on ``node``
+        (ignored when another node holds it since)."""
+        when = _ts(at)
+        with self._transaction("write a terminal to"):
+            if not online:
+                self._conn.execute("UPDATE terminals SET online = 0, seen = ? WHERE name = ? AND node = ?",
+                                   (when, name, node))
+                return
+            self._conn.execute(
+                "INSERT INTO terminals (name, online, node, peer, login, seen, heartbeats) VALUES (?, 1, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET online = 1, node = excluded.node, peer = excluded.peer,"
+                " login = coalesce(excluded.login, login), seen = excluded.seen,"
+                " heartbeats = CASE WHEN excluded.login IS NOT NULL THEN excluded.heartbeats"
+                " ELSE heartbeats + excluded.heartbeats END",
+                (name, node, peer, when if login else None, when, int(heartbeat)))
+
+    def terminals_offline(self, node: str) -> int:
+        """Mark every terminal ``node`` held as offline (the node starting afresh after a
+        crash); returns how many."""
+        with self._transaction("write terminals to"):
+            return int(self._conn.execute("UPDATE terminals SET online = 0 WHERE node = ? AND online = 1",
+                                          (node,)).rowcount)
+
+    def terminals(self, *, online: bool | None = None) -> list[TerminalRecord]:
+        """Every terminal the head-end has seen, by name."""
+        sql, params = "SELECT * FROM terminals", []
+        if online is not None:
+            sql += " WHERE online = ?"
+            params.append(int(online))
+        return [_terminal_from_row(row) for row in self._query("terminals", sql + " ORDER BY name", params)]
+
+    def add_request(self, request: HeadEndRequest) -> None:
+        """Queue a request; a second one with the same id is a StoreError."""
+        row = (request.id, request.terminal, request.kind, _to_json(dict(request.args)), Origin(request.origin).value,
+               request.issuer, request.credential, _ts(request.created), float(request.timeout),
+               RequestState.QUEUED.value, "", _ts(request.created), "", None)
+        with self._transaction("queue a request in"):
+            if self._conn.execute("SELECT 1 FROM requests WHERE id = ?", (request.id,)).fetchone():
+                raise StoreError(f"request {request.id} is already in store {self.url}")
+            self._conn.execute(_insert_sql("requests", _REQUEST_COLUMNS), row)
+
+    def claim_requests(self, terminals: Collection[str], node: str, *, at: datetime | None = None,
+                       limit: int = 100) -> list[RequestRecord]:
+        """Take the queued requests for ``terminals`` (those ``node`` holds), oldest first,
+        as CLAIMED by ``node``: each is claimed by one node only. A request past its
+        timeout is failed instead, never claimed."""
+        names = list(terminals)
+        if not names:
+            return []
+        now = at or utcnow()
+        claimed: list[RequestRecord] = []
+        with self._transaction("claim requests in"):
+            for start in range(0, len(names), 500):
+                chunk = names[start:start + 500]
+                rows = self._conn.execute(
+                    f"SELECT * FROM requests WHERE state = 'queued' AND terminal IN ({', '.join('?' * len(chunk))})"
+                    " ORDER BY created LIMIT ?", (*chunk, limit - len(claimed))).fetchall()
+                for row in rows:
+                    record = _request_from_row(row)
+                    late = (now - record.request.created).total_seconds() > record.request.timeout
+                    state, reason = ((RequestState.FAILED, "not taken within its timeout") if late
+                                     else (RequestState.CLAIMED, ""))
+                    self._conn.execute("UPDATE requests SET state = ?, node = ?, updated = ?, reason = ? WHERE id = ?",
+                                       (state.value, node, _ts(now), reason, record.request.id))
+                    if not late:
+                        claimed.append(attrs.evolve(record, state=state, node=node, updated=now))
+                if len(claimed) >= limit:
+                    break
+        return claimed
+
+    def finish_request(self, id: str, state: RequestState, *, reason: str = "",
+                       answer: Mapping[str, Any] | None = None) -> RequestRecord:
+        """End a request: ANSWERED (with ``answer``) or FAILED (with ``reason``). Only a
+        queued or claimed request can end; an unknown id or an ended one is a StoreError."""
+        state = RequestState(state)
+        if state not in (RequestState.ANSWERED, RequestState.FAILED):
+            raise ValueError(f"a request ends answered or failed, not {state.value}")
+        values = (state.value, _ts(utcnow()), reason, None if answer is None else _to_json(dict(answer)), id)
+        with self._transaction("end a request in"):
+            row = self._conn.execute("SELECT state FROM requests WHERE id = ?", (id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no request {id!r} in store {self.url}")
+            if row["state"] not in (RequestState.QUEUED.value, RequestState.CLAIMED.value):
+                raise StoreError(f"request {id} is already {row['state']}; it cannot become {state.value}")
+            self._conn.execute("UPDATE requests SET state = ?, updated = ?, reason = ?, answer = ? WHERE id = ?",
+                               values)
+            row = self._conn.execute("SELECT * FROM requests WHERE id = ?", (id,)).fetchone()
+        return _request_from_row(row)
+
+    def request(self, id: str) -> RequestRecord | None:
+        """The request's record, or None."""
+        rows = self._query("a request", "SELECT * FROM requests WHERE id = ?", (id,))
+        return _request_from_row(rows[0]) if rows else None
 
     # -- reading ----------------------------------------------------------------------
 
