@@ -13,7 +13,7 @@ master station through the ``gdw1376.1`` uplink.
   127.0.0.1. A :class:`~meterhub.runtime.Concentrator` (no channels, no rounds) over a
   new SQLite store file, its uplink ``master`` fed by the outbox; the real
   ``Gdw1376Uplink`` over TCP, on :class:`meterhub.uplinks.ConcentratorTerminal`, to
-  :class:`meterhub_gprs.master.MasterStation`. Each meter's readings (1-0:1.8.0 and
+  :class:`meterhub.headend.station.MasterStation`. Each meter's readings (1-0:1.8.0 and
   1.8.1-1.8.4) are stored as a round stores them (``Concentrator._store_readings``: one
   durable commit per meter, with the outbox rows, then the uplink is woken), 8 meters in
   flight as 8 channels would have them. Measured per meter: from the commit (the store
@@ -266,7 +266,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 async def _loopback(path: Path, rounds: int) -> tuple[list[Phase], list[Phase], int]:
     from meterhub_gprs import uplink as up
-    from meterhub_gprs.master import MasterStation
+    from meterhub.headend.station import MasterStation
 
     master = await MasterStation(heartbeat_s=600.0).start("127.0.0.1", 0)
     config = {"server": f"127.0.0.1:{master.port}", "area_code": AREA, "terminal_address": TERMINAL,

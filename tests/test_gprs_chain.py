@@ -1,7 +1,7 @@
 """The whole reporting chain, real everything: simulated DL/T 645 meters on a pty, the real
 concentrator (in-process ``Concentrator`` + ``UplinkRunner``, as ``meterhub run`` runs them, or
 ``meterhub run`` itself), the ``gdw1376.1`` uplink through a simulated EC20 modem on a pty, and
-a real TCP loopback to the test master station (:class:`meterhub_gprs.master.MasterStation`).
+a real TCP loopback to the test master station (:class:`meterhub.headend.station.MasterStation`).
 
 What "exactly once" means here: an AFN 0C F129 report carries its read time to the minute
 (A.15), and the master stores one report per (terminal, point, read time), counting one sent
@@ -38,7 +38,7 @@ from meterhub.runtime import Concentrator
 from meterhub.simsite import MeterSpec, SimBus, site_text, start_bus
 from meterhub.store import open_store
 from meterhub.uplinks import UplinkRunner
-from meterhub_gprs.master import MasterStation
+from meterhub.headend.station import MasterStation
 from meterhub_gprs.modem_sim import ModemSim
 
 AREA, ADDRESS = "3201", 1

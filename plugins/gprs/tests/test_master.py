@@ -25,7 +25,7 @@ from meterhub.protocols.gdw1376_1 import (
     encode,
     pack_units,
 )
-from meterhub_gprs.master import (
+from meterhub.headend.station import (
     MasterStation,
     RequestDenied,
     RequestTimeout,
@@ -199,12 +199,12 @@ def test_garbage_and_a_bad_checksum_are_skipped_and_the_connection_stays():
         async with master_station() as master, Terminal(master.port) as terminal:
             damaged = LOGIN[:-2] + bytes((LOGIN[-2] ^ 0xFF,)) + LOGIN[-1:]
             await terminal.send(b"\x68\x00garbage\x16\xfe" + damaged + bytes(range(256)))
-            await terminal.send(link(3, seq=7))
+            await terminal.send(link(1, seq=7))
             confirm = await terminal.frame()
             return confirm, terminal.frames, master.skipped_frames, master.online
 
     confirm, more, skipped, online = run(scenario)
-    assert (confirm.afn, confirm.seq) == (Afn.CONFIRM, 7)  # the heartbeat's, not the damaged login's
+    assert (confirm.afn, confirm.seq) == (Afn.CONFIRM, 7)  # the good login's, not the damaged one's
     assert more == [] and skipped == 1 and online == [ME]
 
 
@@ -368,13 +368,15 @@ def test_a_connection_lost_during_a_request_is_a_clear_error():
     run(scenario)
 
 
-def test_a_terminal_that_connects_again_is_served_on_its_new_connection():
+def test_a_terminal_that_connects_again_after_its_old_connection_went_quiet_is_served_on_the_new():
     def respond(request: Frame) -> list[Frame]:
         return [answer_to(request, Afn.CLASS1, [data.unit((1,), (129,), [energy("7")])])]
 
     async def scenario():
-        async with master_station() as master, Terminal(master.port) as old, Terminal(master.port) as new:
+        async with master_station(heartbeat_s=0.3) as master, Terminal(master.port) as old, \
+                Terminal(master.port) as new:
             await old.login()
+            await asyncio.sleep(0.4)  # a heartbeat period without a word: its connection may be dead
             await new.login()
             closed = await old.closed_by_master()
             new.answer_with(respond)
@@ -382,6 +384,22 @@ def test_a_terminal_that_connects_again_is_served_on_its_new_connection():
 
     closed, reading, online = run(scenario)
     assert closed and reading.values[0] == Decimal(7) and online == [ME]
+
+
+def test_a_second_login_for_a_terminal_heard_from_lately_is_refused_and_the_first_served():
+    def respond(request: Frame) -> list[Frame]:
+        return [answer_to(request, Afn.CLASS1, [data.unit((1,), (129,), [energy("8")])])]
+
+    async def scenario():
+        async with master_station() as master, Terminal(master.port) as first, Terminal(master.port) as impostor:
+            await first.login()
+            await impostor.send(LOGIN)
+            refused = await impostor.closed_by_master()
+            first.answer_with(respond)
+            return refused, await master.read_energy(ME, 1), master.online
+
+    refused, reading, online = run(scenario)
+    assert refused and reading.values[0] == Decimal(8) and online == [ME]
 
 
 def test_a_request_without_answer_times_out_with_a_clear_error():

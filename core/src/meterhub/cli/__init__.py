@@ -58,6 +58,9 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, str]] = {
                  "The audited command log: every command with its origin, issuer, state and answer."),
     "sim": ("sim", "sim_cmd", "Simulated meters on pseudo-terminals, for trying meterhub without hardware."),
     "demo": ("demo", "demo_cmd", "Read simulated meters over the real RS485 path, store and print the readings."),
+    "head-end": ("headend", "headend_cmd", "The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks "
+                 "each login against the allowlist, stores their reports and scheduled reads, and carries out the "
+                 "requests and commands queued for the terminals it holds."),
 }
 
 #: Names once imported here, now imported on first use (``from meterhub.cli import ...``).

@@ -168,7 +168,8 @@ def _cells(record: CommandRecord) -> list[Text]:
     return [
         _text(_local_time(c.requested)),
         _text(c.id[:SHORT_ID], "dim"),
-        _text(meter_key(c.channel, c.protocol, c.meter) if c.meter else "(concentrator)"),
+        _text(meter_key(c.channel, c.protocol, c.meter) if c.meter else f"{c.channel} (terminal)" if c.channel
+              else "(concentrator)"),
         _text(c.name),
         _text(c.origin.value),
         _text(c.issuer),

@@ -24,7 +24,7 @@ def gprs_cmd() -> None:
 def master_cmd(listen: str, allow: tuple[str, ...], poll_s: float | None, heartbeat_s: float) -> None:
     """A small master station: confirms logins, heartbeats and reports, logs them, and
     with --poll reads every terminal's points. Not a head-end: nothing is stored."""
-    from .master import serve
+    from meterhub.headend.station import serve
 
     try:
         serve(listen, allow or None, poll_s, heartbeat_s=heartbeat_s)

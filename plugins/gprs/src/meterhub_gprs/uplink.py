@@ -98,6 +98,18 @@ from meterhub.model import (
 )
 from meterhub.protocols import gdw1376_1 as g
 from meterhub.protocols import gdw1376_1_data as d
+from meterhub.protocols.gdw1376_1_quantities import (
+    ACTIVE,
+    APPARENT,
+    CURRENT,
+    POWER_FACTOR,
+    Q1,
+    Q4,
+    REACTIVE,
+    REACTIVE_1,
+    TARIFF,
+    VOLTAGE,
+)
 
 from .stream import ByteStream, Connector, TcpConnector
 
@@ -138,19 +150,7 @@ KEYS = frozenset({"transport", "server", "area_code", "terminal_address", "heart
                   "port", "baudrate", "apn", "pin", "model", "mode", "active_report"})
 MODEM_KEYS = frozenset({"port", "baudrate", "apn", "pin", "model", "mode"})
 
-#: meterhub's quantities of the 1376.1 items (OBIS codes).
-ENERGY_TOTAL = "1-0:1.8.0"
-_TARIFF = re.compile(r"1-0:1\.8\.(\d+)")
-MAX_TARIFFS = 4  #: 1-0:1.8.1..1.8.4: what meterhub's quantity table names
-REACTIVE_1 = "1-0:3.8.0"  #: combined reactive 1 = forward reactive
-Q1 = "1-0:5.8.0"
-Q4 = "1-0:8.8.0"
-ACTIVE = ("1-0:1.7.0", "1-0:21.7.0", "1-0:41.7.0", "1-0:61.7.0")
-REACTIVE = ("1-0:3.7.0", "1-0:23.7.0", "1-0:43.7.0", "1-0:63.7.0")
-POWER_FACTOR = ("1-0:13.7.0", "1-0:33.7.0", "1-0:53.7.0", "1-0:73.7.0")
-VOLTAGE = ("1-0:32.7.0", "1-0:52.7.0", "1-0:72.7.0")
-CURRENT = ("1-0:31.7.0", "1-0:51.7.0", "1-0:71.7.0", "1-0:91.7.0")
-APPARENT = ("1-0:9.7.0", "1-0:29.7.0", "1-0:49.7.0", "1-0:69.7.0")
+_TARIFF = TARIFF
 
 #: AFN 04/0A F10 protocol code -> meterhub meter protocol.
 F10_PROTOCOLS = {d.MeterProtocol.DLT645_1997: "dlt645-1997", d.MeterProtocol.DLT645_2007: "dlt645"}

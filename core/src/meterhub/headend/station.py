@@ -1,10 +1,23 @@
-"""A small Q/GDW 1376.1 master station over TCP: a test and demo tool, not the head-end.
+"""A Q/GDW 1376.1 master station over TCP: the sessions with the terminals.
 
 Concentrators ("terminals") connect to it, log in, send heartbeats and active reports;
 it confirms them, keeps readings once, and asks connected terminals for data with
 :meth:`MasterStation.request`. Frames are found and decoded with the core codec
 (:mod:`meterhub.protocols.gdw1376_1` and its data module); this module only runs the
-sessions.
+sessions. Alone it keeps what it receives in memory (a test and demo tool: ``meterhub
+gprs master``); the head-end (:mod:`meterhub.headend.server`) stores it.
+
+Frames from the network are never trusted (the limits are constructor arguments, with
+safe defaults): a connection must log in (AFN 02 F1, from an allowed terminal) within
+``login_s`` and frames before its login are ignored; one that brings no valid frame for
+``idle_periods`` heartbeat periods is closed (noise and half frames do not keep it open);
+one that sends more than ``max_damaged`` damaged frames, or frames faster than
+``max_frames_s`` (with a burst of ``burst``), is dropped; past ``max_connections`` new
+connections are closed at once; a frame's length field is bounded by ``max_user_data``,
+and so is what is held of a half frame. A login for a terminal that is online on another
+connection is refused while that connection brought a frame within the last heartbeat
+period, and takes it over after (a terminal coming back after its old connection died
+silently).
 
 Decisions (README §3, gdw1376-details.md; [U] where no source here settles it):
 
@@ -41,15 +54,17 @@ from datetime import datetime
 from typing import Any
 
 import attrs
-from meterhub.errors import (
+
+from ..errors import (
     FrameError,
     LinkError,
     MeterError,
     MeterhubError,
     MeterTimeout,
 )
-from meterhub.protocols import gdw1376_1_data as data
-from meterhub.protocols.gdw1376_1 import (
+from ..protocols import gdw1376_1_data as data
+from ..protocols.gdw1376_1 import (
+    MAX_USER_DATA,
     PROTOCOL_2013,
     PW_SIZE,
     SEQ_MASK,
@@ -81,6 +96,13 @@ IDLE_PERIODS = 3
 #: terminal may read a meter (about 1 s per DL/T 645 exchange at 2400 bit/s) before it
 #: answers.
 DEFAULT_ANSWER_S = 30.0
+
+#: The limits on what the network may do (see the module docstring).
+DEFAULT_LOGIN_S = 30.0
+DEFAULT_MAX_CONNECTIONS = 10_000
+DEFAULT_MAX_DAMAGED = 20
+DEFAULT_MAX_FRAMES_S = 20.0
+DEFAULT_BURST = 100
 
 #: Active reports the master stores: class 1, 2 and 3 data.
 REPORT_AFNS = frozenset({Afn.CLASS1, Afn.CLASS2, Afn.CLASS3})
@@ -207,14 +229,19 @@ class _Pending:
 class _Session:
     """One TCP connection from a terminal."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, now: float) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, now: float,
+                 max_user_data: int = MAX_USER_DATA, burst: int = DEFAULT_BURST) -> None:
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.decoder = StreamDecoder()
+        self.decoder = StreamDecoder(max_user_data)
         self.terminal: TerminalId | None = None
+        self.opened = now
         self.last_frame = now
+        self.damaged = 0
+        self.tokens = float(burst)  # the flood limit's bucket
+        self.tokens_at = now
         self.pfc = 0  # frame counter; PSEQ is its low nibble
         self.fcb = False
         self.lock = asyncio.Lock()  # one outstanding request
@@ -262,9 +289,27 @@ class MasterStation:
         msa: int = 1,
         frame_count: bool = False,
         confirm_delay: float = 0.0,
+        login_s: float = DEFAULT_LOGIN_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_damaged: int = DEFAULT_MAX_DAMAGED,
+        max_frames_s: float = DEFAULT_MAX_FRAMES_S,
+        burst: int = DEFAULT_BURST,
+        max_user_data: int = MAX_USER_DATA,
     ) -> None:
         if not 1 <= msa <= 127:
             raise ValueError(f"a master's requests carry MSA 1..127, got {msa}")
+        for name, value in (("login_s", login_s), ("max_connections", max_connections),
+                            ("max_damaged", max_damaged), ("max_frames_s", max_frames_s), ("burst", burst),
+                            ("heartbeat_s", heartbeat_s), ("idle_periods", idle_periods), ("answer_s", answer_s)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        self.login_s = login_s
+        self.max_connections = max_connections
+        self.max_damaged = max_damaged
+        self.max_frames_s = max_frames_s
+        self.burst = burst
+        self.max_user_data = max_user_data
+        self.refused_connections = 0  #: connections closed at once: max_connections were open
         self.allow = None if allow is None else frozenset(parse_terminal(t) for t in allow)
         self.heartbeat_s = heartbeat_s
         self.idle_s = heartbeat_s * idle_periods
@@ -337,8 +382,15 @@ class MasterStation:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._handlers) >= self.max_connections:
+            self.refused_connections += 1
+            if self.refused_connections % 100 == 1:  # a flood of connections logs now and then, not each
+                log.warning("%d connections open (max_connections): new ones are closed at once (%d so far)",
+                            len(self._handlers), self.refused_connections)
+            writer.close()
+            return
         self._handlers.add(task)
-        session = _Session(reader, writer, self._now())
+        session = _Session(reader, writer, self._now(), self.max_user_data, self.burst)
         log.info("connection from %s", session.peer)
         why = "closed by the terminal"
         try:
@@ -354,9 +406,14 @@ class MasterStation:
     async def _run(self, session: _Session) -> str:
         """Read and handle frames until the connection ends; returns why it ended."""
         while True:
-            remaining = session.last_frame + self.idle_s - self._now()
-            if remaining <= 0:
-                return f"no frame for {self.idle_s:g} s"
+            if session.terminal is None:
+                remaining = session.opened + self.login_s - self._now()
+                if remaining <= 0:
+                    return f"no login within {self.login_s:g} s"
+            else:
+                remaining = session.last_frame + self.idle_s - self._now()
+                if remaining <= 0:
+                    return f"no frame for {self.idle_s:g} s"
             try:
                 chunk = await asyncio.wait_for(session.reader.read(MAX_READ), remaining)
             except TimeoutError:
@@ -366,12 +423,26 @@ class MasterStation:
             for found in session.decoder.feed(chunk):
                 if isinstance(found, FrameError):
                     self.skipped_frames += 1
-                    log.warning("%s: damaged frame skipped: %s", session.peer, found)
+                    session.damaged += 1
+                    log.info("%s: damaged frame skipped: %s", session.peer, found)
+                    if session.damaged > self.max_damaged:
+                        return f"more than {self.max_damaged} damaged frames"
                     continue
-                session.last_frame = self._now()
+                if not self._take_token(session):
+                    return f"frames faster than {self.max_frames_s:g}/s"
                 refusal = await self._on_frame(session, found)
                 if refusal is not None:
                     return refusal
+
+    def _take_token(self, session: _Session) -> bool:
+        """The flood limit: a bucket of ``burst`` frames refilled at ``max_frames_s``."""
+        now = self._now()
+        session.tokens = min(float(self.burst), session.tokens + (now - session.tokens_at) * self.max_frames_s)
+        session.tokens_at = now
+        if session.tokens < 1:
+            return False
+        session.tokens -= 1
+        return True
 
     async def _drop(self, session: _Session, why: str) -> None:
         session.closed = True
@@ -385,6 +456,10 @@ class MasterStation:
         if session.terminal is not None and self._sessions.get(session.terminal) is session:
             del self._sessions[session.terminal]
             self.terminals[session.terminal].online = False
+            try:
+                await self._gone(session.terminal, session.peer)
+            except Exception:  # the connection is gone whatever its record says
+                log.exception("%s: recording the end of %s's connection failed", session.peer, name)
         if self._changed is not None:
             await self._notify()
 
@@ -396,14 +471,21 @@ class MasterStation:
         if frame.direction is not Direction.UP:
             log.warning("%s: downlink frame from a terminal's connection ignored (AFN %02X)", session.peer, frame.afn)
             return None
-        if self.allow is not None and terminal not in self.allow:
-            log.warning("%s: terminal %s is not allowed; not confirmed, disconnecting", session.peer, terminal_name(terminal))
-            return f"terminal {terminal_name(terminal)} not allowed"
         if session.terminal is None:
-            self._bind(session, terminal)
+            if not (frame.prm and frame.afn == Afn.LINK and any(1 in u.functions for u in _units(frame))):
+                log.info("%s: AFN %02X before a login ignored", session.peer, frame.afn)
+                return None
+            if not await self._allows(terminal):
+                log.warning("%s: terminal %s is not allowed; not confirmed, disconnecting", session.peer,
+                            terminal_name(terminal))
+                return f"terminal {terminal_name(terminal)} not allowed"
+            refusal = self._bind(session, terminal)
+            if refusal is not None:
+                return refusal
         elif session.terminal != terminal:
             log.warning("%s: frame from %s on the connection of %s ignored", session.peer, terminal_name(terminal), terminal_name(session.terminal))
             return None
+        session.last_frame = self._now()
         if frame.prm:
             await self._on_primary(session, frame)
         else:
@@ -411,17 +493,30 @@ class MasterStation:
         await self._notify()
         return None
 
-    def _bind(self, session: _Session, terminal: TerminalId) -> None:
+    async def _allows(self, terminal: TerminalId) -> bool:
+        """Whether ``terminal`` may log in (``allow``; the head-end asks its store)."""
+        return self.allow is None or terminal in self.allow
+
+    def _bind(self, session: _Session, terminal: TerminalId) -> str | None:
+        """Make ``session`` the terminal's connection; a reason to refuse it, or None."""
         old = self._sessions.get(terminal)
-        if old is not None and old is not session:
-            log.info("%s: terminal %s connected again; closing its old connection %s", session.peer, terminal_name(terminal), old.peer)
+        if old is not None and old is not session and not old.closed:
+            quiet = self._now() - old.last_frame
+            if quiet < self.heartbeat_s:
+                log.warning("%s: terminal %s logs in while online on %s (heard %.0f s ago); refused",
+                            session.peer, terminal_name(terminal), old.peer, quiet)
+                return f"terminal {terminal_name(terminal)} is online on another connection"
+            log.info("%s: terminal %s connected again; closing its old connection %s (quiet for %.0f s)",
+                     session.peer, terminal_name(terminal), old.peer, quiet)
             old.terminal = None  # its end no longer takes the terminal offline
+            old.closed = True
             old.writer.close()
         session.terminal = terminal
         self._sessions[terminal] = session
         state = self.terminals.setdefault(terminal, TerminalState(terminal))
         state.peer = session.peer
         state.online = True
+        return None
 
     async def _on_primary(self, session: _Session, frame: Frame) -> None:
         terminal = (frame.area, frame.terminal)
@@ -442,6 +537,7 @@ class MasterStation:
             if 2 in functions:
                 state.online = False
                 log.info("%s: terminal %s logged out", session.peer, name)
+            await self._seen(terminal, session.peer, login=1 in functions, heartbeat=3 in functions)
             await session.send(_reply(frame, SecondaryFunction.LINK_STATUS, 1))
             return
         if frame.afn in REPORT_AFNS:
@@ -452,7 +548,12 @@ class MasterStation:
                 if frame.con:
                     await session.send(_reply(frame, SecondaryFunction.CONFIRM, 2))
                 return
-            self._store(terminal, frame.afn, found)
+            try:
+                await self._store(terminal, frame.afn, found)
+            except Exception:  # not stored: not confirmed, so the terminal sends it again
+                log.exception("%s: report AFN %02X from %s could not be stored; not confirmed", session.peer,
+                              frame.afn, name)
+                return
             if frame.con:
                 if self.confirm_delay > 0:
                     await self._notify()  # what was stored is visible while the confirm waits
@@ -463,7 +564,15 @@ class MasterStation:
         if frame.con:
             await session.send(_reply(frame, SecondaryFunction.CONFIRM, 2))
 
-    def _store(self, terminal: TerminalId, afn: int, found: Iterable[data.Item]) -> None:
+    async def _seen(self, terminal: TerminalId, peer: str, *, login: bool, heartbeat: bool) -> None:
+        """A terminal's login or heartbeat came (the head-end records it)."""
+
+    async def _gone(self, terminal: TerminalId, peer: str) -> None:
+        """A terminal's connection ended (the head-end records it)."""
+
+    async def _store(self, terminal: TerminalId, afn: int, found: Iterable[data.Item]) -> None:
+        """Keep a report's items, each once; confirmed once this returns (it raises: not
+        confirmed, the terminal sends the report again)."""
         stored = again = 0
         for item in found:
             key = (terminal, afn, item.point, item.fn, _when(item.value))

@@ -1,0 +1,1 @@
+"""The master station (head-end): many concentrators over TCP, their data stored."""

@@ -1,0 +1,423 @@
+"""The head-end: a master station that keeps what its terminals send in the store, reads
+them on a schedule, and carries out requests and commands queued in the store.
+
+Several head-end processes ("nodes") may share one store (PostgreSQL; SQLite on one box):
+each serves the connections a load balancer gives it, records in the ``terminals`` table
+which terminal it holds, and claims from the ``requests`` table the requests for those
+terminals alone. Whoever asks (``meterhub head-end request``, ``... command``) queues a
+request and waits for its answer in the store: it reaches the terminal through whichever
+node holds it, with no other channel between the nodes.
+
+What is stored: readings keyed by terminal and measuring point
+(:mod:`meterhub.protocols.gdw1376_1_quantities`) from active reports, scheduled reads
+(AFN 0C F129 every ``realtime_s``; AFN 0D F161 for each of the last ``frozen_days`` days
+whose daily freeze is not stored yet, checked at login and then daily: gaps are back-filled
+when a terminal comes back) and the answers to requests; ERC records as events; every
+login, heartbeat and disconnection in ``terminals``; commands in the audit trail.
+
+Commands (``kind`` command) go through :func:`meterhub.commands.run_command` on the node
+that sends them: policy hooks, the terminal's password (PW, 32 hex digits) from the secret
+store entry the request names as its ``credential``, never from the queue; a command
+without one is refused before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ..commands import run_command
+from ..errors import CommandRefused, MeterhubError
+from ..model import Command, CommandRecord, CommandState, Event, Origin, RequestRecord, RequestState, utcnow
+from ..protocols import gdw1376_1_data as data
+from ..protocols.gdw1376_1 import Afn, DataUnit
+from ..protocols.gdw1376_1_quantities import ENERGY_TOTAL, FROZEN_PERIOD, PROTOCOL, events_of, readings_of
+from .station import MasterStation, RequestDenied, TerminalId, parse_terminal, terminal_name
+
+if TYPE_CHECKING:
+    from ..plugins import Plugins
+    from ..secrets import SecretStore
+    from ..store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+#: How often a node looks in the store for requests for its terminals, in seconds.
+DEFAULT_REQUEST_POLL_S = 0.5
+#: The scheduled real-time read (AFN 0C F129 of every point), in seconds; 0: none.
+DEFAULT_REALTIME_S = 900.0
+#: Days back a terminal's daily freezes (AFN 0D F161) are back-filled; 0: none.
+DEFAULT_FROZEN_DAYS = 7
+#: Measuring points (F10 serials) asked for when a terminal's archive is learnt.
+DEFAULT_ARCHIVE_SPAN = 256
+#: Serials per AFN 0A F10 query.
+ARCHIVE_QUERY_SPAN = 32
+#: Units per scheduled request (each up to 8 points of one DA group).
+UNITS_PER_REQUEST = 8
+
+#: What the ``command`` kind of request may ask, and the AFN 05 Fn it sends.
+COMMAND_ACTIONS = ("set_time", "trip", "permit_close", "allow_reports", "forbid_reports")
+
+
+def default_node() -> str:
+    """This process's node name: host name and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def jsonable(value: Any) -> Any:
+    """An item's value as JSON: attrs classes as dicts, Decimals as exact text, times as ISO."""
+    if attrs.has(type(value)):
+        return {f.name: jsonable(getattr(value, f.name)) for f in attrs.fields(type(value))}
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, int | str | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def point_units(points: Sequence[int], fns: Sequence[int], values: Sequence[Any] | None = None) -> list[DataUnit]:
+    """Data units asking for ``fns`` of ``points``: one unit per DA group of 8 points
+    (``values``: each point's value, for every Fn, e.g. a class 2 time tag)."""
+    groups: dict[int, list[int]] = {}
+    for p in sorted(set(points)):
+        groups.setdefault((p - 1) // 8 if p else -1, []).append(p)
+    units = []
+    for group in groups.values():
+        if values is None:
+            units.append(data.unit(group, fns))
+        else:
+            units.append(data.unit(group, fns, [values[0]] * (len(group) * len(fns))))
+    return units
+
+
+class _Journal:
+    """The command path's journal over the head-end's store writer."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self._w = writer
+
+    async def add_command(self, record: CommandRecord) -> None:
+        await self._w.call(lambda store: store.add_command(record))
+
+    async def update_command(self, id: str, state: CommandState, *, reason: str = "",
+                             answer: Mapping[str, Any] | None = None) -> CommandRecord:
+        return await self._w.call(lambda store: store.update_command(id, state, reason=reason, answer=answer))
+
+
+@attrs.define
+class _Schedule:
+    """One terminal's schedule on this node."""
+
+    points: tuple[int, ...] | None = None  #: its archive's measuring points, once learnt
+    next_realtime: float = 0.0
+    next_frozen: float = 0.0
+
+
+class HeadEnd(MasterStation):
+    """A master station node that stores what it gets (see the module docstring).
+
+    ``writer`` runs the store (a :class:`~meterhub.store.HeadEndStore`); ``allow`` is the
+    allowlist given on the command line (``--allow FILE``), added to the store's
+    (``allowed_terminals``); ``allow_any`` lets every terminal log in (a lab). ``zone``:
+    the terminals' local time zone. The remaining keywords are :class:`MasterStation`'s.
+    """
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        *,
+        plugins: Plugins,
+        secrets: SecretStore,
+        node: str | None = None,
+        zone: tzinfo | None = None,
+        allow: Iterable[TerminalId | str] | None = None,
+        allow_any: bool = False,
+        realtime_s: float = DEFAULT_REALTIME_S,
+        frozen_days: int = DEFAULT_FROZEN_DAYS,
+        archive_span: int = DEFAULT_ARCHIVE_SPAN,
+        request_poll_s: float = DEFAULT_REQUEST_POLL_S,
+        **station: Any,
+    ) -> None:
+        super().__init__(**station)
+        self.writer = writer
+        self.plugins = plugins
+        self.secrets = secrets
+        self.node = node or default_node()
+        self.zone = zone or datetime.now().astimezone().tzinfo or UTC
+        self.allow_names = frozenset(terminal_name(parse_terminal(t)) for t in (allow or ()))
+        self.allow_any = allow_any
+        self.realtime_s = realtime_s
+        self.frozen_days = frozen_days
+        self.archive_span = archive_span
+        self.request_poll_s = request_poll_s
+        self._schedules: dict[TerminalId, _Schedule] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> HeadEnd:
+        stale = await self.writer.call(lambda store: store.terminals_offline(self.node))
+        if stale:
+            log.info("node %s: %d terminal(s) it held before a restart marked offline", self.node, stale)
+        await super().start(host, port)
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._serve_requests(), name="head-end requests"),
+                       loop.create_task(self._run_schedules(), name="head-end schedules")]
+        return self
+
+    async def stop(self) -> None:
+        for task in [*self._loops, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        self._loops = []
+        await super().stop()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the sessions' hooks ----------------------------------------------------------------
+
+    async def _allows(self, terminal: TerminalId) -> bool:
+        if self.allow_any or terminal_name(terminal) in self.allow_names:
+            return True
+        allowed = await self.writer.call(lambda store: store.allowed_terminals())
+        return terminal_name(terminal) in allowed
+
+    async def _seen(self, terminal: TerminalId, peer: str, *, login: bool, heartbeat: bool) -> None:
+        name = terminal_name(terminal)
+        now = utcnow()
+        await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, login=login,
+                                                                 heartbeat=heartbeat))
+        if login:
+            self._schedules[terminal] = _Schedule()  # learn its archive, read it, back-fill its freezes
+
+    async def _gone(self, terminal: TerminalId, peer: str) -> None:
+        name = terminal_name(terminal)
+        self._schedules.pop(terminal, None)
+        now = utcnow()
+        await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, online=False))
+
+    async def _store(self, terminal: TerminalId, afn: int, found: Iterable[data.Item]) -> None:
+        await self._keep(terminal, tuple(found))
+
+    async def _keep(self, terminal: TerminalId, found: Sequence[data.Item]) -> int:
+        """Store the readings and events of ``found``; how many readings were new."""
+        name = terminal_name(terminal)
+        now = utcnow()
+        readings = []
+        events = []
+        for item in found:
+            if isinstance(item.value, data.EventReply):
+                events.extend(events_of(item.value.records, terminal=name, zone=self.zone, received=now))
+            else:
+                readings.extend(readings_of(item, terminal=name, zone=self.zone, received=now))
+        new = await self.writer.add_readings(readings) if readings else 0
+        for event in events:
+            await self.writer.add_event(event)
+        log.info("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
+                 len(events))
+        return new
+
+    # --- requests queued in the store ---------------------------------------------------------
+
+    async def _serve_requests(self) -> None:
+        while True:
+            held = [terminal_name(t) for t, s in self._sessions.items() if not s.closed]
+            if held:
+                try:
+                    claimed = await self.writer.call(lambda store: store.claim_requests(held, self.node))
+                except MeterhubError:
+                    log.exception("node %s: cannot take requests from the store", self.node)
+                    claimed = []
+                for record in claimed:
+                    self._spawn(self._carry_out(record), f"request {record.request.id}")
+            await asyncio.sleep(self.request_poll_s)
+
+    async def _carry_out(self, record: RequestRecord) -> None:
+        request = record.request
+        try:
+            if request.kind == "read":
+                answer = await self._read(request.terminal, request.args, request.timeout)
+            elif request.kind == "command":
+                answer = await self._command(record)
+            else:
+                raise ValueError(f"unknown request kind {request.kind!r} (read or command)")
+        except (MeterhubError, ValueError, KeyError, TypeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            extra = {"items": [_item_json(i) for i in exc.items]} if isinstance(exc, RequestDenied) else None
+            log.info("request %s for %s failed: %s", request.id, request.terminal, reason)
+            await self._finish(request.id, RequestState.FAILED, reason=reason, answer=extra)
+            return
+        await self._finish(request.id, RequestState.ANSWERED, answer=answer)
+
+    async def _finish(self, id: str, state: RequestState, *, reason: str = "",
+                      answer: Mapping[str, Any] | None = None) -> None:
+        try:
+            await self.writer.call(lambda store: store.finish_request(id, state, reason=reason, answer=answer))
+        except MeterhubError:
+            log.exception("request %s: its end (%s) could not be stored", id, state.value)
+
+    async def _read(self, name: str, args: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        """A read request: ``afn`` (default 0Ch), ``points`` (default [0]), ``fns``, and for
+        class 2 data ``day`` (YYYY-MM-DD) or ``month`` (YYYY-MM)."""
+        afn = int(args.get("afn", Afn.CLASS1))
+        points = [int(p) for p in args.get("points", [0])]
+        fns = [int(f) for f in args["fns"]]
+        value: Any = None
+        if "day" in args:
+            value = data.DayTag(date.fromisoformat(str(args["day"])))
+        elif "month" in args:
+            year, month = (int(x) for x in str(args["month"]).split("-"))
+            value = data.MonthTag(data.PartialTime(year=year, month=month))
+        units = point_units(points, fns, None if value is None else [value])
+        terminal = parse_terminal(name)
+        found = await self.request(terminal, afn, units, timeout=timeout)
+        new = await self._keep(terminal, found)
+        return {"items": [_item_json(i) for i in found], "stored": new}
+
+    async def _command(self, record: RequestRecord) -> dict[str, Any]:
+        request = record.request
+        action = str(request.args.get("action", ""))
+        if action not in COMMAND_ACTIONS:
+            raise ValueError(f"unknown command {action!r} (one of {', '.join(COMMAND_ACTIONS)})")
+        point = int(request.args.get("point", 0))
+        if action in ("trip", "permit_close") and not point:
+            raise ValueError(f"{action} needs the measuring point whose meter's relay it switches")
+        terminal = parse_terminal(request.terminal)
+        command = Command(meter=str(point) if point else "", protocol=PROTOCOL, name=action,
+                          args={k: v for k, v in request.args.items() if k != "action"}, id=request.id,
+                          origin=request.origin, issuer=request.issuer, credential=request.credential,
+                          channel=request.terminal)
+
+        async def send(ready: Command) -> Mapping[str, Any]:
+            pw = bytes.fromhex(str(ready.args["password"]))
+            await self.request(terminal, Afn.CONTROL, [_control_unit(action, point, ready.args, self.zone)], pw=pw,
+                               timeout=request.timeout)
+            return {"confirmed": True}
+
+        try:
+            answer = await run_command(command, plugins=self.plugins, secrets=self.secrets,
+                                       journal=_Journal(self.writer), send=send, needs=("password",))
+        except CommandRefused as exc:
+            await self.writer.add_event(Event("command_refused", source=request.terminal, severity="warning",
+                                              data={"command": action, "id": request.id, "reason": str(exc)}))
+            raise
+        await self.writer.add_event(Event("command_executed", source=request.terminal,
+                                          data={"command": action, "id": request.id, "issuer": request.issuer}))
+        return dict(answer)
+
+    # --- the schedule ----------------------------------------------------------------------
+
+    async def _run_schedules(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            for terminal, schedule in list(self._schedules.items()):
+                session = self._sessions.get(terminal)
+                if session is None or session.closed or session.lock.locked():
+                    continue
+                if schedule.points is None:
+                    schedule.points = ()  # asked once per login, whatever the answer
+                    self._spawn(self._learn(terminal, schedule), f"archive of {terminal_name(terminal)}")
+                    continue
+                if self.realtime_s and now >= schedule.next_realtime and schedule.points:
+                    schedule.next_realtime = now + self.realtime_s
+                    self._spawn(self._scheduled_read(terminal, schedule.points), f"read {terminal_name(terminal)}")
+                if self.frozen_days and now >= schedule.next_frozen and schedule.points:
+                    schedule.next_frozen = now + 86400.0
+                    self._spawn(self._back_fill(terminal, schedule.points), f"back-fill {terminal_name(terminal)}")
+            await asyncio.sleep(0.2)
+
+    async def _learn(self, terminal: TerminalId, schedule: _Schedule) -> None:
+        """Learn a terminal's measuring points from its meter archive (AFN 0A F10)."""
+        points: set[int] = set()
+        try:
+            for first in range(1, self.archive_span + 1, ARCHIVE_QUERY_SPAN):
+                serials = range(first, min(first + ARCHIVE_QUERY_SPAN, self.archive_span + 1))
+                unit = data.unit((0,), (10,), [data.ArchiveQuery(tuple(serials))])
+                for item in await self.request(terminal, Afn.QUERY, [unit]):
+                    if item.fn == 10:
+                        points.update(r.point for r in item.value.records if r.point and r.protocol)
+        except MeterhubError as exc:
+            log.info("%s: its meter archive could not be read (%s); scheduled reads wait for the next login",
+                     terminal_name(terminal), exc)
+        schedule.points = tuple(sorted(points))
+        log.info("%s: %d measuring point(s) in its archive", terminal_name(terminal), len(points))
+
+    async def _scheduled_read(self, terminal: TerminalId, points: Sequence[int]) -> None:
+        units = point_units(points, (129,))
+        for start in range(0, len(units), UNITS_PER_REQUEST):
+            try:
+                found = await self.request(terminal, Afn.CLASS1, units[start:start + UNITS_PER_REQUEST])
+            except RequestDenied as exc:
+                found = exc.items  # the points it has data of
+            except MeterhubError as exc:
+                log.info("%s: scheduled read failed: %s", terminal_name(terminal), exc)
+                return
+            await self._keep(terminal, found)
+
+    async def _back_fill(self, terminal: TerminalId, points: Sequence[int]) -> None:
+        """Ask for each of the last ``frozen_days`` days whose daily freeze is missing."""
+        name = terminal_name(terminal)
+        today = datetime.now(self.zone).date()
+        days = [today - timedelta(days=n) for n in range(self.frozen_days, 0, -1)]
+        since = datetime(days[0].year, days[0].month, days[0].day, tzinfo=self.zone).astimezone(UTC)
+        stored = await self.writer.call(lambda store: store.readings(terminal=name, quantity=ENERGY_TOTAL,
+                                                                     protocol=PROTOCOL, since=since))
+        have: dict[int, set[date]] = {}
+        for r in stored:
+            if r.period == FROZEN_PERIOD and r.data_time is not None:
+                have.setdefault(int(r.meter), set()).add((r.data_time.astimezone(self.zone) - timedelta(days=1)).date())
+        for day in days:
+            missing = [p for p in points if day not in have.get(p, set())]
+            if not missing:
+                continue
+            tag = data.DayTag(day)
+            units = point_units(missing, (161,), [tag])
+            try:
+                found = await self.request(terminal, Afn.CLASS2, units[:UNITS_PER_REQUEST])
+            except RequestDenied as exc:
+                found = exc.items
+            except MeterhubError as exc:
+                log.info("%s: back-fill of %s failed: %s", name, day, exc)
+                return
+            await self._keep(terminal, found)
+
+
+def _control_unit(action: str, point: int, args: Mapping[str, Any], zone: tzinfo) -> DataUnit:
+    if action == "set_time":
+        # the terminal's local time: the time given (an aware one converted), else now
+        when = args.get("time")
+        moment = datetime.fromisoformat(str(when)) if when else datetime.now(zone)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(zone).replace(tzinfo=None)
+        return data.unit((0,), (31,), [data.ClockSet(data.Clock.at(moment.replace(microsecond=0)))])
+    if action in ("trip", "permit_close"):
+        return data.unit((point,), (1 if action == "trip" else 2,))
+    return data.unit((0,), (29 if action == "allow_reports" else 37,))
+
+
+def _item_json(item: data.Item) -> dict[str, Any]:
+    return {"point": item.point, "fn": item.fn, "value": jsonable(item.value)}
+
+
+__all__ = ["COMMAND_ACTIONS", "HeadEnd", "default_node", "jsonable", "point_units"]
