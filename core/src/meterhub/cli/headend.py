@@ -89,7 +89,7 @@ def _zone(name: str | None) -> Any:
 @click.option("--allow", "allow_file", default=None, metavar="FILE",
               help="Terminals allowed to log in, one per line (3201/1 or 32010001), besides the store's allowlist.")
 @click.option("--allow-any", is_flag=True, help="Let every terminal log in (a lab, never a utility's network).")
-@click.option("--node", default=None, help="This node's name in the store (default: host:pid).")
+@click.option("--node", default=None, help="This node's name in the store (default: host:port).")
 @click.option("--timezone", "zone", default=None, metavar="ZONE",
               help="The terminals' local time zone (IANA name); default: this machine's.")
 @click.option("--realtime", "realtime_s", type=float, default=900.0, show_default=True, metavar="SECONDS",
@@ -315,13 +315,12 @@ def terminals_cmd(ctx: click.Context, db: str | None, as_json: bool) -> None:
     try:
         with _user_errors():
             terminals = store.terminals()
-            allowed = set(store.allowed_terminals())
     finally:
         store.close()
     if as_json:
         click.echo(json.dumps([{"terminal": t.name, "online": t.online, "node": t.node, "peer": t.peer,
                                 "login": t.login and t.login.isoformat(), "seen": t.seen and t.seen.isoformat(),
-                                "heartbeats": t.heartbeats, "allowed": t.name in allowed} for t in terminals]))
+                                "heartbeats": t.heartbeats} for t in terminals]))
         return
     if not terminals:
         click.echo("no terminal has logged in yet", err=True)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -67,9 +66,10 @@ UNITS_PER_REQUEST = 8
 COMMAND_ACTIONS = ("set_time", "trip", "permit_close", "allow_reports", "forbid_reports")
 
 
-def default_node() -> str:
-    """This process's node name: host name and process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+def default_node(port: int) -> str:
+    """A node's name unless given: host name and listening port, the same across restarts
+    (so a restarted node finds the terminals it held)."""
+    return f"{socket.gethostname()}:{port}"
 
 
 def jsonable(value: Any) -> Any:
@@ -158,7 +158,7 @@ class HeadEnd(MasterStation):
         self.writer = writer
         self.plugins = plugins
         self.secrets = secrets
-        self.node = node or default_node()
+        self.node = node or ""  #: set by start() from the port when not given
         self.zone = zone or datetime.now().astimezone().tzinfo or UTC
         self.allow_names = frozenset(terminal_name(parse_terminal(t)) for t in (allow or ()))
         self.allow_any = allow_any
@@ -173,10 +173,12 @@ class HeadEnd(MasterStation):
     # --- life cycle -------------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> HeadEnd:
+        await super().start(host, port)
+        self.node = self.node or default_node(self.port)
+        # before any login of this run is written: the store's writer keeps the order
         stale = await self.writer.call(lambda store: store.terminals_offline(self.node))
         if stale:
             log.info("node %s: %d terminal(s) it held before a restart marked offline", self.node, stale)
-        await super().start(host, port)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve_requests(), name="head-end requests"),
                        loop.create_task(self._run_schedules(), name="head-end schedules")]
@@ -411,8 +413,10 @@ def _control_unit(action: str, point: int, args: Mapping[str, Any], zone: tzinfo
         if moment.tzinfo is not None:
             moment = moment.astimezone(zone).replace(tzinfo=None)
         return data.unit((0,), (31,), [data.ClockSet(data.Clock.at(moment.replace(microsecond=0)))])
-    if action in ("trip", "permit_close"):
-        return data.unit((point,), (1 if action == "trip" else 2,))
+    if action == "trip":
+        return data.unit((point,), (1,), [data.RemoteTrip()])  # at once, until released
+    if action == "permit_close":
+        return data.unit((point,), (2,))
     return data.unit((0,), (29 if action == "allow_reports" else 37,))
 
 

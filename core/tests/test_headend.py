@@ -1,0 +1,268 @@
+"""The head-end in-process: HeadEnd nodes on a real SQLite store file, a scripted terminal over
+real TCP on 127.0.0.1 speaking the core 1376.1 codec."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Self
+
+import pytest
+from meterhub.headend.server import HeadEnd, point_units
+from meterhub.model import Event, HeadEndRequest, Reading, RequestState
+from meterhub.plugins import Plugins
+from meterhub.protocols import gdw1376_1_data as data
+from meterhub.protocols.gdw1376_1 import (
+    Afn,
+    DataUnit,
+    Direction,
+    Frame,
+    PrimaryFunction,
+    SecondaryFunction,
+    StreamDecoder,
+    encode,
+    pack_units,
+)
+from meterhub.secrets import EnvSecrets
+from meterhub.store import open_store
+from meterhub.store.writer import StoreWriter
+
+pytestmark = pytest.mark.timeout(60)
+
+AREA, ADDRESS = "3201", 1
+NAME = "32010001"
+ZONE = timezone(timedelta(hours=8))  #: the terminals' local time: China Standard Time
+WAIT_S = 10.0  #: a bound on what should happen within a few round trips
+
+
+def up(afn: int, units: list[DataUnit], *, prm: bool, function: int, seq: int, con: bool = False,
+       master: int = 0) -> Frame:
+    return Frame(Direction.UP, prm, function, AREA, ADDRESS, afn, pack_units(units), master=master, seq=seq, con=con)
+
+
+class Terminal:
+    """A concentrator's end, scripted: logs in, answers requests with ``respond``."""
+
+    def __init__(self, port: int, respond: Callable[[Frame], list[Frame]] | None = None) -> None:
+        self.port = port
+        self.respond = respond or (lambda request: [])
+        self.requests: list[Frame] = []
+        self.confirms: list[Frame] = []
+        self._decoder = StreamDecoder()
+        self._task: asyncio.Task[None] | None = None
+        self._seq = 0
+
+    async def __aenter__(self) -> Self:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._task = asyncio.get_running_loop().create_task(self._serve())
+        await self.send(up(Afn.LINK, [data.unit([0], [1])], prm=True, function=PrimaryFunction.LINK_TEST,
+                           seq=self._next(), con=True))
+        await self.until(lambda: self.confirms, "the login's confirm")
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+    def _next(self) -> int:
+        seq, self._seq = self._seq, (self._seq + 1) % 16
+        return seq
+
+    async def send(self, frame: Frame) -> None:
+        self.writer.write(encode(frame))
+        await self.writer.drain()
+
+    async def report(self, afn: int, units: list[DataUnit]) -> None:
+        await self.send(up(afn, units, prm=True, function=PrimaryFunction.USER_DATA, seq=self._next(), con=True))
+
+    async def _serve(self) -> None:
+        while chunk := await self.reader.read(4096):
+            for frame in self._decoder.feed(chunk):
+                if not isinstance(frame, Frame):
+                    continue
+                if frame.prm:
+                    self.requests.append(frame)
+                    for answer in self.respond(frame):
+                        await self.send(answer)
+                else:
+                    self.confirms.append(frame)
+
+    @staticmethod
+    async def until(condition: Callable[[], Any], what: str) -> Any:
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while not (found := condition()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.01)
+        return found
+
+
+def answer(request: Frame, afn: int, units: list[DataUnit]) -> Frame:
+    return up(afn, units, prm=False, function=SecondaryFunction.USER_DATA, seq=request.seq, master=request.master)
+
+
+def archive_answer(request: Frame, points: list[int]) -> Frame:
+    records = [data.MeterRecord(p, p, 1, None, data.MeterProtocol.DLT645_2007, f"{p:012d}") for p in points]
+    return answer(request, Afn.QUERY, [data.unit([0], [10], [data.MeterArchive(records)])])
+
+
+@contextlib.asynccontextmanager
+async def head_end(db: Path, **options: Any) -> AsyncIterator[HeadEnd]:
+    writer = StoreWriter(lambda: open_store(f"sqlite:///{db}"))
+    await writer.start()
+    options.setdefault("realtime_s", 0)
+    options.setdefault("frozen_days", 0)
+    node = HeadEnd(writer, plugins=Plugins(load_entry_points=False), secrets=EnvSecrets({}), zone=ZONE,
+                   allow=["3201/1"], answer_s=5.0, request_poll_s=0.05, **options)
+    await node.start("127.0.0.1", 0)
+    try:
+        yield node
+    finally:
+        await node.stop()
+        await writer.close()
+
+
+def run(scenario: Callable[[], Any]) -> Any:
+    return asyncio.run(scenario())
+
+
+def test_a_request_reaches_the_terminal_through_the_node_that_holds_it(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+    energy = data.TariffEnergy(datetime(2026, 12, 3, 16, 5), [Decimal("12.34"), Decimal("1.00")])
+
+    def respond(request: Frame) -> list[Frame]:
+        return [answer(request, Afn.CLASS1, [data.unit([1], [129], [energy])])] if request.afn == Afn.CLASS1 else []
+
+    async def scenario() -> tuple[Any, str, str]:
+        async with head_end(db, node="a") as a, head_end(db, node="b") as b, Terminal(b.port, respond):
+            request = HeadEndRequest(NAME, "read", {"points": [1], "fns": [129]})
+            with open_store(f"sqlite:///{db}") as asker:
+                asker.add_request(request)
+                record = await Terminal.until(
+                    lambda: (r := asker.request(request.id)).state is RequestState.ANSWERED and r, "the answer")
+                return record, a.node, b.node
+
+    record, _a, b = run(scenario)
+    assert record.node == b
+    (item,) = record.answer["items"]
+    assert item["value"]["values"] == ["12.3400", "1.0000"]  # A.14: four decimals
+    with open_store(f"sqlite:///{db}") as store:
+        stored = store.readings(terminal=NAME)
+    # the answer is stored too, at its read time in the terminals' zone
+    assert [(r.meter, r.quantity, r.value, r.timestamp) for r in stored] == [
+        ("1", "1-0:1.8.0", Decimal("12.34"), datetime(2026, 12, 3, 8, 5, tzinfo=UTC)),
+        ("1", "1-0:1.8.1", Decimal("1.00"), datetime(2026, 12, 3, 8, 5, tzinfo=UTC))]
+
+
+def test_a_returning_terminal_gets_its_missing_daily_freezes_back_filled(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+    today = datetime.now(ZONE).date()
+    have = today - timedelta(days=2)  # stored already: not asked again
+    with open_store(f"sqlite:///{db}") as store:
+        closing = datetime(have.year, have.month, have.day, tzinfo=ZONE) + timedelta(days=1)
+        store.add_readings([Reading("1", "1-0:1.8.0", Decimal("5"), "kWh", closing.astimezone(UTC),
+                                    protocol="gdw1376.1", terminal=NAME, data_time=closing.astimezone(UTC),
+                                    period=1)])
+    asked: list[date] = []
+
+    def respond(request: Frame) -> list[Frame]:
+        if request.afn == Afn.QUERY:
+            return [archive_answer(request, [1])]
+        if request.afn == Afn.CLASS2:
+            found = data.items(request)
+            day = found[0].value.day
+            asked.append(day)
+            read = datetime(day.year, day.month, day.day) + timedelta(days=1, minutes=5)
+            value = data.DailyEnergy(day, data.TariffEnergy(read, [Decimal(day.day)]))
+            return [answer(request, Afn.CLASS2, [data.unit([1], [161], [value])])]
+        return []
+
+    async def scenario() -> None:
+        async with head_end(db, frozen_days=3) as node, Terminal(node.port, respond):
+            await Terminal.until(lambda: len(asked) >= 2, "the back-fill")
+            await asyncio.sleep(0.2)
+
+    run(scenario)
+    assert sorted(asked) == [today - timedelta(days=3), today - timedelta(days=1)]
+    with open_store(f"sqlite:///{db}") as store:
+        frozen = [r for r in store.readings(terminal=NAME) if r.period == 1]
+    assert {(r.data_time.astimezone(ZONE).date() - timedelta(days=1), r.value) for r in frozen} == {
+        (have, Decimal(5)), *((d, Decimal(d.day)) for d in asked)}
+
+
+def test_the_schedule_reads_every_point_of_the_archive(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+    points = [1, 2, 9]
+
+    def respond(request: Frame) -> list[Frame]:
+        if request.afn == Afn.QUERY:
+            return [archive_answer(request, points)]
+        if request.afn == Afn.CLASS1:
+            units = [data.unit([i.point], [129], [data.TariffEnergy(datetime(2026, 12, 3, 16, 0), [Decimal(i.point)])])
+                     for i in data.items(request)]
+            return [answer(request, Afn.CLASS1, units)]
+        return []
+
+    async def scenario() -> None:
+        async with head_end(db, realtime_s=60) as node, Terminal(node.port, respond):
+            await Terminal.until(lambda: len(open_store(f"sqlite:///{db}").readings(terminal=NAME)) == 3, "the reads")
+
+    run(scenario)
+    with open_store(f"sqlite:///{db}") as store:
+        assert sorted((int(r.meter), r.value) for r in store.readings(terminal=NAME)) == [(p, Decimal(p)) for p in points]
+
+
+def test_an_active_reports_erc_records_are_stored_as_events(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+    failure = data.ReadFailure(datetime(2026, 12, 3, 16, 30), data.PointFlag(7, True), None, None, None)
+
+    async def scenario() -> None:
+        async with head_end(db) as node, Terminal(node.port) as terminal:
+            reply = data.EventReply(1, 0, 0, 1, [failure])
+            await terminal.report(Afn.CLASS3, [DataUnit([0], [1], reply.encode())])
+            await Terminal.until(lambda: len(terminal.confirms) >= 2, "the report's confirm")
+
+    run(scenario)
+    with open_store(f"sqlite:///{db}") as store:
+        (event,) = store.events(kind="meter_read_failure")
+    assert event.source == NAME and event.severity == "warning"
+    assert event.data["point"] == 7 and event.data["started"] is True
+    assert event.timestamp == datetime(2026, 12, 3, 8, 30, tzinfo=UTC)
+
+
+def test_a_report_that_cannot_be_stored_is_not_confirmed(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+
+    async def scenario() -> int:
+        async with head_end(db) as node, Terminal(node.port) as terminal:
+            async def broken(*_args: Any, **_kwargs: Any) -> int:
+                raise OSError("disk full")
+
+            node.writer.add_readings = broken  # type: ignore[method-assign]
+            before = len(terminal.confirms)
+            energy = data.TariffEnergy(datetime(2026, 12, 3, 16, 5), [Decimal("1")])
+            await terminal.report(Afn.CLASS1, [data.unit([1], [129], [energy])])
+            await asyncio.sleep(0.5)
+            return len(terminal.confirms) - before
+
+    assert run(scenario) == 0
+
+
+def test_point_units_group_points_by_eights() -> None:
+    units = point_units([1, 2, 9, 17, 3], (129,))
+    assert [u.points for u in units] == [(1, 2, 3), (9,), (17,)]
+
+
+def test_an_event_kind_is_named_for_unknown_ercs() -> None:
+    from meterhub.protocols.gdw1376_1_quantities import events_of
+
+    (event,) = events_of([data.RawEvent(99, b"\x01\x02")], terminal=NAME, zone=ZONE,
+                         received=datetime(2026, 12, 3, tzinfo=UTC))
+    assert isinstance(event, Event) and event.kind == "erc99" and event.data["data"] == "0102"
