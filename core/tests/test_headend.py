@@ -119,6 +119,7 @@ async def head_end(db: Path, **options: Any) -> AsyncIterator[HeadEnd]:
     await writer.start()
     options.setdefault("realtime_s", 0)
     options.setdefault("frozen_days", 0)
+    options.setdefault("frozen_months", 0)
     node = HeadEnd(writer, plugins=Plugins(load_entry_points=False), secrets=EnvSecrets({}), zone=ZONE,
                    allow=["3201/1"], answer_s=5.0, request_poll_s=0.05, **options)
     await node.start("127.0.0.1", 0)
@@ -195,6 +196,38 @@ def test_a_returning_terminal_gets_its_missing_daily_freezes_back_filled(tmp_pat
         frozen = [r for r in store.readings(terminal=NAME) if r.period == 1]
     assert {(r.data_time.astimezone(ZONE).date() - timedelta(days=1), r.value) for r in frozen} == {
         (have, Decimal(5)), *((d, Decimal(d.day)) for d in asked)}
+
+
+def test_missing_monthly_freezes_are_back_filled_for_the_months_asked(tmp_path: Path) -> None:
+    db = tmp_path / "head-end.db"
+    asked: list[tuple[int, int]] = []
+
+    def respond(request: Frame) -> list[Frame]:
+        if request.afn == Afn.QUERY:
+            return [archive_answer(request, [3])]
+        if request.afn == Afn.CLASS2:
+            month = data.items(request)[0].value.month
+            asked.append((month.year, month.month))
+            value = data.MonthlyEnergy(month, data.TariffEnergy(datetime(2026, 12, 1, 0, 5), [Decimal(month.month)]))
+            return [answer(request, Afn.CLASS2, [data.unit([3], [177], [value])])]
+        return []
+
+    async def scenario() -> None:
+        async with head_end(db, frozen_months=2) as node, Terminal(node.port, respond):
+            await Terminal.until(lambda: len(asked) >= 2, "the back-fill")
+            await asyncio.sleep(0.2)
+
+    run(scenario)
+    today = datetime.now(ZONE).date()
+    last = (today.replace(day=1) - timedelta(days=1))
+    before = (last.replace(day=1) - timedelta(days=1))
+    assert asked == [(before.year, before.month), (last.year, last.month)]
+    with open_store(f"sqlite:///{db}") as store:
+        frozen = store.readings(terminal=NAME)
+    closing = {r.data_time.astimezone(ZONE).replace(tzinfo=None) for r in frozen}
+    # the midnight that closed each month: the 1st of the next
+    assert closing == {datetime(d.year, d.month, d.day) + timedelta(days=1) for d in (before, last)}
+    assert all(r.period == 1 for r in frozen)
 
 
 def test_the_schedule_reads_every_point_of_the_archive(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ def _zone(name: str | None) -> Any:
               help="Read every point's energy (AFN 0C F129) this often; 0: only active reports.")
 @click.option("--frozen-days", type=int, default=7, show_default=True,
               help="Back-fill the daily freezes (AFN 0D F161) of this many days; 0: none.")
+@click.option("--frozen-months", type=int, default=3, show_default=True,
+              help="Back-fill the monthly freezes (AFN 0D F177) of this many months; 0: none.")
 @click.option("--heartbeat", "heartbeat_s", type=float, default=900.0, show_default=True, metavar="SECONDS",
               help="The terminals' heartbeat period: three silent ones end a connection.")
 @click.option("--login-timeout", "login_s", type=float, default=30.0, show_default=True, metavar="SECONDS",
@@ -106,7 +108,8 @@ def _zone(name: str | None) -> Any:
 @click.option("-v", "--verbose", count=True, help="-v: each login, report and request; -vv: debug.")
 @click.pass_context
 def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None, allow_any: bool, node: str | None,
-                zone: str | None, realtime_s: float, frozen_days: int, heartbeat_s: float, login_s: float,
+                zone: str | None, realtime_s: float, frozen_days: int, frozen_months: int, heartbeat_s: float,
+                login_s: float,
                 max_connections: int, max_frames_s: float, verbose: int) -> None:
     """The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks each login
     against the allowlist, stores their reports and scheduled reads, and carries out the
@@ -125,8 +128,8 @@ def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None
         raise Failure(str(exc), EXIT_USAGE) from None
     allow = read_allow_file(allow_file) if allow_file else []
     options = {"node": node, "zone": _zone(zone), "allow": allow, "allow_any": allow_any, "realtime_s": realtime_s,
-               "frozen_days": frozen_days, "heartbeat_s": heartbeat_s, "login_s": login_s,
-               "max_connections": max_connections, "max_frames_s": max_frames_s}
+               "frozen_days": frozen_days, "frozen_months": frozen_months, "heartbeat_s": heartbeat_s,
+               "login_s": login_s, "max_connections": max_connections, "max_frames_s": max_frames_s}
     with _user_errors():
         try:
             asyncio.run(_serve(store_url(db), host, port, options))

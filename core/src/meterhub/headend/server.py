@@ -10,9 +10,9 @@ node holds it, with no other channel between the nodes.
 
 What is stored: readings keyed by terminal and measuring point
 (:mod:`meterhub.protocols.gdw1376_1_quantities`) from active reports, scheduled reads
-(AFN 0C F129 every ``realtime_s``; AFN 0D F161 for each of the last ``frozen_days`` days
-whose daily freeze is not stored yet, checked at login and then daily: gaps are back-filled
-when a terminal comes back) and the answers to requests; ERC records as events; every
+(AFN 0C F129 every ``realtime_s``; AFN 0D F161 for each of the last ``frozen_days`` days and
+F177 for each of the last ``frozen_months`` months whose freeze is not stored yet, checked at
+login and then daily: gaps are back-filled when a terminal comes back) and the answers to requests; ERC records as events; every
 login, heartbeat and disconnection in ``terminals``; commands in the audit trail.
 
 Commands (``kind`` command) go through :func:`meterhub.commands.run_command` on the node
@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -55,6 +55,8 @@ DEFAULT_REQUEST_POLL_S = 0.5
 DEFAULT_REALTIME_S = 900.0
 #: Days back a terminal's daily freezes (AFN 0D F161) are back-filled; 0: none.
 DEFAULT_FROZEN_DAYS = 7
+#: Months back its monthly freezes (AFN 0D F177) are back-filled; 0: none.
+DEFAULT_FROZEN_MONTHS = 3
 #: Measuring points (F10 serials) asked for when a terminal's archive is learnt.
 DEFAULT_ARCHIVE_SPAN = 256
 #: Serials per AFN 0A F10 query.
@@ -150,6 +152,7 @@ class HeadEnd(MasterStation):
         allow_any: bool = False,
         realtime_s: float = DEFAULT_REALTIME_S,
         frozen_days: int = DEFAULT_FROZEN_DAYS,
+        frozen_months: int = DEFAULT_FROZEN_MONTHS,
         archive_span: int = DEFAULT_ARCHIVE_SPAN,
         request_poll_s: float = DEFAULT_REQUEST_POLL_S,
         **station: Any,
@@ -164,6 +167,7 @@ class HeadEnd(MasterStation):
         self.allow_any = allow_any
         self.realtime_s = realtime_s
         self.frozen_days = frozen_days
+        self.frozen_months = frozen_months
         self.archive_span = archive_span
         self.request_poll_s = request_poll_s
         self._schedules: dict[TerminalId, _Schedule] = {}
@@ -344,7 +348,7 @@ class HeadEnd(MasterStation):
                 if self.realtime_s and now >= schedule.next_realtime and schedule.points:
                     schedule.next_realtime = now + self.realtime_s
                     self._spawn(self._scheduled_read(terminal, schedule.points), f"read {terminal_name(terminal)}")
-                if self.frozen_days and now >= schedule.next_frozen and schedule.points:
+                if (self.frozen_days or self.frozen_months) and now >= schedule.next_frozen and schedule.points:
                     schedule.next_frozen = now + 86400.0
                     self._spawn(self._back_fill(terminal, schedule.points), f"back-fill {terminal_name(terminal)}")
             await asyncio.sleep(0.2)
@@ -378,31 +382,41 @@ class HeadEnd(MasterStation):
             await self._keep(terminal, found)
 
     async def _back_fill(self, terminal: TerminalId, points: Sequence[int]) -> None:
-        """Ask for each of the last ``frozen_days`` days whose daily freeze is missing."""
+        """Ask for the daily freezes (F161) of the last ``frozen_days`` days and the monthly
+        ones (F177) of the last ``frozen_months`` months that are not stored yet."""
         name = terminal_name(terminal)
         today = datetime.now(self.zone).date()
         days = [today - timedelta(days=n) for n in range(self.frozen_days, 0, -1)]
-        since = datetime(days[0].year, days[0].month, days[0].day, tzinfo=self.zone).astimezone(UTC)
+        months = []
+        year, month = today.year, today.month
+        for _ in range(self.frozen_months):
+            year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+            months.insert(0, (year, month))
+        first = min([*days, *(date(y, m, 1) for y, m in months)], default=today)
+        since = datetime(first.year, first.month, first.day, tzinfo=self.zone).astimezone(UTC)
         stored = await self.writer.call(lambda store: store.readings(terminal=name, quantity=ENERGY_TOTAL,
                                                                      protocol=PROTOCOL, since=since))
-        have: dict[int, set[date]] = {}
+        closed: dict[int, set[date]] = {}  # point -> the days its stored freezes closed
         for r in stored:
-            if r.period == FROZEN_PERIOD and r.data_time is not None:
-                have.setdefault(int(r.meter), set()).add((r.data_time.astimezone(self.zone) - timedelta(days=1)).date())
-        for day in days:
-            missing = [p for p in points if day not in have.get(p, set())]
-            if not missing:
-                continue
-            tag = data.DayTag(day)
-            units = point_units(missing, (161,), [tag])
-            try:
-                found = await self.request(terminal, Afn.CLASS2, units[:UNITS_PER_REQUEST])
-            except RequestDenied as exc:
-                found = exc.items
-            except MeterhubError as exc:
-                log.info("%s: back-fill of %s failed: %s", name, day, exc)
-                return
-            await self._keep(terminal, found)
+            if r.period == FROZEN_PERIOD and r.data_time is not None and r.meter.isdigit():
+                closed.setdefault(int(r.meter), set()).add((r.data_time.astimezone(self.zone) - timedelta(days=1)).date())
+        wanted: list[tuple[int, Any, Callable[[set[date]], bool]]] = [
+            (161, data.DayTag(day), lambda have, day=day: day in have) for day in days]
+        wanted += [(177, data.MonthTag(data.PartialTime(year=y, month=m)),
+                    lambda have, y=y, m=m: any((d.year, d.month) == (y, m) and (d + timedelta(days=1)).day == 1
+                                               for d in have)) for y, m in months]
+        for fn, tag, stored_already in wanted:
+            missing = [p for p in points if not stored_already(closed.get(p, set()))]
+            units = point_units(missing, (fn,), [tag])
+            for start in range(0, len(units), UNITS_PER_REQUEST):
+                try:
+                    found = await self.request(terminal, Afn.CLASS2, units[start:start + UNITS_PER_REQUEST])
+                except RequestDenied as exc:
+                    found = exc.items  # what the terminal has; the rest it has not frozen
+                except MeterhubError as exc:
+                    log.info("%s: back-fill of F%d %s failed: %s", name, fn, jsonable(tag), exc)
+                    return
+                await self._keep(terminal, found)
 
 
 def _control_unit(action: str, point: int, args: Mapping[str, Any], zone: tzinfo) -> DataUnit:

@@ -6,8 +6,9 @@ says which zone that is. A head-end's readings are keyed by terminal and measuri
 ``terminal`` is the terminal's name (A1 A2 as vendors print them, ``32010001``), ``meter``
 the measuring point number (pn) as text, ``protocol`` :data:`PROTOCOL`, ``channel`` empty.
 A frozen value (AFN 0D F161 daily, F177 monthly) is stored with ``period`` 1 (the last closed
-period) and ``data_time`` the midnight that closed its day (month), as the terminal side
-reads such readings back (a freeze at midnight stands for the day before it).
+period) and both ``timestamp`` and ``data_time`` the midnight that closed its day (month), as
+the terminal side reads such readings back (a freeze at midnight stands for the day before
+it); the time the terminal read it is not kept.
 """
 
 from __future__ import annotations
@@ -100,15 +101,17 @@ def readings_of(item: d.Item, *, terminal: str, zone: tzinfo, received: datetime
                 + _per_phase(value.voltage, VOLTAGE, "V", timestamp=when, **common)
                 + _per_phase(value.current, CURRENT, "A", timestamp=when, **common)
                 + _per_phase(value.apparent, APPARENT, "kVA", timestamp=when, **common))
+    # A frozen value is stored at its freeze time, so the store's key (which has the time,
+    # not the data time) tells one freeze from another: two months read in the same minute
+    # are two readings, and a day's and a month's freeze at the same midnight are one.
     if isinstance(value, d.DailyEnergy) and value.day is not None:  # 0D F161
-        return _register(value.reading.values, ENERGY_TOTAL, "kWh",
-                         timestamp=aware(value.reading.read_time, zone, received),
-                         data_time=_closing_midnight(value.day, zone), period=FROZEN_PERIOD, **common)
+        closing = _closing_midnight(value.day, zone)
+        return _register(value.reading.values, ENERGY_TOTAL, "kWh", timestamp=closing, data_time=closing,
+                         period=FROZEN_PERIOD, **common)
     if isinstance(value, d.MonthlyEnergy) and value.month is not None and value.month.month:  # 0D F177
-        return _register(value.reading.values, ENERGY_TOTAL, "kWh",
-                         timestamp=aware(value.reading.read_time, zone, received),
-                         data_time=_month_end(value.month.year, value.month.month, zone), period=FROZEN_PERIOD,
-                         **common)
+        closing = _month_end(value.month.year, value.month.month, zone)
+        return _register(value.reading.values, ENERGY_TOTAL, "kWh", timestamp=closing, data_time=closing,
+                         period=FROZEN_PERIOD, **common)
     return []
 
 
