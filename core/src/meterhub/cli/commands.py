@@ -3,11 +3,9 @@ state and answer, as the command path journalled it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -16,7 +14,7 @@ from .. import jsonout
 from ..commands import REDACTED
 from ..model import CommandRecord, CommandState, Origin, meter_key
 from ..secrets import is_secret_name
-from .common import EXIT_USAGE, Failure, _user_errors
+from .common import _user_errors, open_existing_store
 from .export import MeterFilter, parse_since
 
 if TYPE_CHECKING:
@@ -31,8 +29,9 @@ _WHY_STATES = frozenset({CommandState.REFUSED, CommandState.FAILED})
 
 
 @click.command("commands")
-@click.option("--db", "db", default="meterhub.db", show_default=True, type=click.Path(dir_okay=False),
-              help="SQLite file written by meterhub (the site file's store: sqlite:///FILE).")
+@click.option("--db", "db", default="meterhub.db", show_default=True,
+              help="The store: a SQLite file written by meterhub (the site file's store: sqlite:///FILE), or its URL "
+                   "(postgresql://... for a head-end's).")
 @click.option("--meter", default=None, metavar="[CHANNEL/][PROTOCOL:]ADDRESS",
               help="Only commands to this meter: its address (every meter that has it), PROTOCOL:ADDRESS or "
                    "CHANNEL/PROTOCOL:ADDRESS, as the table names it.")
@@ -54,14 +53,10 @@ def commands_cmd(db: str, meter: str | None, state: str | None, origin: str | No
     command, args, origin, issuer, credential (the secret-store reference, never a secret),
     requested, state, updated, reason and answer.
     """
-    from ..store import open_store
-
-    if not Path(db).exists():  # opening would create an empty store: there is nothing to list
-        raise Failure(f"{db}: no such file", EXIT_USAGE)
     since_dt = parse_since(since) if since is not None else None
     wanted = MeterFilter.parse(meter)
     filtered = any(v is not None for v in (meter, state, origin, since))
-    with _user_errors(), open_store(f"sqlite:///{os.path.abspath(db)}") as store:
+    with open_existing_store(db) as store, _user_errors():
         records = store.commands(meter=wanted.address, state=None if state is None else CommandState(state),
                                  origin=None if origin is None else Origin(origin), since=since_dt)
         records = [r for r in records if _matches(r, wanted)]

@@ -4,9 +4,11 @@ and the serial options of the commands that talk to one meter or one bus (read, 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -73,6 +75,26 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         target.setLevel(saved)
+
+
+def open_existing_store(db: str) -> Any:
+    """``--db`` of a command that reads a store: a SQLite file name, or a store URL
+    (``sqlite:///FILE``, ``postgresql://...``). A SQLite file that is not there is a usage
+    error (opening it would make an empty store, and say nothing is in it)."""
+    from ..store import URL_PREFIX, open_store
+
+    if "://" in db:
+        path = db[len(URL_PREFIX):].partition("?")[0] if db.startswith(URL_PREFIX) else None
+        url = db
+    else:
+        path, url = db, f"{URL_PREFIX}{os.path.abspath(db)}"
+    if path is not None and path != ":memory:" and not Path(path).exists():
+        raise Failure(f"{path}: no such file", EXIT_USAGE)
+    with _user_errors():
+        try:
+            return open_store(url)
+        except ValueError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
 
 
 def _plugins() -> Plugins:

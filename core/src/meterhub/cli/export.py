@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -14,7 +12,7 @@ import click
 
 from .. import jsonout
 from ..quantities import resolve
-from .common import EXIT_USAGE, Failure, _user_errors
+from .common import EXIT_USAGE, Failure, _user_errors, open_existing_store
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -24,7 +22,8 @@ EXPORT_FIELDS = ("meter", "quantity", "value", "unit", "timestamp", "quality", "
 
 
 @click.command("export")
-@click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="SQLite file written by meterhub.")
+@click.option("--db", "db", required=True,
+              help="The store: a SQLite file written by meterhub, or its URL (sqlite:///FILE, postgresql://...).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), required=True)
 @click.option("--meter", default=None, metavar="[CHANNEL/][PROTOCOL:]ADDRESS",
               help="Only this meter: its address (refused, with the candidates, when meters of several protocols or "
@@ -33,25 +32,24 @@ EXPORT_FIELDS = ("meter", "quantity", "value", "unit", "timestamp", "quality", "
 @click.option("--protocol", default=None, help="Only meters of this protocol (dlt645, modbus, mbus, ...).")
 @click.option("--channel", default=None, help="Only meters on this channel of the site file.")
 @click.option("--quantity", default=None, help="Only this quantity (OBIS code or alias).")
+@click.option("--terminal", default=None,
+              help="Only readings of this terminal (a head-end's store: 32010001 or 3201/1).")
 @click.option("--since", default=None, metavar="TIME",
               help="Only readings at or after TIME: a date (2026-12-02, from midnight) or an ISO time "
                    "(2026-12-02T17:22:20), in local time unless it carries an offset (+08:00, Z).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-", show_default=True)
 def export_cmd(db: str, fmt: str, meter: str | None, protocol: str | None, channel: str | None, quantity: str | None,
-               since: str | None, output: str) -> None:
+               terminal: str | None, since: str | None, output: str) -> None:
     """Export readings from the store as CSV or JSON."""
-    from ..store import open_store
-
-    if not Path(db).exists():
-        raise Failure(f"{db}: no such file", EXIT_USAGE)
     with _user_errors():
         obis = resolve(quantity).obis if quantity else None
     since_dt = parse_since(since) if since is not None else None
     wanted = MeterFilter.parse(meter, protocol=protocol, channel=channel)
-    with _user_errors(), open_store(f"sqlite:///{os.path.abspath(db)}") as store:
+    terminal_name = _terminal_name(terminal) if terminal else None
+    with open_existing_store(db) as store, _user_errors():
         wanted = wanted.resolve(store)
         readings = store.readings(meter=wanted.address, protocol=wanted.protocol, channel=wanted.channel,
-                                  quantity=obis, since=since_dt)
+                                  quantity=obis, since=since_dt, terminal=terminal_name)
     rows = [jsonout.reading_to_dict(r) for r in readings]
     out = click.open_file(output, "w", encoding="utf-8")
     with out:
@@ -64,6 +62,15 @@ def export_cmd(db: str, fmt: str, meter: str | None, protocol: str | None, chann
                 writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     if output != "-":
         click.echo(f"{len(rows)} reading(s) written to {output}", err=True)
+
+
+def _terminal_name(value: str) -> str:
+    from ..headend.station import parse_terminal, terminal_name
+
+    try:
+        return terminal_name(parse_terminal(value))
+    except ValueError as exc:
+        raise Failure(str(exc), EXIT_USAGE) from None
 
 
 def parse_since(text: str) -> datetime:
