@@ -321,3 +321,24 @@ def _tail(log: Path, offset: int) -> str:
     except FileNotFoundError:
         return "(no log written)"
     return "\n".join(lines[-LOG_TAIL_LINES:]) or "(log empty)"
+
+
+def main() -> None:
+    """``python -m meterhub.testing.postgres``: a throwaway server to try the head-end on
+    PostgreSQL; prints a fresh database's URL and runs until Ctrl-C, then removes it all."""
+    import signal
+    import sys
+
+    reason = unavailable_reason()
+    if reason is not None:
+        sys.exit(f"error: {reason}")
+    with PostgresServer() as server:
+        print(server.create_database("meterhub"), flush=True)
+        print("a throwaway PostgreSQL server (durability off); Ctrl-C stops and removes it", file=sys.stderr)
+        stops = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigwait, not by a handler
+        signal.sigwait(stops)
+
+
+if __name__ == "__main__":
+    main()
