@@ -1,7 +1,8 @@
 """The store contract, run against every backend: SQLite and PostgreSQL keep readings,
-events, rounds, the outbox, the command audit trail and settings alike. Then what only
-PostgreSQL has to show: several processes on one database (writers of the same readings,
-writers past one cap, stores opening an empty database together) and its schema version.
+events, rounds, the outbox, the command audit trail, settings and a head-end's terminals,
+allowlist and request queue alike. Then what only PostgreSQL has to show: several
+processes on one database (writers of the same readings, writers past one cap, stores
+opening an empty database together, head-end nodes claiming one queue) and its schema version.
 
 The PostgreSQL cases take ``postgres_url`` (a fresh empty database a test, from the root
 conftest) and are skipped where there is no PostgreSQL server.
@@ -27,9 +28,11 @@ from meterhub.model import (
     CommandRecord,
     CommandState,
     Event,
+    HeadEndRequest,
     Origin,
     Quality,
     Reading,
+    RequestState,
     RoundReport,
 )
 from meterhub.store import (
@@ -37,9 +40,11 @@ from meterhub.store import (
     DEFAULT_OUTBOX_MAX,
     FINAL_COMMAND_STATES,
     OUTBOX_OVERFLOW,
+    HeadEndStore,
     SqliteStore,
     Store,
     StoreError,
+    open_store,
 )
 from meterhub.store import postgres as postgres_module
 from meterhub.store.postgres import PostgresStore, open_postgres_store
@@ -62,7 +67,7 @@ def minutes(n: int, **kw: Any) -> list[Reading]:
 # --- the stores under test ---------------------------------------------------------------------
 
 
-OpenStore = Callable[..., Store]
+OpenStore = Callable[..., HeadEndStore]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -72,25 +77,25 @@ def open_(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]
     if request.param == "postgres":
         url = request.getfixturevalue("postgres_url")
 
-        def backend(**options: Any) -> Store:
+        def backend(**options: Any) -> HeadEndStore:
             return open_postgres_store(url, **options)
     else:
-        def backend(**options: Any) -> Store:
+        def backend(**options: Any) -> HeadEndStore:
             return SqliteStore(str(tmp_path / "s.db"), **options)
 
-    opened: list[Store] = []
+    opened: list[HeadEndStore] = []
 
-    def open_store(**options: Any) -> Store:
+    def open_backend(**options: Any) -> HeadEndStore:
         opened.append(backend(**options))
         return opened[-1]
 
-    yield open_store
+    yield open_backend
     for store in opened:
         store.close()
 
 
 @pytest.fixture
-def store(open_: OpenStore) -> Store:
+def store(open_: OpenStore) -> HeadEndStore:
     return open_()
 
 
@@ -104,12 +109,17 @@ def queue_of(store: Store, uplink: str) -> list[object]:
     return [item.item for item in store.outbox_items(uplink)]
 
 
-CONTRACT = [name for name, _ in inspect.getmembers(Store, inspect.isfunction) if not name.startswith("_")]
+CONTRACT = [name for name, _ in inspect.getmembers(HeadEndStore, inspect.isfunction) if not name.startswith("_")]
 
 
+def test_the_contract_has_the_head_end_methods() -> None:
+    assert {"allow_terminals", "terminal_seen", "claim_requests", "finish_request"} <= set(CONTRACT)
+
+
+@pytest.mark.parametrize("backend", [SqliteStore, PostgresStore])
 @pytest.mark.parametrize("name", CONTRACT)
-def test_the_postgres_store_fulfils_the_contract(name: str) -> None:
-    assert inspect.signature(getattr(PostgresStore, name)) == inspect.signature(getattr(Store, name))
+def test_each_backend_fulfils_the_contract(backend: type, name: str) -> None:
+    assert inspect.signature(getattr(backend, name)) == inspect.signature(getattr(HeadEndStore, name))
 
 
 # --- readings round-trip exactly -----------------------------------------------------------------
@@ -812,6 +822,192 @@ def test_settings_outlive_a_restart(open_: OpenStore) -> None:
     assert open_().settings("hes") == {"a": 1}
 
 
+# --- the head-end: terminals, allowlist, requests ------------------------------------------------
+
+
+def request_for(terminal: str = "32010001", kind: str = "read", args: dict | None = None, *, at: datetime = T0,
+                **kw: Any) -> HeadEndRequest:
+    return HeadEndRequest(terminal, kind, {"afn": 12, "points": [1], "fns": [129]} if args is None else args,
+                          created=at, **kw)
+
+
+def test_the_allowlist_adds_once_and_removes(store: HeadEndStore) -> None:
+    store.allow_terminals(["32010002", "32010001", "32010001"])
+    assert store.allowed_terminals() == ["32010001", "32010002"]
+    store.allow_terminals(["32010002", "99999999"], allowed=False)
+    assert store.allowed_terminals() == ["32010001"]
+
+
+def test_the_allowlist_sorts_as_python_does(store: HeadEndStore) -> None:
+    names = ["b", "B", "a-1", "a_1", "a1", "Z9"]
+    store.allow_terminals(names)
+    assert store.allowed_terminals() == sorted(names)
+
+
+def test_no_terminal_seen_is_no_terminal(store: HeadEndStore) -> None:
+    assert store.terminals() == [] and store.terminals(online=True) == [] and store.allowed_terminals() == []
+
+
+def test_a_terminal_logs_in_heartbeats_and_goes_offline(store: HeadEndStore) -> None:
+    store.terminal_seen("32010001", node="a", peer="10.0.0.1:5000", at=T0, login=True)
+    store.terminal_seen("32010001", node="a", peer="10.0.0.1:5000", at=T0 + timedelta(minutes=1), heartbeat=True)
+    store.terminal_seen("32010001", node="a", peer="10.0.0.1:5000", at=T0 + timedelta(minutes=2), heartbeat=True)
+    (t,) = store.terminals()
+    assert (t.online, t.node, t.peer, t.login, t.seen, t.heartbeats) == (
+        True, "a", "10.0.0.1:5000", T0, T0 + timedelta(minutes=2), 2)
+    store.terminal_seen("32010001", node="a", peer="", at=T0 + timedelta(minutes=3), online=False)
+    assert store.terminals(online=True) == []
+    (gone,) = store.terminals(online=False)
+    assert (gone.online, gone.login, gone.seen) == (False, T0, T0 + timedelta(minutes=3))
+
+
+def test_a_login_zeroes_the_heartbeats(store: HeadEndStore) -> None:
+    store.terminal_seen("32010001", node="a", peer="p", at=T0, login=True)
+    store.terminal_seen("32010001", node="a", peer="p", at=T0 + timedelta(minutes=1), heartbeat=True)
+    store.terminal_seen("32010001", node="a", peer="p", at=T0 + timedelta(minutes=2), login=True)
+    (t,) = store.terminals()
+    assert (t.login, t.heartbeats) == (T0 + timedelta(minutes=2), 0)
+
+
+def test_a_frame_neither_login_nor_heartbeat_only_says_when_it_was_seen(store: HeadEndStore) -> None:
+    store.terminal_seen("32010001", node="a", peer="p", at=T0, login=True)
+    store.terminal_seen("32010001", node="a", peer="p", at=T0 + timedelta(minutes=1), heartbeat=True)
+    store.terminal_seen("32010001", node="a", peer="p", at=T0 + timedelta(minutes=2))
+    (t,) = store.terminals()
+    assert (t.login, t.seen, t.heartbeats) == (T0, T0 + timedelta(minutes=2), 1)
+
+
+def test_terminal_times_come_back_aware_in_utc(store: HeadEndStore) -> None:
+    local = datetime(2024, 3, 1, 20, 0, 0, 500, tzinfo=BEIJING)
+    store.terminal_seen("32010001", node="a", peer="p", at=local, login=True)
+    (t,) = store.terminals()
+    assert t.login == t.seen == local and t.seen.utcoffset() == timedelta(0)
+
+
+def test_the_end_of_a_connection_on_another_node_leaves_the_terminal_online(store: HeadEndStore) -> None:
+    store.terminal_seen("32010001", node="a", peer="p1", at=T0, login=True)
+    store.terminal_seen("32010001", node="b", peer="p2", at=T0 + timedelta(seconds=5), login=True)
+    store.terminal_seen("32010001", node="a", peer="p1", at=T0 + timedelta(seconds=6), online=False)
+    (t,) = store.terminals()
+    assert (t.online, t.node, t.peer, t.seen) == (True, "b", "p2", T0 + timedelta(seconds=5))
+
+
+def test_a_node_starting_again_takes_its_terminals_offline(store: HeadEndStore) -> None:
+    store.terminal_seen("32010001", node="a", peer="p", at=T0, login=True)
+    store.terminal_seen("32010002", node="b", peer="p", at=T0, login=True)
+    store.terminal_seen("32010003", node="a", peer="p", at=T0, login=True)
+    assert store.terminals_offline("a") == 2
+    assert [t.name for t in store.terminals(online=True)] == ["32010002"]
+    assert [t.name for t in store.terminals(online=False)] == ["32010001", "32010003"]
+    assert store.terminals_offline("a") == 0
+
+
+def test_the_terminals_outlive_a_restart(open_: OpenStore) -> None:
+    first = open_()
+    first.allow_terminals(["32010001"])
+    first.terminal_seen("32010001", node="a", peer="p", at=T0, login=True)
+    again = open_()
+    assert again.allowed_terminals() == ["32010001"] and again.terminals() == first.terminals()
+
+
+def test_requests_are_claimed_once_by_the_node_holding_their_terminal(store: HeadEndStore) -> None:
+    first = request_for()
+    other = request_for("32010002")
+    second = request_for("32010001", "command", {"action": "set_time"}, credential="t1", at=T0 + timedelta(seconds=1))
+    for r in (second, other, first):
+        store.add_request(r)
+    claimed = store.claim_requests(["32010001"], "a", at=T0 + timedelta(seconds=2))
+    assert [c.request for c in claimed] == [first, second]
+    assert {c.state for c in claimed} == {RequestState.CLAIMED} and {c.node for c in claimed} == {"a"}
+    assert {c.updated for c in claimed} == {T0 + timedelta(seconds=2)}
+    assert store.claim_requests(["32010001"], "b", at=T0 + timedelta(seconds=2)) == []
+    assert store.request(other.id).state is RequestState.QUEUED  # type: ignore[union-attr]
+    assert store.request(first.id) == claimed[0]
+
+
+def test_a_request_round_trips_with_every_field(store: HeadEndStore) -> None:
+    request = HeadEndRequest("32010001", "command", {"action": "relay", "limit": Decimal("1.50")}, origin=Origin.UPLINK,
+                             issuer="ops", credential="vault:relay", created=datetime(2024, 3, 1, 20, tzinfo=BEIJING),
+                             timeout=12.5)
+    store.add_request(request)
+    record = store.request(request.id)
+    assert record is not None
+    assert record.request == attrs.evolve(request, args={"action": "relay", "limit": "1.50"})
+    assert (record.state, record.node, record.reason, record.answer) == (RequestState.QUEUED, "", "", None)
+    assert record.updated == request.created and record.request.created.utcoffset() == timedelta(0)
+
+
+def test_an_unknown_request_is_none(store: HeadEndStore) -> None:
+    assert store.request("nope") is None
+
+
+def test_claiming_for_no_terminals_claims_nothing(store: HeadEndStore) -> None:
+    store.add_request(request_for())
+    assert store.claim_requests([], "a", at=T0) == []
+    assert store.claim_requests(["32019999"], "a", at=T0) == []
+
+
+def test_a_claim_takes_at_most_its_limit_oldest_first(store: HeadEndStore) -> None:
+    requests = [request_for(at=T0 + timedelta(seconds=n)) for n in range(5)]
+    for r in reversed(requests):
+        store.add_request(r)
+    assert [c.request for c in store.claim_requests(["32010001"], "a", at=T0, limit=2)] == requests[:2]
+    assert [c.request for c in store.claim_requests(["32010001"], "a", at=T0)] == requests[2:]
+
+
+def test_a_request_nobody_took_in_time_fails_instead_of_being_claimed(store: HeadEndStore) -> None:
+    late = request_for(timeout=5)
+    on_time = request_for(at=T0 + timedelta(seconds=2), timeout=5)
+    store.add_request(late)
+    store.add_request(on_time)
+    assert [c.request for c in store.claim_requests(["32010001"], "a", at=T0 + timedelta(seconds=6))] == [on_time]
+    record = store.request(late.id)
+    assert record is not None and record.state is RequestState.FAILED and "timeout" in record.reason
+    with pytest.raises(StoreError, match="already failed"):
+        store.finish_request(late.id, RequestState.ANSWERED, answer={})
+
+
+def test_a_request_ends_once_with_its_answer(store: HeadEndStore) -> None:
+    request = request_for()
+    store.add_request(request)
+    store.claim_requests(["32010001"], "a", at=T0)
+    answer = {"items": [{"fn": 129, "total": Decimal("1.50")}]}
+    done = store.finish_request(request.id, RequestState.ANSWERED, answer=answer)
+    assert done.state is RequestState.ANSWERED and done.answer == {"items": [{"fn": 129, "total": "1.50"}]}
+    assert done.node == "a" and store.request(request.id) == done
+    with pytest.raises(StoreError, match="already answered"):
+        store.finish_request(request.id, RequestState.FAILED, reason="late")
+    with pytest.raises(StoreError, match="no request"):
+        store.finish_request("nope", RequestState.FAILED)
+    with pytest.raises(ValueError, match="answered or failed"):
+        store.finish_request(request.id, RequestState.CLAIMED)
+
+
+def test_a_queued_request_may_fail_before_anyone_claims_it(store: HeadEndStore) -> None:
+    request = request_for()
+    store.add_request(request)
+    failed = store.finish_request(request.id, RequestState.FAILED, reason="terminal removed")
+    assert (failed.state, failed.reason, failed.answer) == (RequestState.FAILED, "terminal removed", None)
+    assert store.claim_requests(["32010001"], "a", at=T0) == []
+
+
+def test_a_request_id_is_queued_once(store: HeadEndStore) -> None:
+    request = request_for()
+    store.add_request(request)
+    with pytest.raises(StoreError, match="already in store"):
+        store.add_request(attrs.evolve(request, kind="command"))
+    assert store.request(request.id).request == request  # type: ignore[union-attr]
+
+
+def test_another_store_claims_what_one_queued(open_: OpenStore) -> None:
+    asking, node = open_(), open_()
+    request = request_for()
+    asking.add_request(request)
+    (claimed,) = node.claim_requests(["32010001"], "a", at=T0)
+    node.finish_request(request.id, RequestState.ANSWERED, answer={"ok": True})
+    assert claimed.request == request and asking.request(request.id).answer == {"ok": True}  # type: ignore[union-attr]
+
+
 # --- life cycle ----------------------------------------------------------------------------------
 
 
@@ -877,11 +1073,11 @@ def sql(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any,
 
 
 def test_the_schema_version_is_one_row(pg: PostgresStore, postgres_url: str) -> None:
-    assert pg.schema_version == postgres_module.SCHEMA_VERSION == 4
-    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(4,)]
+    assert pg.schema_version == postgres_module.SCHEMA_VERSION == 5
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
     import psycopg
     with pytest.raises(psycopg.errors.UniqueViolation):
-        sql(postgres_url, "INSERT INTO meterhub_schema (version) VALUES (5)")
+        sql(postgres_url, "INSERT INTO meterhub_schema (version) VALUES (6)")
 
 
 def test_a_database_from_a_newer_meterhub_is_refused(pg: PostgresStore, postgres_url: str) -> None:
@@ -911,7 +1107,7 @@ def test_a_missing_migration_step_is_an_error_and_changes_nothing(pg: PostgresSt
     monkeypatch.setattr(postgres_module, "SCHEMA_VERSION", postgres_module.SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match="no migration"):
         open_postgres_store(postgres_url)
-    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(4,)]
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
 
 
 def test_tables_without_a_schema_version_are_refused(postgres_url: str) -> None:
@@ -923,7 +1119,7 @@ def test_tables_without_a_schema_version_are_refused(postgres_url: str) -> None:
 def test_other_tables_in_the_database_do_no_harm(postgres_url: str) -> None:
     sql(postgres_url, "CREATE TABLE billing (id bigint)")
     with open_postgres_store(postgres_url) as s:
-        assert s.schema_version == 4
+        assert s.schema_version == 5
 
 
 def test_a_failing_write_raises_and_stores_nothing(pg: PostgresStore, postgres_url: str) -> None:
@@ -983,7 +1179,7 @@ def together(*jobs: Callable[[], Any]) -> list[Any]:
 def test_stores_opening_an_empty_database_at_once_build_it_once(postgres_url: str) -> None:
     stores = together(*[lambda: open_postgres_store(postgres_url)] * 6)
     try:
-        assert {s.schema_version for s in stores} == {4}
+        assert {s.schema_version for s in stores} == {5}
         assert sql(postgres_url, "SELECT count(*) FROM meterhub_schema") == [(1,)]
         stores[0].add_readings([reading()])
         assert stores[-1].readings() == [reading()]
@@ -1091,3 +1287,134 @@ def test_two_processes_adding_one_command_store_it_once(postgres_url: str) -> No
                 return "refused"
 
         assert sorted(together(lambda: add(one), lambda: add(two))) == ["added", "refused"]
+
+
+# --- PostgreSQL only: head-end nodes sharing one database ----------------------------------------
+
+
+def test_a_v4_database_gets_the_head_end_tables(pg: PostgresStore, postgres_url: str) -> None:
+    pg.add_readings([reading()])
+    sql(postgres_url, "DROP TABLE terminals, allowed_terminals, requests; UPDATE meterhub_schema SET version = 4")
+    with open_postgres_store(postgres_url) as upgraded:
+        assert upgraded.schema_version == 5 and upgraded.readings() == [reading()]
+        upgraded.allow_terminals(["32010001"])
+        request = request_for()
+        upgraded.add_request(request)
+        assert upgraded.allowed_terminals() == ["32010001"]
+        assert [c.request for c in upgraded.claim_requests(["32010001"], "a", at=T0)] == [request]
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
+
+
+def test_two_nodes_claiming_one_terminals_queue_at_once_claim_each_request_once(postgres_url: str) -> None:
+    requests = [request_for(at=T0 + timedelta(milliseconds=n), timeout=3600) for n in range(50)]
+    with open_postgres_store(postgres_url) as a, open_postgres_store(postgres_url) as b:
+        for r in requests:
+            a.add_request(r)
+
+        def claim(store: PostgresStore, node: str) -> list[str]:
+            # small claims in a loop, so the two nodes' claims overlap many times over
+            taken: list[str] = []
+            while batch := store.claim_requests(["32010001"], node, at=T0 + timedelta(seconds=1), limit=3):
+                taken += [record.request.id for record in batch]
+            return taken
+
+        by_a, by_b = together(lambda: claim(a, "a"), lambda: claim(b, "b"))
+        assert sorted(by_a + by_b) == sorted(r.id for r in requests)  # every one, and each once
+        assert not set(by_a) & set(by_b)
+        stored = {r.id: (record.state, record.node) for r in requests if (record := a.request(r.id))}
+        assert stored == {**{id_: (RequestState.CLAIMED, "a") for id_ in by_a},
+                          **{id_: (RequestState.CLAIMED, "b") for id_ in by_b}}
+
+
+def test_many_nodes_claiming_at_once_in_one_go_share_the_queue(postgres_url: str) -> None:
+    requests = [request_for(at=T0 + timedelta(milliseconds=n), timeout=3600) for n in range(50)]
+    stores = [open_postgres_store(postgres_url) for _ in range(4)]
+    try:
+        for r in requests:
+            stores[0].add_request(r)
+        claims = together(*[lambda s=s, n=n: s.claim_requests(["32010001"], f"node{n}", at=T0 + timedelta(seconds=1))
+                            for n, s in enumerate(stores)])
+        ids = [record.request.id for claim in claims for record in claim]
+        assert sorted(ids) == sorted(r.id for r in requests)
+        for claim in claims:  # each node's share comes oldest first
+            assert [c.request.created for c in claim] == sorted(c.request.created for c in claim)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_terminals_offline_only_touches_its_own_node(postgres_url: str) -> None:
+    with open_postgres_store(postgres_url) as a, open_postgres_store(postgres_url) as b:
+        a.terminal_seen("32010001", node="a", peer="p", at=T0, login=True)
+        a.terminal_seen("32010002", node="a", peer="p", at=T0, login=True)
+        b.terminal_seen("32010003", node="b", peer="p", at=T0, login=True)
+        b.terminal_seen("32010002", node="b", peer="q", at=T0 + timedelta(seconds=1), login=True)  # moved to b
+        assert a.terminals_offline("a") == 1
+        assert [(t.name, t.node, t.online) for t in b.terminals()] == [
+            ("32010001", "a", False), ("32010002", "b", True), ("32010003", "b", True)]
+
+
+def test_two_nodes_ending_one_request_take_turns(postgres_url: str) -> None:
+    with open_postgres_store(postgres_url) as a, open_postgres_store(postgres_url) as b:
+        request = request_for()
+        a.add_request(request)
+        a.claim_requests(["32010001"], "a", at=T0)
+
+        def finish(store: PostgresStore, state: RequestState) -> str:
+            try:
+                store.finish_request(request.id, state, reason="x")
+                return "ended"
+            except StoreError:
+                return "refused"
+
+        outcomes = together(lambda: finish(a, RequestState.ANSWERED), lambda: finish(b, RequestState.FAILED))
+        assert sorted(outcomes) == ["ended", "refused"]
+
+
+def test_two_nodes_queuing_one_request_store_it_once(postgres_url: str) -> None:
+    with open_postgres_store(postgres_url) as a, open_postgres_store(postgres_url) as b:
+        request = request_for()
+
+        def add(store: PostgresStore) -> str:
+            try:
+                store.add_request(request)
+                return "added"
+            except StoreError:
+                return "refused"
+
+        assert sorted(together(lambda: add(a), lambda: add(b))) == ["added", "refused"]
+
+
+def test_a_nul_character_in_a_request_is_refused_before_anything_is_written(pg: PostgresStore) -> None:
+    with pytest.raises(ValueError, match="NUL"):
+        pg.add_request(request_for(issuer="a\x00b"))
+    with pytest.raises(ValueError, match="NUL"):
+        pg.terminal_seen("3201\x000001", node="a", peer="p", at=T0)
+    assert pg.terminals() == [] and pg.claim_requests(["32010001"], "a", at=T0) == []
+
+
+# --- PostgreSQL only: the store's options in its URL ----------------------------------------------
+
+
+def test_the_url_sets_the_outbox_cap(postgres_url: str) -> None:
+    with open_postgres_store(postgres_url + "?outbox_max=3") as s:
+        assert s.outbox_max == 3 and "outbox_max" not in s.url
+    with open_store(postgres_url + "?outbox_max=4") as s:
+        assert s.outbox_max == 4  # type: ignore[attr-defined]
+
+
+def test_other_url_parameters_go_to_libpq(postgres_url: str) -> None:
+    with open_postgres_store(postgres_url + "?application_name=mh-node-a&outbox_max=5&connect_timeout=5") as s:
+        assert s.outbox_max == 5
+        assert s._conn.execute("SHOW application_name").fetchone() == ("mh-node-a",)
+        assert s.url.endswith("?application_name=mh-node-a&connect_timeout=5")
+
+
+@pytest.mark.parametrize("query, message", [
+    ("outbox_max=0", "outbox_max must be"), ("outbox_max=ten", "outbox_max must be"),
+    ("outbox_max", "outbox_max must be"), ("outbox_max=3&outbox_max=4", "given twice"),
+])
+def test_a_bad_option_in_the_url_is_refused_by_name_without_the_password(query: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as info:
+        open_postgres_store(f"postgresql://meterhub:sekrit@127.0.0.1:1/meterhub?{query}")
+    assert "sekrit" not in str(info.value) and "meterhub:***@127.0.0.1:1" in str(info.value)

@@ -3,18 +3,20 @@
 The same tables and columns as the SQLite store (:mod:`.sqlite`), with PostgreSQL types
 where they serve better: ``timestamptz`` for times, ``bigint`` identities for ids (a
 sequence never hands a value out twice, so an acknowledged outbox id is never reused),
-``COLLATE "C"`` on names so they sort as Python and SQLite sort them. Values stay TEXT
-beside ``value_type``: NUMERIC would turn ``2.3E+2`` into ``230`` and ``-0`` into ``0``,
-and readings become bills. JSON stays TEXT too: jsonb refuses ``\\u0000`` and reorders keys.
+``COLLATE "C"`` on names so they sort as Python and SQLite sort them, ``boolean`` for a
+terminal being online. Values stay TEXT beside ``value_type``: NUMERIC would turn
+``2.3E+2`` into ``230`` and ``-0`` into ``0``, and readings become bills. JSON stays TEXT
+too: jsonb refuses ``\\u0000`` and reorders keys.
 
 Several processes write at once, so every write is safe against the others: a reading's
 key is a unique index written with ``ON CONFLICT DO NOTHING`` (re-delivered through two
 nodes, it is stored and queued once); each uplink's row in ``outbox_sizes`` is locked
 before its queue is touched, so sizes and the cap stay exact and a queue's ids ascend in
 commit order; locks are taken in one order everywhere (readings by their key, then the
-uplinks by name), so two writers never deadlock. The schema's version is kept in a
-one-row table; it is created or upgraded under an advisory lock, so processes starting
-together on an empty database build it once.
+uplinks by name), so two writers never deadlock. Head-end nodes claim queued requests with
+``FOR UPDATE SKIP LOCKED``: each request goes to one node, and no node waits for another's
+claim. The schema's version is kept in a one-row table; it is created or upgraded under
+an advisory lock, so processes starting together on an empty database build it once.
 
 psycopg 3 is imported here only: install it with the ``meterhub[postgres]`` extra.
 """
@@ -25,21 +27,26 @@ import contextlib
 import json
 import operator
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Self
 
+import attrs
+
 from ..model import (
-    Command,
     CommandRecord,
     CommandState,
     Event,
+    HeadEndRequest,
     Origin,
     OutboxItem,
     Quality,
     Reading,
+    RequestRecord,
+    RequestState,
     RoundReport,
+    TerminalRecord,
     utcnow,
 )
 from . import (
@@ -47,18 +54,24 @@ from . import (
     OUTBOX_OVERFLOW,
     MeterIdentity,
     StoreError,
+    _store_options,
     check_command_move,
 )
 
-# The row conventions both backends share (the text of a value and its type, the route
-# column, JSON with Decimals as exact strings, the outbox argument), so a row means the same
-# in either. TODO: a shared module for them, once sqlite.py is not being edited.
-from .sqlite import (
+# The row conventions both backends share, so a row means the same in either.
+from ._rows import (
+    _COMMAND_COLUMNS,
     _DECIMAL,
     _NO_PERIOD,
     _QUALITY_TEXT,
+    _READING_COLUMNS,
+    _REQUEST_COLUMNS,
     _TEXT,
-    ROUTE_SEPARATOR,
+    _command_record,
+    _reading,
+    _request_record,
+    _round,
+    _round_stats,
     _route_text,
     _to_json,
     _ts,
@@ -77,7 +90,7 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 #: The schema this code writes. Its tables are those of the SQLite schema of the same
 #: number; bump it and add a step to :data:`MIGRATIONS` when they change. A database
 #: written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The key of the advisory lock held while the schema is checked, created or upgraded:
 #: "meterhub" in ASCII, as a bigint. Advisory locks are per database.
@@ -101,6 +114,42 @@ CREATE TABLE meterhub_schema (
     single      boolean PRIMARY KEY DEFAULT true CHECK (single),
     version     integer NOT NULL
 );
+"""
+
+# New in schema version 5: a head-end's terminals, its allowlist and its queue of requests.
+# Queued requests are found by terminal and age through an index of their own: the queue
+# stays short while the answered and failed requests pile up.
+_HEAD_END = f"""
+CREATE TABLE terminals (
+    name        {_C} PRIMARY KEY,
+    online      boolean NOT NULL,
+    node        {_C},
+    peer        text NOT NULL,
+    login       timestamptz,
+    seen        timestamptz,
+    heartbeats  bigint NOT NULL
+);
+CREATE TABLE allowed_terminals (
+    name        {_C} PRIMARY KEY,
+    added       timestamptz NOT NULL
+);
+CREATE TABLE requests (
+    id          {_C} PRIMARY KEY,
+    terminal    {_C},
+    kind        text NOT NULL,
+    args        text NOT NULL,
+    origin      text NOT NULL,
+    issuer      text NOT NULL,
+    credential  text NOT NULL,
+    created     timestamptz NOT NULL,
+    timeout     double precision NOT NULL,
+    state       text NOT NULL,
+    node        {_C},
+    updated     timestamptz NOT NULL,
+    reason      text NOT NULL,
+    answer      text
+);
+CREATE INDEX requests_queued ON requests (terminal, created, id) WHERE state = 'queued';
 """
 
 _SCHEMA = f"""
@@ -183,34 +232,36 @@ CREATE TABLE settings (
     updated     timestamptz NOT NULL,
     PRIMARY KEY (scope, key)
 );
-"""
+{_HEAD_END}"""
+
 
 #: The tables of the schema: one of them without :data:`_VERSION_TABLE` means the database
 #: was not made by this store (or restored without its version), and it is refused.
-TABLES = ("readings", "events", "rounds", "outbox", "outbox_sizes", "commands", "settings")
+TABLES = ("readings", "events", "rounds", "outbox", "outbox_sizes", "commands", "settings", "terminals",
+          "allowed_terminals", "requests")
+
+
+def _migrate_4_to_5(conn: psycopg.Connection[Any]) -> None:
+    """Version 5: the head-end's terminals, allowlist and request queue."""
+    conn.execute(_HEAD_END)
+
 
 #: ``MIGRATIONS[n]`` upgrades a database from version ``n - 1`` to ``n`` (inside the opening
-#: transaction, under :data:`SCHEMA_LOCK`). The first PostgreSQL schema is version 4, built
-#: by :data:`_SCHEMA` directly; steps to later versions go here.
-MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {}
+#: transaction, under :data:`SCHEMA_LOCK`). The first PostgreSQL schema is version 4; an
+#: empty database is built at the newest version by :data:`_SCHEMA` directly.
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _migrate_4_to_5}
 
-# Reading columns in the order rows are built, stored and read back (the id first on reading).
-_READING_COLUMNS = (
-    "meter", "quantity", "value", "value_type", "unit", "timestamp", "quality", "error_code", "detail",
-    "channel", "protocol", "attempts", "latency", "terminal", "route", "data_time", "period",
-)
-#: Their types, as binary COPY names them.
+# Reading columns (:data:`_READING_COLUMNS`) in the order rows are built, stored and read
+# back (the id first on reading), and their types, as binary COPY names them.
 _READING_TYPES = (
     "text", "text", "text", "text", "text", "timestamptz", "text", "int8", "text",
     "text", "text", "int4", "float8", "text", "text", "timestamptz", "int4",
 )
 _READING_SELECT = "id, " + ", ".join(_READING_COLUMNS)
 _EVENT_SELECT = "id, kind, source, timestamp, severity, data"
-_COMMAND_COLUMNS = (
-    "id", "meter", "protocol", "channel", "name", "args", "origin", "issuer", "credential",
-    "requested", "state", "updated", "reason", "answer",
-)
 _COMMAND_SELECT = ", ".join(_COMMAND_COLUMNS)
+_REQUEST_SELECT = ", ".join(_REQUEST_COLUMNS)
+_TERMINAL_SELECT = "name, online, node, peer, login, seen, heartbeats"
 
 # A batch of readings goes in through a table of the connection's own, by binary COPY (the
 # fastest way in: psycopg writes its rows in C), emptied by every commit.
@@ -244,6 +295,10 @@ SELECT batch.position, stored.id FROM stored JOIN batch USING (id)
 _INSERT_EVENT = "INSERT INTO events (kind, source, timestamp, severity, data) VALUES (%s, %s, %s, %s, %s) RETURNING id"
 _INSERT_COMMAND = (
     f"INSERT INTO commands ({_COMMAND_SELECT}) VALUES ({', '.join(['%s'] * len(_COMMAND_COLUMNS))})"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({_REQUEST_SELECT}) VALUES ({', '.join(['%s'] * len(_REQUEST_COLUMNS))})"
     " ON CONFLICT (id) DO NOTHING"
 )
 
@@ -324,24 +379,7 @@ def _reading_row(r: Reading) -> tuple[Any, ...]:
 
 
 def _reading_from_row(row: Sequence[Any]) -> Reading:
-    (id_, meter, quantity, text, value_type, unit, timestamp, quality, error_code, detail, channel, protocol,
-     attempts, latency, terminal, route, data_time, period) = row
-    value: Decimal | str | None
-    if text is None:
-        value = None
-    elif value_type == _DECIMAL:
-        try:
-            value = Decimal(text)
-        except InvalidOperation as exc:  # only a hand-edited row gets here
-            raise StoreError(f"reading {id_}: stored value {text!r} is not a decimal") from exc
-    else:
-        value = text
-    return Reading(
-        meter=meter, quantity=quantity, value=value, unit=unit, timestamp=timestamp, quality=Quality(quality),
-        error_code=error_code, detail=detail, channel=channel, protocol=protocol, attempts=attempts,
-        latency=latency, route=tuple(route.split(ROUTE_SEPARATOR)) if route else (), data_time=data_time,
-        period=period, terminal=terminal,
-    )
+    return _reading(*row)
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
@@ -367,13 +405,22 @@ def _command_row(record: CommandRecord) -> tuple[Any, ...]:
 
 
 def _command_from_row(row: Sequence[Any]) -> CommandRecord:
-    (id_, meter, protocol, channel, name, args, origin, issuer, credential, requested, state, updated, reason,
-     answer) = row
-    command = Command(meter=meter, protocol=protocol, name=name, args=json.loads(args), id=id_,
-                      origin=Origin(origin), issuer=issuer, credential=credential, channel=channel,
-                      requested=requested)
-    return CommandRecord(command=command, state=CommandState(state), updated=updated, reason=reason,
-                         answer=None if answer is None else json.loads(answer))
+    return _command_record(*row)
+
+
+def _request_from_row(row: Sequence[Any]) -> RequestRecord:
+    return _request_record(*row)
+
+
+def _request_row(request: HeadEndRequest) -> tuple[Any, ...]:
+    """A request as it is queued (state QUEUED, no node yet), checked."""
+    r = request
+    args = _to_json(dict(r.args))
+    _check_text(f"request {r.id!r}", r.id, r.terminal, r.kind, args, r.issuer, r.credential)
+    created = _aware(r.created, "created")
+    timeout = _seconds(f"request {r.id!r}: timeout", r.timeout)
+    return (r.id, r.terminal, r.kind, args, Origin(r.origin).value, r.issuer, r.credential, created, timeout,
+            RequestState.QUEUED.value, "", created, "", None)
 
 
 def _limit(limit: int | None) -> int | None:
@@ -594,8 +641,7 @@ class PostgresStore:
 
     def add_round(self, report: RoundReport) -> None:
         """Store a round's summary and its statistics per meter, channel, collector and relay depth."""
-        stats = _to_json({"meters": dict(report.meter_stats), "channels": dict(report.channel_stats),
-                          "collectors": dict(report.collector_stats), "depths": dict(report.depth_stats)})
+        stats = _round_stats(report)
         row = (
             _aware(report.started, "started"), _aware(report.finished, "finished"), len(report.readings),
             report.ok_count, report.failed_count, stats,
@@ -754,6 +800,127 @@ class PostgresStore:
                     (scope, utcnow(), list(kept), list(kept.values())),
                 )
 
+    # -- the head-end: terminals, allowlist, requests ---------------------------------------
+
+    def allow_terminals(self, names: Sequence[str], *, allowed: bool = True) -> None:
+        """Add terminals to the allowlist (``allowed``) or take them off it."""
+        # Sorted: two nodes adding the same names wait on each other in one order, never in a circle.
+        given = sorted(set(names))
+        _check_text("the allowlist", *given)
+        with self._transaction("write the allowlist of"):
+            if allowed:
+                self._conn.execute("INSERT INTO allowed_terminals (name, added)"
+                                   " SELECT name, %s FROM unnest(%s::text[]) AS given (name)"
+                                   " ORDER BY name ON CONFLICT (name) DO NOTHING", (utcnow(), given))
+            else:
+                self._conn.execute("DELETE FROM allowed_terminals WHERE name = ANY(%s::text[])", (given,))
+
+    def allowed_terminals(self) -> list[str]:
+        """The allowlist, sorted."""
+        return [name for (name,) in self._query("the allowlist", "SELECT name FROM allowed_terminals ORDER BY name")]
+
+    def terminal_seen(self, name: str, *, node: str, peer: str, at: datetime, online: bool = True,
+                      login: bool = False, heartbeat: bool = False) -> None:
+        """Record a terminal's frame (``login``: its login, which zeroes its heartbeats;
+        ``heartbeat``: one more) or, ``online=False``, the end of its connection on ``node``
+        (ignored when another node holds it since)."""
+        _check_text(f"terminal {name!r}", name, node, peer)
+        when = _aware(at, "at")
+        with self._transaction("write a terminal to"):
+            if not online:
+                # Under the row's lock: a login on another node committed meanwhile is seen, and kept.
+                self._conn.execute("UPDATE terminals SET online = false, seen = %s WHERE name = %s AND node = %s",
+                                   (when, name, node))
+                return
+            self._conn.execute(
+                "INSERT INTO terminals (name, online, node, peer, login, seen, heartbeats)"
+                " VALUES (%s, true, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET online = true, node = excluded.node, peer = excluded.peer,"
+                " login = coalesce(excluded.login, terminals.login), seen = excluded.seen,"
+                " heartbeats = CASE WHEN excluded.login IS NOT NULL THEN excluded.heartbeats"
+                " ELSE terminals.heartbeats + excluded.heartbeats END",
+                (name, node, peer, when if login else None, when, int(heartbeat)))
+
+    def terminals_offline(self, node: str) -> int:
+        """Mark every terminal ``node`` held as offline (the node starting afresh after a
+        crash); returns how many. Terminals other nodes hold are left alone."""
+        with self._transaction("write terminals to"):
+            return int(self._conn.execute("UPDATE terminals SET online = false WHERE node = %s AND online",
+                                          (node,)).rowcount)
+
+    def terminals(self, *, online: bool | None = None) -> list[TerminalRecord]:
+        """Every terminal the head-end has seen, by name."""
+        where, params = ("", []) if online is None else (" WHERE online = %s", [bool(online)])
+        rows = self._query("terminals", f"SELECT {_TERMINAL_SELECT} FROM terminals{where} ORDER BY name", params)
+        return [TerminalRecord(*row) for row in rows]
+
+    def add_request(self, request: HeadEndRequest) -> None:
+        """Queue a request; a second one with the same id (from any node) is a StoreError."""
+        row = _request_row(request)
+        with self._transaction("queue a request in"):
+            if self._conn.execute(_INSERT_REQUEST, row).rowcount == 0:
+                raise StoreError(f"request {request.id} is already in store {self.url}")
+
+    def claim_requests(self, terminals: Collection[str], node: str, *, at: datetime | None = None,
+                       limit: int = 100) -> list[RequestRecord]:
+        """Take the queued requests for ``terminals`` (those ``node`` holds), oldest first,
+        as CLAIMED by ``node``: each is claimed by one node only. A request past its
+        timeout is failed instead, never claimed.
+
+        The requests are locked as they are read, skipping those another node's claim has
+        locked already (``FOR UPDATE SKIP LOCKED``): two nodes claiming at once take
+        different requests, and neither waits for the other. A request claimed and
+        committed meanwhile is no longer queued when its lock is taken, so it is passed over.
+        """
+        names = sorted(set(terminals))
+        _check_text(f"node {node!r}", node)
+        if not names:
+            return []
+        now = utcnow() if at is None else _aware(at, "at")
+        with self._transaction("claim requests in"):
+            rows = self._conn.execute(
+                f"SELECT {_REQUEST_SELECT} FROM requests WHERE state = %s AND terminal = ANY(%s::text[])"
+                " ORDER BY created, id LIMIT %s FOR UPDATE SKIP LOCKED",
+                (RequestState.QUEUED.value, names, _limit(limit))).fetchall()
+            late: list[RequestRecord] = []
+            claimed: list[RequestRecord] = []
+            for record in map(_request_from_row, rows):
+                overdue = (now - record.request.created).total_seconds() > record.request.timeout
+                (late if overdue else claimed).append(record)
+            for state, reason, records in ((RequestState.FAILED, "not taken within its timeout", late),
+                                           (RequestState.CLAIMED, "", claimed)):
+                if records:
+                    self._conn.execute("UPDATE requests SET state = %s, node = %s, updated = %s, reason = %s"
+                                       " WHERE id = ANY(%s::text[])",
+                                       (state.value, node, now, reason, [r.request.id for r in records]))
+        return [attrs.evolve(r, state=RequestState.CLAIMED, node=node, updated=now) for r in claimed]
+
+    def finish_request(self, id: str, state: RequestState, *, reason: str = "",
+                       answer: Mapping[str, Any] | None = None) -> RequestRecord:
+        """End a request: ANSWERED (with ``answer``) or FAILED (with ``reason``). Only a
+        queued or claimed request can end; an unknown id or an ended one is a StoreError."""
+        state = RequestState(state)
+        if state not in (RequestState.ANSWERED, RequestState.FAILED):
+            raise ValueError(f"a request ends answered or failed, not {state.value}")
+        answer_text = None if answer is None else _to_json(dict(answer))
+        _check_text(f"request {id!r}", reason, answer_text)
+        with self._transaction("end a request in"):
+            # Locked: two nodes ending one request take turns, and the second sees the first's end.
+            row = self._conn.execute("SELECT state FROM requests WHERE id = %s FOR UPDATE", (id,)).fetchone()
+            if row is None:
+                raise StoreError(f"no request {id!r} in store {self.url}")
+            if row[0] not in (RequestState.QUEUED.value, RequestState.CLAIMED.value):
+                raise StoreError(f"request {id} is already {row[0]}; it cannot become {state.value}")
+            row = self._conn.execute(
+                f"UPDATE requests SET state = %s, updated = %s, reason = %s, answer = %s WHERE id = %s"
+                f" RETURNING {_REQUEST_SELECT}", (state.value, utcnow(), reason, answer_text, id)).fetchone()
+        return _request_from_row(row)
+
+    def request(self, id: str) -> RequestRecord | None:
+        """The request's record, or None."""
+        rows = self._query("a request", f"SELECT {_REQUEST_SELECT} FROM requests WHERE id = %s", (id,))
+        return _request_from_row(rows[0]) if rows else None
+
     # -- reading ----------------------------------------------------------------------
 
     def _select(self, table: str, columns: str, *, since: datetime | None, limit: int | None,
@@ -833,26 +1000,9 @@ class PostgresStore:
 
     def rounds(self) -> list[dict[str, Any]]:
         """Round summaries, oldest first, as JSON-able dicts (timestamps as ISO text)."""
-        out = []
         rows = self._query("rounds", "SELECT id, started, finished, readings, ok, failed, stats FROM rounds"
                                      " ORDER BY started, id")
-        for id_, started, finished, readings, ok, failed, stats_text in rows:
-            stats = json.loads(stats_text)
-            out.append(
-                {
-                    "id": id_,
-                    "started": _ts(started),
-                    "finished": _ts(finished),
-                    "readings": readings,
-                    "ok": ok,
-                    "failed": failed,
-                    "meter_stats": stats.get("meters", {}),
-                    "channel_stats": stats.get("channels", {}),
-                    "collector_stats": stats.get("collectors", {}),
-                    "depth_stats": stats.get("depths", {}),
-                }
-            )
-        return out
+        return [_round(id_, _ts(started), _ts(finished), *rest) for id_, started, finished, *rest in rows]
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -872,8 +1022,32 @@ class PostgresStore:
 
 def open_postgres_store(url: str, *, outbox_max: int = DEFAULT_OUTBOX_MAX) -> PostgresStore:
     """Open the store in the PostgreSQL database at ``url`` (``postgresql://user@host/db``,
-    any libpq URL), creating its tables if the database has none. Any other URL raises
+    any libpq URL), creating its tables if the database has none. The query may set the
+    store's options as :func:`~meterhub.store.open_store` takes them (``?outbox_max=10000``,
+    which wins over the keyword); they are taken out of the URL, and any other parameter
+    (``sslmode=require``) goes to libpq. Any other URL or a bad option raises
     :class:`ValueError`; a database that cannot be reached or used, :class:`StoreError`."""
     if not isinstance(url, str) or not url.startswith(URL_SCHEMES):
         raise ValueError(f"unsupported store URL {url!r}: expected postgresql://user@host:port/database")
-    return PostgresStore(url, outbox_max=outbox_max)
+    libpq_url, options = _split_options(url)
+    return PostgresStore(libpq_url, **{"outbox_max": outbox_max, **options})
+
+
+#: The query parameters that are the store's own, not libpq's.
+STORE_OPTIONS = frozenset({"outbox_max"})
+
+
+def _split_options(url: str) -> tuple[str, dict[str, int]]:
+    """``url`` without the store's own options, and those options, checked as
+    :func:`~meterhub.store.open_store` checks them (the error quotes the URL, password redacted).
+    The rest of the URL is left as it was written: libpq reads forms (``postgresql:///db?host=/run``)
+    that a round trip through urllib would change."""
+    base, has_query, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
+    ours, libpq = [], []
+    for item in query.split("&") if has_query else []:
+        (ours if item.partition("=")[0] in STORE_OPTIONS else libpq).append(item)
+    if not ours:
+        return url, {}
+    options = _store_options(redact(url), "&".join(ours))
+    return base + ("?" + "&".join(libpq) if libpq else "") + hash_ + fragment, options

@@ -11,21 +11,19 @@ place by :data:`MIGRATIONS` when it is opened.
 from __future__ import annotations
 
 import contextlib
-import enum
 import functools
 import itertools
 import json
 import operator
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Self
 
 import attrs
 
 from ..model import (
-    Command,
     CommandRecord,
     CommandState,
     Event,
@@ -49,6 +47,27 @@ from . import (
     check_command_move,
 )
 
+# The row conventions both backends share (and names tests and other modules know from here).
+from ._rows import (
+    _COMMAND_COLUMNS,
+    _DECIMAL,
+    _NO_PERIOD,
+    _QUALITY_TEXT,
+    _READING_COLUMNS,
+    _REQUEST_COLUMNS,
+    _TEXT,
+    ROUTE_SEPARATOR,  # noqa: F401  (public here before the shared module)
+    _command_record,
+    _reading,
+    _request_record,
+    _round,
+    _round_stats,
+    _route_text,
+    _to_json,
+    _ts,
+    _uplinks,
+)
+
 #: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
 #: tables change; a store written by a newer meterhub is refused rather than misread.
 SCHEMA_VERSION = 5
@@ -56,16 +75,6 @@ SCHEMA_VERSION = 5
 #: Seconds a writer waits for another process's lock (``meterhub export`` reading the
 #: file while the concentrator writes) before the write fails loudly.
 BUSY_TIMEOUT_S = 10.0
-
-_DECIMAL = "decimal"
-_TEXT = "text"
-
-#: A reading's route is stored as its collector names joined by this (names never hold it).
-ROUTE_SEPARATOR = "/"
-
-#: Stands for "no period" in the readings key, so two readings without one are the same
-#: reading (SQL counts NULL unequal to NULL). Periods are ≥ 0, which writes check.
-_NO_PERIOD = -1
 
 # One row per reading key. Meter, quantity and time lead, so the key is also the index the
 # lookups use (readings of a meter, since a time; latest; meters), and a reading written
@@ -223,15 +232,7 @@ CREATE TRIGGER outbox_uncounted AFTER DELETE ON outbox BEGIN
 END;
 """
 
-_READING_COLUMNS = (
-    "meter", "quantity", "value", "value_type", "unit", "timestamp", "quality", "error_code", "detail",
-    "channel", "protocol", "attempts", "latency", "terminal", "route", "data_time", "period",
-)
 _EVENT_COLUMNS = ("kind", "source", "timestamp", "severity", "data")
-_COMMAND_COLUMNS = (
-    "id", "meter", "protocol", "channel", "name", "args", "origin", "issuer", "credential",
-    "requested", "state", "updated", "reason", "answer",
-)
 
 
 def _insert_sql(table: str, columns: Sequence[str]) -> str:
@@ -346,50 +347,12 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
 # --- conversions -------------------------------------------------------------------
 
 
-def _ts(value: datetime) -> str:
-    """A timestamp as fixed-width ISO 8601 UTC text (microseconds always present)."""
-    if value.tzinfo is UTC:  # what meterhub makes: no conversion to do
-        # the default form has the microseconds unless they are 0, and costs less
-        return value.isoformat() if value.microsecond else value.isoformat(timespec="microseconds")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"timestamp {value!r} has no timezone; meterhub stores aware UTC times")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
 def _parse_ts(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Decimal):
-        return str(obj)  # exact digits; JSON floats would round
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=str)
-    raise TypeError(f"cannot store {type(obj).__name__} {obj!r} as JSON")
-
-
-def _to_json(data: Any) -> str:
-    return json.dumps(data, default=_json_default, ensure_ascii=False, sort_keys=True, allow_nan=False)
-
-
-def _route_text(r: Reading) -> str:
-    for collector in r.route:
-        if not isinstance(collector, str) or not collector or ROUTE_SEPARATOR in collector:
-            raise ValueError(
-                f"reading {r.meter} {r.quantity}: collector name {collector!r} in its route must be"
-                f" a non-empty string without {ROUTE_SEPARATOR!r}"
-            )
-    return ROUTE_SEPARATOR.join(r.route)
-
-
-#: Quality (or its text) → the text stored: the check ``Quality(q).value`` makes, without its cost.
-_QUALITY_TEXT: dict[str, str] = {quality: quality.value for quality in Quality}
+#: A reading's columns as its row is read back: its id, then those it is written with.
+_READING_ROW = ("id", *_READING_COLUMNS)
 
 
 def _reading_row(r: Reading) -> tuple[Any, ...]:
@@ -423,35 +386,7 @@ def _reading_row(r: Reading) -> tuple[Any, ...]:
 
 
 def _reading_from_row(row: sqlite3.Row) -> Reading:
-    text, value_type = row["value"], row["value_type"]
-    value: Decimal | str | None
-    if text is None:
-        value = None
-    elif value_type == _DECIMAL:
-        try:
-            value = Decimal(text)
-        except InvalidOperation as exc:  # only a hand-edited file gets here
-            raise StoreError(f"reading {row['id']}: stored value {text!r} is not a decimal") from exc
-    else:
-        value = text
-    return Reading(
-        meter=row["meter"],
-        quantity=row["quantity"],
-        value=value,
-        unit=row["unit"],
-        timestamp=_parse_ts(row["timestamp"]),
-        quality=Quality(row["quality"]),
-        error_code=row["error_code"],
-        detail=row["detail"],
-        channel=row["channel"],
-        protocol=row["protocol"],
-        attempts=row["attempts"],
-        latency=row["latency"],
-        route=tuple(row["route"].split(ROUTE_SEPARATOR)) if row["route"] else (),
-        data_time=None if row["data_time"] is None else _parse_ts(row["data_time"]),
-        period=row["period"],
-        terminal=row["terminal"],
-    )
+    return _reading(*_values(row, _READING_ROW, ("timestamp", "data_time")))
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
@@ -478,35 +413,17 @@ def _command_row(record: CommandRecord) -> tuple[Any, ...]:
 
 
 def _command_from_row(row: sqlite3.Row) -> CommandRecord:
-    command = Command(
-        meter=row["meter"],
-        protocol=row["protocol"],
-        name=row["name"],
-        args=json.loads(row["args"]),
-        id=row["id"],
-        origin=Origin(row["origin"]),
-        issuer=row["issuer"],
-        credential=row["credential"],
-        channel=row["channel"],
-        requested=_parse_ts(row["requested"]),
-    )
-    return CommandRecord(
-        command=command,
-        state=CommandState(row["state"]),
-        updated=_parse_ts(row["updated"]),
-        reason=row["reason"],
-        answer=None if row["answer"] is None else json.loads(row["answer"]),
-    )
-
-
-_REQUEST_COLUMNS = (
-    "id", "terminal", "kind", "args", "origin", "issuer", "credential", "created", "timeout", "state", "node",
-    "updated", "reason", "answer",
-)
+    return _command_record(*_values(row, _COMMAND_COLUMNS, ("requested", "updated")))
 
 
 def _opt_ts(text: str | None) -> datetime | None:
     return None if text is None else _parse_ts(text)
+
+
+def _values(row: sqlite3.Row, columns: Sequence[str], times: Collection[str]) -> list[Any]:
+    """A row's ``columns`` in that order, the ISO text of its ``times`` as datetimes: what the
+    shared records (:mod:`._rows`) are built from."""
+    return [_opt_ts(row[column]) if column in times else row[column] for column in columns]
 
 
 def _terminal_from_row(row: sqlite3.Row) -> TerminalRecord:
@@ -515,23 +432,7 @@ def _terminal_from_row(row: sqlite3.Row) -> TerminalRecord:
 
 
 def _request_from_row(row: sqlite3.Row) -> RequestRecord:
-    request = HeadEndRequest(
-        terminal=row["terminal"], kind=row["kind"], args=json.loads(row["args"]), id=row["id"],
-        origin=Origin(row["origin"]), issuer=row["issuer"], credential=row["credential"],
-        created=_parse_ts(row["created"]), timeout=row["timeout"],
-    )
-    return RequestRecord(request, RequestState(row["state"]), _parse_ts(row["updated"]), node=row["node"],
-                         reason=row["reason"], answer=None if row["answer"] is None else json.loads(row["answer"]))
-
-
-def _uplinks(outbox: Sequence[str]) -> list[str]:
-    """The distinct uplink names of an ``outbox=`` argument, in order, checked."""
-    if isinstance(outbox, str):
-        raise TypeError(f"outbox is a sequence of uplink names, not the string {outbox!r}")
-    for name in outbox:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"outbox names uplinks by non-empty strings, got {name!r}")
-    return list(dict.fromkeys(outbox))
+    return _request_record(*_values(row, _REQUEST_COLUMNS, ("created", "updated")))
 
 
 def _limit_clause(limit: int | None, params: list[Any]) -> str:
@@ -757,8 +658,7 @@ class SqliteStore:
 
     def add_round(self, report: RoundReport) -> None:
         """Store a round's summary and its statistics per meter, channel, collector and relay depth."""
-        stats = _to_json({"meters": dict(report.meter_stats), "channels": dict(report.channel_stats),
-                          "collectors": dict(report.collector_stats), "depths": dict(report.depth_stats)})
+        stats = _round_stats(report)
         row = (
             _ts(report.started), _ts(report.finished), len(report.readings),
             report.ok_count, report.failed_count, stats,
@@ -1105,24 +1005,9 @@ class SqliteStore:
 
     def rounds(self) -> list[dict[str, Any]]:
         """Round summaries, oldest first, as JSON-able dicts (timestamps as ISO text)."""
-        out = []
-        for row in self._query("rounds", "SELECT * FROM rounds ORDER BY started, id"):
-            stats = json.loads(row["stats"])
-            out.append(
-                {
-                    "id": row["id"],
-                    "started": row["started"],
-                    "finished": row["finished"],
-                    "readings": row["readings"],
-                    "ok": row["ok"],
-                    "failed": row["failed"],
-                    "meter_stats": stats.get("meters", {}),
-                    "channel_stats": stats.get("channels", {}),
-                    "collector_stats": stats.get("collectors", {}),
-                    "depth_stats": stats.get("depths", {}),
-                }
-            )
-        return out
+        rows = self._query("rounds", "SELECT id, started, finished, readings, ok, failed, stats FROM rounds"
+                                     " ORDER BY started, id")
+        return [_round(*row) for row in rows]
 
     # -- life cycle -------------------------------------------------------------------
 
