@@ -14,7 +14,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from .model import Event, Reading
+from .commands import REDACTED
+from .model import CommandRecord, Event, Reading
+from .secrets import is_secret_name
 
 
 def decimal_text(value: Decimal) -> str:
@@ -88,3 +90,35 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     """An event as plain data: ``kind``, ``source``, ``timestamp``, ``severity``, ``data``."""
     return {"kind": event.kind, "source": event.source, "timestamp": event.timestamp, "severity": event.severity,
             "data": dict(event.data)}
+
+
+def command_to_dict(record: CommandRecord) -> dict[str, Any]:
+    """A command record as plain data, for ``--json``. A key named like a secret in its
+    ``args`` or ``answer`` shows as ``***``: the command path never journals one, and a
+    record written some other way does not leak it here either."""
+    c = record.command
+    return {
+        "id": c.id,
+        "meter": c.meter,
+        "protocol": c.protocol,
+        "channel": c.channel,
+        "command": c.name,
+        "args": masked(c.args),
+        "origin": c.origin.value,
+        "issuer": c.issuer,
+        "credential": c.credential,
+        "requested": c.requested,
+        "state": record.state.value,
+        "updated": record.updated,
+        "reason": record.reason,
+        "answer": None if record.answer is None else masked(record.answer),
+    }
+
+
+def masked(value: Any) -> Any:
+    """``value`` with every key named like a secret shown as ``***``, at any depth."""
+    if isinstance(value, Mapping):
+        return {key: REDACTED if is_secret_name(str(key)) else masked(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [masked(item) for item in value]
+    return value

@@ -229,6 +229,7 @@ class Origin(str, enum.Enum):
     UPLINK = "uplink"
     SCHEDULE = "schedule"
     PLUGIN = "plugin"
+    API = "api"  #: the head-end's HTTP API
 
 
 class CommandState(str, enum.Enum):

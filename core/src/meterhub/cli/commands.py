@@ -3,7 +3,6 @@ state and answer, as the command path journalled it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -11,9 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from .. import jsonout
-from ..commands import REDACTED
 from ..model import CommandRecord, CommandState, Origin, meter_key
-from ..secrets import is_secret_name
 from .common import _user_errors, open_existing_store
 from .export import MeterFilter, parse_since
 
@@ -67,7 +64,7 @@ def commands_cmd(db: str, meter: str | None, state: str | None, origin: str | No
         click.echo(f"no command in {db} matches these filters" if logged else f"no commands in {db}: the log is empty",
                    err=True)
     if as_json:
-        click.echo(jsonout.dumps([command_to_dict(r) for r in records], indent=2))
+        click.echo(jsonout.dumps([jsonout.command_to_dict(r) for r in records], indent=2))
     elif records:
         _print_commands(records)
 
@@ -77,37 +74,6 @@ def _matches(record: CommandRecord, wanted: MeterFilter) -> bool:
     c = record.command
     return (wanted.protocol is None or c.protocol == wanted.protocol) and (
         wanted.channel is None or c.channel == wanted.channel)
-
-
-def command_to_dict(record: CommandRecord) -> dict[str, Any]:
-    """A command record as plain data, for ``--json``. A key named like a secret in its
-    ``args`` or ``answer`` shows as ``***``: the command path never journals one, and a
-    record written some other way does not leak it here either."""
-    c = record.command
-    return {
-        "id": c.id,
-        "meter": c.meter,
-        "protocol": c.protocol,
-        "channel": c.channel,
-        "command": c.name,
-        "args": _masked(c.args),
-        "origin": c.origin.value,
-        "issuer": c.issuer,
-        "credential": c.credential,
-        "requested": c.requested,
-        "state": record.state.value,
-        "updated": record.updated,
-        "reason": record.reason,
-        "answer": None if record.answer is None else _masked(record.answer),
-    }
-
-
-def _masked(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: REDACTED if is_secret_name(str(key)) else _masked(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_masked(item) for item in value]
-    return value
 
 
 # --- the table for people ---------------------------------------------------------------------
@@ -187,7 +153,7 @@ def _outcome(record: CommandRecord) -> str:
     """Why it was refused or failed, else its answer in one line (``done=time_sync``)."""
     if record.reason or record.answer is None:
         return record.reason
-    return ", ".join(f"{key}={_compact(value)}" for key, value in _masked(record.answer).items())
+    return ", ".join(f"{key}={_compact(value)}" for key, value in jsonout.masked(record.answer).items())
 
 
 def _compact(value: Any) -> str:

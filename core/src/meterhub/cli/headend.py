@@ -105,12 +105,18 @@ def _zone(name: str | None) -> Any:
 @click.option("--max-connections", type=int, default=10_000, show_default=True)
 @click.option("--max-frames-per-s", "max_frames_s", type=float, default=20.0, show_default=True,
               help="A connection sending frames faster (past a burst of 100) is dropped.")
+@click.option("--http", "http_listen", default=None, metavar="HOST:PORT",
+              help="Serve the JSON HTTP API on this port too (off unless given; bind it to a management network).")
+@click.option("--http-token-entry", default="head-end-api", show_default=True, metavar="NAME",
+              help="The secret-store entry whose token field the HTTP API's writes must bring (Bearer).")
+@click.option("--http-auth-reads", is_flag=True, help="The HTTP API's reads need the token too.")
 @click.option("-v", "--verbose", count=True, help="-v: each login, report and request; -vv: debug.")
 @click.pass_context
 def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None, allow_any: bool, node: str | None,
                 zone: str | None, realtime_s: float, frozen_days: int, frozen_months: int, heartbeat_s: float,
                 login_s: float,
-                max_connections: int, max_frames_s: float, verbose: int) -> None:
+                max_connections: int, max_frames_s: float, http_listen: str | None, http_token_entry: str,
+                http_auth_reads: bool, verbose: int) -> None:
     """The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks each login
     against the allowlist, stores their reports and scheduled reads, and carries out the
     requests and commands queued for the terminals it holds. Several nodes may share one
@@ -126,20 +132,32 @@ def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise Failure(str(exc), EXIT_USAGE) from None
+    http = None
+    if http_listen is not None:
+        try:
+            from ..headend import http as _http  # noqa: F401  aiohttp: the headend extra, named if missing
+        except ImportError as exc:
+            raise Failure(str(exc), EXIT_USAGE) from None
+        try:
+            http_host, http_port = parse_listen(http_listen)
+        except ValueError:
+            raise Failure(f"--http is HOST:PORT, e.g. 10.0.0.5:8080; got {http_listen!r}", EXIT_USAGE) from None
+        http = {"host": http_host, "port": http_port, "token_entry": http_token_entry, "auth_reads": http_auth_reads}
     allow = read_allow_file(allow_file) if allow_file else []
     options = {"node": node, "zone": _zone(zone), "allow": allow, "allow_any": allow_any, "realtime_s": realtime_s,
                "frozen_days": frozen_days, "frozen_months": frozen_months, "heartbeat_s": heartbeat_s,
                "login_s": login_s, "max_connections": max_connections, "max_frames_s": max_frames_s}
     with _user_errors():
         try:
-            asyncio.run(_serve(store_url(db), host, port, options))
+            asyncio.run(_serve(store_url(db), host, port, options, http))
         except ValueError as exc:
             raise Failure(str(exc), EXIT_USAGE) from None
         except OSError as exc:
             raise Failure(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
-async def _serve(url: str, host: str, port: int, options: dict[str, Any]) -> None:
+async def _serve(url: str, host: str, port: int, options: dict[str, Any], http: dict[str, Any] | None = None) -> None:
+    """Run a node until SIGINT or SIGTERM; ``http``: where and how to serve its HTTP API too."""
     from ..headend.server import HeadEnd
     from ..secrets import default_secrets
     from ..store import open_store
@@ -156,17 +174,40 @@ async def _serve(url: str, host: str, port: int, options: dict[str, Any]) -> Non
         head_end = HeadEnd(writer, plugins=plugins, secrets=default_secrets(), **options)
         await head_end.start(host, port)
         click.echo(f"head-end node {head_end.node} listening on {host}:{head_end.port}, store {url}", err=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
+        api = None
         try:
+            if http is not None:
+                api = await _start_api(head_end, http)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, stop.set)
             await stop.wait()
         finally:
+            if api is not None:
+                await api.stop()
             await head_end.stop()
     finally:
         await writer.close()
+
+
+async def _start_api(head_end: Any, http: dict[str, Any]) -> Any:
+    """The node's HTTP API, started beside it; a warning when its writes would be refused."""
+    from ..headend.http import HeadEndApi
+
+    where = f"{http['host']}:{http['port']}"
+    try:
+        api = await HeadEndApi(head_end, token_entry=http["token_entry"], auth_reads=http["auth_reads"]).start(
+            http["host"], http["port"])
+    except OSError as exc:
+        raise Failure(f"cannot serve the HTTP API on {where}: {exc.strerror or exc}") from None
+    reads = "need the token" if http["auth_reads"] else "open: keep the port on a management network"
+    click.echo(f"HTTP API on http://{http['host']}:{api.port}/api/ (reads {reads})", err=True)
+    problem = await api.problem()
+    if problem:
+        click.echo(f"warning: the HTTP API refuses writes: {problem}", err=True)
+    return api
 
 
 def _db(ctx: click.Context, db: str | None) -> str:

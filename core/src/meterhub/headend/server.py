@@ -371,15 +371,38 @@ class HeadEnd(MasterStation):
 
     async def _scheduled_read(self, terminal: TerminalId, points: Sequence[int]) -> None:
         units = point_units(points, (129,))
+        asked = answered = 0
         for start in range(0, len(units), UNITS_PER_REQUEST):
+            chunk = units[start:start + UNITS_PER_REQUEST]
+            asked += sum(len(u.points) for u in chunk)
             try:
-                found = await self.request(terminal, Afn.CLASS1, units[start:start + UNITS_PER_REQUEST])
+                found = await self.request(terminal, Afn.CLASS1, chunk)
             except RequestDenied as exc:
                 found = exc.items  # the points it has data of
             except MeterhubError as exc:
                 log.info("%s: scheduled read failed: %s", terminal_name(terminal), exc)
-                return
+                break
+            answered += len(_energy_points(found))
             await self._keep(terminal, found)
+        await self._count_reads(terminal, asked, answered)
+
+    async def _count_reads(self, terminal: TerminalId, asked: int, answered: int) -> None:
+        """Add a scheduled read's points asked and answered to the terminal's counts, kept
+        in the store's settings (:func:`reads_scope`) where any node's HTTP API finds them."""
+        scope = reads_scope(terminal_name(terminal))
+        now = utcnow().isoformat()
+
+        def add(store: Any) -> None:
+            kept = store.settings(scope).get("reads")
+            kept = kept if isinstance(kept, Mapping) else {}
+            store.put_settings(scope, {"reads": {"asked": int(kept.get("asked", 0)) + asked,
+                                                 "answered": int(kept.get("answered", 0)) + answered,
+                                                 "since": kept.get("since") or now}})
+
+        try:
+            await self.writer.call(add)
+        except MeterhubError as exc:
+            log.warning("%s: its read counts could not be stored: %s", terminal_name(terminal), exc)
 
     async def _back_fill(self, terminal: TerminalId, points: Sequence[int]) -> None:
         """Ask for the daily freezes (F161) of the last ``frozen_days`` days and the monthly
@@ -434,8 +457,20 @@ def _control_unit(action: str, point: int, args: Mapping[str, Any], zone: tzinfo
     return data.unit((0,), (29 if action == "allow_reports" else 37,))
 
 
+def reads_scope(name: str) -> str:
+    """The settings scope of a terminal's scheduled-read counts: ``reads`` holds the points
+    asked and answered since ``since`` (ISO time, UTC)."""
+    return f"head-end/{name}"
+
+
+def _energy_points(found: Iterable[data.Item]) -> set[int]:
+    """The points an answer to AFN 0C F129 gave a total energy for."""
+    return {i.point for i in found if i.fn == 129 and isinstance(i.value, data.TariffEnergy)
+            and i.value.values and i.value.values[0] is not None}
+
+
 def _item_json(item: data.Item) -> dict[str, Any]:
     return {"point": item.point, "fn": item.fn, "value": jsonable(item.value)}
 
 
-__all__ = ["COMMAND_ACTIONS", "HeadEnd", "default_node", "jsonable", "point_units"]
+__all__ = ["COMMAND_ACTIONS", "HeadEnd", "default_node", "jsonable", "point_units", "reads_scope"]
