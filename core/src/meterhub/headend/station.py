@@ -10,7 +10,8 @@ gprs master``); the head-end (:mod:`meterhub.headend.server`) stores it.
 Frames from the network are never trusted (the limits are constructor arguments, with
 safe defaults): a connection must log in (AFN 02 F1, from an allowed terminal) within
 ``login_s`` and frames before its login are ignored; one that brings no valid frame for
-``idle_periods`` heartbeat periods is closed (noise and half frames do not keep it open);
+``idle_periods`` heartbeat periods is closed (noise and half frames do not keep it open),
+and so is one that takes nothing sent to it for as long (its answers pile up unread);
 one that sends more than ``max_damaged`` damaged frames, or frames faster than
 ``max_frames_s`` (with a burst of ``burst``), is dropped; past ``max_connections`` new
 connections are closed at once; a frame's length field is bounded by ``max_user_data``,
@@ -65,6 +66,7 @@ from ..errors import (
 from ..protocols import gdw1376_1_data as data
 from ..protocols.gdw1376_1 import (
     MAX_USER_DATA,
+    MIN_USER_DATA,
     PROTOCOL_2013,
     PW_SIZE,
     SEQ_MASK,
@@ -96,6 +98,9 @@ IDLE_PERIODS = 3
 #: terminal may read a meter (about 1 s per DL/T 645 exchange at 2400 bit/s) before it
 #: answers.
 DEFAULT_ANSWER_S = 30.0
+
+#: How long a connection being closed may take to send what is left for it; then it is cut.
+CLOSE_S = 1.0
 
 #: The limits on what the network may do (see the module docstring).
 DEFAULT_LOGIN_S = 30.0
@@ -230,9 +235,11 @@ class _Session:
     """One TCP connection from a terminal."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, now: float,
-                 max_user_data: int = MAX_USER_DATA, burst: int = DEFAULT_BURST) -> None:
+                 max_user_data: int = MAX_USER_DATA, burst: int = DEFAULT_BURST,
+                 send_s: float = DEFAULT_HEARTBEAT_S * IDLE_PERIODS) -> None:
         self.reader = reader
         self.writer = writer
+        self.send_s = send_s
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.decoder = StreamDecoder(max_user_data)
@@ -249,8 +256,16 @@ class _Session:
         self.closed = False
 
     async def send(self, frame: Frame) -> None:
+        """Write ``frame``. A peer that does not take what is sent within ``send_s`` (it
+        reads nothing: the buffers fill and the write waits) is cut off with a
+        ConnectionError, as one that sends nothing is: a wait without end would keep the
+        connection open past every limit, since none runs while it waits."""
         self.writer.write(encode(frame))
-        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.send_s)
+        except TimeoutError:
+            self.writer.transport.abort()
+            raise ConnectionError(f"{self.peer} took nothing sent to it for {self.send_s:g} s") from None
 
 
 def _reply(request: Frame, function: int, fn: int, master: int | None = None) -> Frame:
@@ -303,6 +318,9 @@ class MasterStation:
                             ("heartbeat_s", heartbeat_s), ("idle_periods", idle_periods), ("answer_s", answer_s)):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        # checked here, not first in each connection's decoder: there it would fail every connection
+        if not MIN_USER_DATA <= max_user_data <= MAX_USER_DATA:
+            raise ValueError(f"max_user_data must be {MIN_USER_DATA}..{MAX_USER_DATA} bytes, got {max_user_data!r}")
         self.login_s = login_s
         self.max_connections = max_connections
         self.max_damaged = max_damaged
@@ -390,7 +408,7 @@ class MasterStation:
             writer.close()
             return
         self._handlers.add(task)
-        session = _Session(reader, writer, self._now(), self.max_user_data, self.burst)
+        session = _Session(reader, writer, self._now(), self.max_user_data, self.burst, send_s=self.idle_s)
         log.info("connection from %s", session.peer)
         why = "closed by the terminal"
         try:
@@ -400,8 +418,12 @@ class MasterStation:
         except (ConnectionError, OSError) as exc:
             why = f"connection failed: {exc}"
         finally:
-            self._handlers.discard(task)
-            await self._drop(session, why)
+            try:
+                await self._drop(session, why)
+            finally:
+                # only now: stop() waits for what is in _handlers, and _drop still records
+                # the end of the connection
+                self._handlers.discard(task)
 
     async def _run(self, session: _Session) -> str:
         """Read and handle frames until the connection ends; returns why it ended."""
@@ -448,7 +470,9 @@ class MasterStation:
         session.closed = True
         session.writer.close()
         with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
-            await asyncio.wait_for(session.writer.wait_closed(), 1.0)
+            await asyncio.wait_for(session.writer.wait_closed(), CLOSE_S)
+        if session.writer.transport.get_write_buffer_size():
+            session.writer.transport.abort()  # what is left waits for a peer that takes nothing: not kept for it
         if session.pending is not None and not session.pending.done.done():
             session.pending.done.set_exception(TerminalOffline(f"connection of {session.peer} ended during {session.pending.what}: {why}"))
         name = terminal_name(session.terminal) if session.terminal else "(not logged in)"
