@@ -9,119 +9,46 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from meterhub.headend.server import HeadEnd, point_units
 from meterhub.model import Event, HeadEndRequest, Reading, RequestState
 from meterhub.plugins import Plugins
 from meterhub.protocols import gdw1376_1_data as data
-from meterhub.protocols.gdw1376_1 import (
-    Afn,
-    DataUnit,
-    Direction,
-    Frame,
-    PrimaryFunction,
-    SecondaryFunction,
-    StreamDecoder,
-    encode,
-    pack_units,
-)
+from meterhub.protocols.gdw1376_1 import Afn, DataUnit, Frame
 from meterhub.secrets import EnvSecrets
 from meterhub.store import open_store
 from meterhub.store.writer import StoreWriter
+from meterhub.testing import gdw1376
+from meterhub.testing.gdw1376 import ScriptedTerminal, until
 
 pytestmark = pytest.mark.timeout(60)
 
 AREA, ADDRESS = "3201", 1
 NAME = "32010001"
 ZONE = timezone(timedelta(hours=8))  #: the terminals' local time: China Standard Time
-WAIT_S = 10.0  #: a bound on what should happen within a few round trips
-
-
-def up(afn: int, units: list[DataUnit], *, prm: bool, function: int, seq: int, con: bool = False,
-       master: int = 0) -> Frame:
-    return Frame(Direction.UP, prm, function, AREA, ADDRESS, afn, pack_units(units), master=master, seq=seq, con=con)
-
-
-class Terminal:
-    """A concentrator's end, scripted: logs in, answers requests with ``respond``."""
-
-    def __init__(self, port: int, respond: Callable[[Frame], list[Frame]] | None = None) -> None:
-        self.port = port
-        self.respond = respond or (lambda request: [])
-        self.requests: list[Frame] = []
-        self.confirms: list[Frame] = []
-        self._decoder = StreamDecoder()
-        self._task: asyncio.Task[None] | None = None
-        self._seq = 0
-
-    async def __aenter__(self) -> Self:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self._task = asyncio.get_running_loop().create_task(self._serve())
-        await self.send(up(Afn.LINK, [data.unit([0], [1])], prm=True, function=PrimaryFunction.LINK_TEST,
-                           seq=self._next(), con=True))
-        await self.until(lambda: self.confirms, "the login's confirm")
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
-    def _next(self) -> int:
-        seq, self._seq = self._seq, (self._seq + 1) % 16
-        return seq
-
-    async def send(self, frame: Frame) -> None:
-        self.writer.write(encode(frame))
-        await self.writer.drain()
-
-    async def report(self, afn: int, units: list[DataUnit]) -> None:
-        await self.send(up(afn, units, prm=True, function=PrimaryFunction.USER_DATA, seq=self._next(), con=True))
-
-    async def _serve(self) -> None:
-        while chunk := await self.reader.read(4096):
-            for frame in self._decoder.feed(chunk):
-                if not isinstance(frame, Frame):
-                    continue
-                if frame.prm:
-                    self.requests.append(frame)
-                    for answer in self.respond(frame):
-                        await self.send(answer)
-                else:
-                    self.confirms.append(frame)
-
-    @staticmethod
-    async def until(condition: Callable[[], Any], what: str) -> Any:
-        deadline = asyncio.get_running_loop().time() + WAIT_S
-        while not (found := condition()):
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.01)
-        return found
 
 
 def answer(request: Frame, afn: int, units: list[DataUnit]) -> Frame:
-    return up(afn, units, prm=False, function=SecondaryFunction.USER_DATA, seq=request.seq, master=request.master)
+    return gdw1376.answer(request, afn, units)
 
 
-def archive_answer(request: Frame, points: list[int]) -> Frame:
-    records = [data.MeterRecord(p, p, 1, None, data.MeterProtocol.DLT645_2007, f"{p:012d}") for p in points]
-    return answer(request, Afn.QUERY, [data.unit([0], [10], [data.MeterArchive(records)])])
+def Terminal(port: int, respond: Callable[[Frame], list[Frame]] | None = None, *,
+             address: int = ADDRESS) -> ScriptedTerminal:
+    return ScriptedTerminal(port, respond, area=AREA, address=address)
 
 
 @contextlib.asynccontextmanager
-async def head_end(db: Path, **options: Any) -> AsyncIterator[HeadEnd]:
-    writer = StoreWriter(lambda: open_store(f"sqlite:///{db}"))
+async def head_end(db: Path | str, **options: Any) -> AsyncIterator[HeadEnd]:
+    url = db if isinstance(db, str) else f"sqlite:///{db}"
+    writer = StoreWriter(lambda: open_store(url))
     await writer.start()
     options.setdefault("realtime_s", 0)
     options.setdefault("frozen_days", 0)
     options.setdefault("frozen_months", 0)
     node = HeadEnd(writer, plugins=Plugins(load_entry_points=False), secrets=EnvSecrets({}), zone=ZONE,
-                   allow=["3201/1"], answer_s=5.0, request_poll_s=0.05, **options)
+                   allow=["3201/1", "3201/2"], answer_s=5.0, request_poll_s=0.05, **options)
     await node.start("127.0.0.1", 0)
     try:
         yield node
@@ -132,6 +59,47 @@ async def head_end(db: Path, **options: Any) -> AsyncIterator[HeadEnd]:
 
 def run(scenario: Callable[[], Any]) -> Any:
     return asyncio.run(scenario())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store several nodes share: a SQLite file, or a PostgreSQL database."""
+    if request.param == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return f"sqlite:///{tmp_path / 'head-end.db'}"
+
+
+def test_two_nodes_on_one_store_each_carry_out_the_requests_of_the_terminal_it_holds(shared_store: str) -> None:
+    def respond_as(point: int) -> Callable[[Frame], list[Frame]]:
+        def respond(request: Frame) -> list[Frame]:
+            if request.afn != Afn.CLASS1:
+                return []
+            value = data.TariffEnergy(datetime(2026, 12, 3, 16, 5), [Decimal(point)])
+            return [answer(request, Afn.CLASS1, [data.unit([point], [129], [value])])]
+        return respond
+
+    async def scenario() -> dict[str, Any]:
+        async with head_end(shared_store, node="a") as a, head_end(shared_store, node="b") as b, \
+                Terminal(a.port, respond_as(1), address=1), Terminal(b.port, respond_as(2), address=2):
+            asks = {name: HeadEndRequest(name, "read", {"points": [p], "fns": [129]})
+                    for name, p in (("32010001", 1), ("32010002", 2))}
+            with open_store(shared_store) as asker:
+                for request in asks.values():
+                    asker.add_request(request)
+                done = {}
+                for name, request in asks.items():
+                    done[name] = await until(
+                        lambda r=request: (rec := asker.request(r.id)).state is RequestState.ANSWERED and rec,
+                        f"the answer for {name}")
+                held = sorted((t.name, t.node, t.online) for t in asker.terminals())
+                return done, held
+
+    done, held = run(scenario)
+    assert {name: r.node for name, r in done.items()} == {"32010001": "a", "32010002": "b"}
+    assert [r.answer["items"][0]["value"]["values"][0] for r in done.values()] == ["1.0000", "2.0000"]
+    assert held == [("32010001", "a", True), ("32010002", "b", True)]
+    with open_store(shared_store) as store:  # and once the nodes stopped
+        assert [t.online for t in store.terminals()] == [False, False]
 
 
 def test_a_request_reaches_the_terminal_through_the_node_that_holds_it(tmp_path: Path) -> None:
@@ -146,7 +114,7 @@ def test_a_request_reaches_the_terminal_through_the_node_that_holds_it(tmp_path:
             request = HeadEndRequest(NAME, "read", {"points": [1], "fns": [129]})
             with open_store(f"sqlite:///{db}") as asker:
                 asker.add_request(request)
-                record = await Terminal.until(
+                record = await until(
                     lambda: (r := asker.request(request.id)).state is RequestState.ANSWERED and r, "the answer")
                 return record, a.node, b.node
 
@@ -175,7 +143,7 @@ def test_a_returning_terminal_gets_its_missing_daily_freezes_back_filled(tmp_pat
 
     def respond(request: Frame) -> list[Frame]:
         if request.afn == Afn.QUERY:
-            return [archive_answer(request, [1])]
+            return [gdw1376.archive_answer(request, [1])]
         if request.afn == Afn.CLASS2:
             found = data.items(request)
             day = found[0].value.day
@@ -187,7 +155,7 @@ def test_a_returning_terminal_gets_its_missing_daily_freezes_back_filled(tmp_pat
 
     async def scenario() -> None:
         async with head_end(db, frozen_days=3) as node, Terminal(node.port, respond):
-            await Terminal.until(lambda: len(asked) >= 2, "the back-fill")
+            await until(lambda: len(asked) >= 2, "the back-fill")
             await asyncio.sleep(0.2)
 
     run(scenario)
@@ -204,7 +172,7 @@ def test_missing_monthly_freezes_are_back_filled_for_the_months_asked(tmp_path: 
 
     def respond(request: Frame) -> list[Frame]:
         if request.afn == Afn.QUERY:
-            return [archive_answer(request, [3])]
+            return [gdw1376.archive_answer(request, [3])]
         if request.afn == Afn.CLASS2:
             month = data.items(request)[0].value.month
             asked.append((month.year, month.month))
@@ -214,7 +182,7 @@ def test_missing_monthly_freezes_are_back_filled_for_the_months_asked(tmp_path: 
 
     async def scenario() -> None:
         async with head_end(db, frozen_months=2) as node, Terminal(node.port, respond):
-            await Terminal.until(lambda: len(asked) >= 2, "the back-fill")
+            await until(lambda: len(asked) >= 2, "the back-fill")
             await asyncio.sleep(0.2)
 
     run(scenario)
@@ -236,7 +204,7 @@ def test_the_schedule_reads_every_point_of_the_archive(tmp_path: Path) -> None:
 
     def respond(request: Frame) -> list[Frame]:
         if request.afn == Afn.QUERY:
-            return [archive_answer(request, points)]
+            return [gdw1376.archive_answer(request, points)]
         if request.afn == Afn.CLASS1:
             units = [data.unit([i.point], [129], [data.TariffEnergy(datetime(2026, 12, 3, 16, 0), [Decimal(i.point)])])
                      for i in data.items(request)]
@@ -245,7 +213,7 @@ def test_the_schedule_reads_every_point_of_the_archive(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with head_end(db, realtime_s=60) as node, Terminal(node.port, respond):
-            await Terminal.until(lambda: len(open_store(f"sqlite:///{db}").readings(terminal=NAME)) == 3, "the reads")
+            await until(lambda: len(open_store(f"sqlite:///{db}").readings(terminal=NAME)) == 3, "the reads")
 
     run(scenario)
     with open_store(f"sqlite:///{db}") as store:
@@ -260,7 +228,6 @@ def test_an_active_reports_erc_records_are_stored_as_events(tmp_path: Path) -> N
         async with head_end(db) as node, Terminal(node.port) as terminal:
             reply = data.EventReply(1, 0, 0, 1, [failure])
             await terminal.report(Afn.CLASS3, [DataUnit([0], [1], reply.encode())])
-            await Terminal.until(lambda: len(terminal.confirms) >= 2, "the report's confirm")
 
     run(scenario)
     with open_store(f"sqlite:///{db}") as store:
@@ -281,7 +248,7 @@ def test_a_report_that_cannot_be_stored_is_not_confirmed(tmp_path: Path) -> None
             node.writer.add_readings = broken  # type: ignore[method-assign]
             before = len(terminal.confirms)
             energy = data.TariffEnergy(datetime(2026, 12, 3, 16, 5), [Decimal("1")])
-            await terminal.report(Afn.CLASS1, [data.unit([1], [129], [energy])])
+            await terminal.report(Afn.CLASS1, [data.unit([1], [129], [energy])], wait=False)
             await asyncio.sleep(0.5)
             return len(terminal.confirms) - before
 
@@ -299,3 +266,12 @@ def test_an_event_kind_is_named_for_unknown_ercs() -> None:
     (event,) = events_of([data.RawEvent(99, b"\x01\x02")], terminal=NAME, zone=ZONE,
                          received=datetime(2026, 12, 3, tzinfo=UTC))
     assert isinstance(event, Event) and event.kind == "erc99" and event.data["data"] == "0102"
+
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("realtime_s", -1), ("frozen_days", -1), ("frozen_months", -2), ("archive_span", -1), ("request_poll_s", 0),
+])
+def test_a_schedule_option_out_of_range_is_refused_when_the_head_end_is_built(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        HeadEnd(None, plugins=Plugins(load_entry_points=False), secrets=EnvSecrets({}),  # type: ignore[arg-type]
+                **{option: value})

@@ -11,34 +11,25 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import pytest
 
 aiohttp = pytest.importorskip("aiohttp")
 
-from meterhub.jsonout import command_to_dict
 from meterhub.headend import http
 from meterhub.headend.http import HeadEndApi, plain, terminal_to_dict
 from meterhub.headend.server import HeadEnd, reads_scope
-from meterhub.jsonout import event_to_dict, reading_to_dict
+from meterhub.jsonout import command_to_dict, event_to_dict, reading_to_dict
 from meterhub.model import RequestState
 from meterhub.plugins import Plugins
 from meterhub.protocols import gdw1376_1_data as data
-from meterhub.protocols.gdw1376_1 import (
-    Afn,
-    DataUnit,
-    Direction,
-    Frame,
-    PrimaryFunction,
-    SecondaryFunction,
-    StreamDecoder,
-    encode,
-    pack_units,
-)
+from meterhub.protocols.gdw1376_1 import Afn, DataUnit, Frame, SecondaryFunction
 from meterhub.secrets import EnvSecrets
 from meterhub.store import open_store
 from meterhub.store.writer import StoreWriter
+from meterhub.testing import gdw1376
+from meterhub.testing.gdw1376 import ScriptedTerminal, until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -56,13 +47,8 @@ READ = data.TariffEnergy(datetime(2026, 12, 3, 16, 0), [Decimal("12.30"), Decima
 FAILURE = data.ReadFailure(datetime(2026, 12, 3, 16, 30), data.PointFlag(2, True), None, None, None)
 
 
-def up(afn: int, units: list[DataUnit], *, prm: bool, function: int, seq: int, con: bool = False,
-       master: int = 0) -> Frame:
-    return Frame(Direction.UP, prm, function, AREA, ADDRESS, afn, pack_units(units), master=master, seq=seq, con=con)
-
-
 def answer(request: Frame, afn: int, units: list[DataUnit], function: int = SecondaryFunction.USER_DATA) -> Frame:
-    return up(afn, units, prm=False, function=function, seq=request.seq, master=request.master)
+    return gdw1376.answer(request, afn, units, function)
 
 
 def respond(request: Frame) -> list[Frame]:
@@ -78,66 +64,8 @@ def respond(request: Frame) -> list[Frame]:
     return []
 
 
-class Terminal:
-    """A concentrator's end, scripted: logs in, answers requests with ``respond``."""
-
-    def __init__(self, port: int, respond: Callable[[Frame], list[Frame]]) -> None:
-        self.port = port
-        self.respond = respond
-        self.requests: list[Frame] = []
-        self.confirms: list[Frame] = []
-        self._decoder = StreamDecoder()
-        self._task: asyncio.Task[None] | None = None
-        self._seq = 0
-
-    async def __aenter__(self) -> Self:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self._task = asyncio.get_running_loop().create_task(self._serve())
-        await self.send(up(Afn.LINK, [data.unit([0], [1])], prm=True, function=PrimaryFunction.LINK_TEST,
-                           seq=self._next(), con=True))
-        await until(lambda: self.confirms, "the login's confirm")
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
-
-    def _next(self) -> int:
-        seq, self._seq = self._seq, (self._seq + 1) % 16
-        return seq
-
-    async def send(self, frame: Frame) -> None:
-        self.writer.write(encode(frame))
-        await self.writer.drain()
-
-    async def report(self, afn: int, units: list[DataUnit]) -> None:
-        before = len(self.confirms)
-        await self.send(up(afn, units, prm=True, function=PrimaryFunction.USER_DATA, seq=self._next(), con=True))
-        await until(lambda: len(self.confirms) > before, "the report's confirm")
-
-    async def _serve(self) -> None:
-        while chunk := await self.reader.read(4096):
-            for frame in self._decoder.feed(chunk):
-                if not isinstance(frame, Frame):
-                    continue
-                if frame.prm:
-                    self.requests.append(frame)
-                    for reply in self.respond(frame):
-                        await self.send(reply)
-                else:
-                    self.confirms.append(frame)
-
-
-async def until(condition: Callable[[], Any], what: str) -> Any:
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not (found := condition()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return found
+def Terminal(port: int, respond: Callable[[Frame], list[Frame]]) -> ScriptedTerminal:
+    return ScriptedTerminal(port, respond, area=AREA, address=ADDRESS)
 
 
 class Site:

@@ -16,7 +16,14 @@ from typing import Any
 
 import click
 
-from .common import EXIT_FAILED, EXIT_USAGE, Failure, _plugins, _setup_logging, _user_errors
+from .common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Failure,
+    _plugins,
+    _setup_logging,
+    _user_errors,
+)
 
 #: Where the head-end keeps its data when --db is not given: SQLite in the working directory.
 DEFAULT_DB = "sqlite:///head-end.db"
@@ -92,18 +99,24 @@ def _zone(name: str | None) -> Any:
 @click.option("--node", default=None, help="This node's name in the store (default: host:port).")
 @click.option("--timezone", "zone", default=None, metavar="ZONE",
               help="The terminals' local time zone (IANA name); default: this machine's.")
-@click.option("--realtime", "realtime_s", type=float, default=900.0, show_default=True, metavar="SECONDS",
+@click.option("--realtime", "realtime_s", type=click.FloatRange(min=0), default=900.0, show_default=True,
+              metavar="SECONDS",
               help="Read every point's energy (AFN 0C F129) this often; 0: only active reports.")
-@click.option("--frozen-days", type=int, default=7, show_default=True,
+@click.option("--frozen-days", type=click.IntRange(min=0), default=7, show_default=True,
               help="Back-fill the daily freezes (AFN 0D F161) of this many days; 0: none.")
-@click.option("--frozen-months", type=int, default=3, show_default=True,
+@click.option("--frozen-months", type=click.IntRange(min=0), default=3, show_default=True,
               help="Back-fill the monthly freezes (AFN 0D F177) of this many months; 0: none.")
-@click.option("--heartbeat", "heartbeat_s", type=float, default=900.0, show_default=True, metavar="SECONDS",
+@click.option("--heartbeat", "heartbeat_s", type=click.FloatRange(min=0, min_open=True), default=900.0,
+              show_default=True, metavar="SECONDS",
               help="The terminals' heartbeat period: three silent ones end a connection.")
-@click.option("--login-timeout", "login_s", type=float, default=30.0, show_default=True, metavar="SECONDS",
+@click.option("--login-timeout", "login_s", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, metavar="SECONDS",
               help="A new connection must log in within this.")
-@click.option("--max-connections", type=int, default=10_000, show_default=True)
-@click.option("--max-frames-per-s", "max_frames_s", type=float, default=20.0, show_default=True,
+@click.option("--max-connections", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--max-damaged", type=click.IntRange(min=1), default=20, show_default=True,
+              help="A connection sending more damaged frames is dropped.")
+@click.option("--max-frames-per-s", "max_frames_s", type=click.FloatRange(min=0, min_open=True), default=20.0,
+              show_default=True,
               help="A connection sending frames faster (past a burst of 100) is dropped.")
 @click.option("--http", "http_listen", default=None, metavar="HOST:PORT",
               help="Serve the JSON HTTP API on this port too (off unless given; bind it to a management network).")
@@ -114,9 +127,8 @@ def _zone(name: str | None) -> Any:
 @click.pass_context
 def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None, allow_any: bool, node: str | None,
                 zone: str | None, realtime_s: float, frozen_days: int, frozen_months: int, heartbeat_s: float,
-                login_s: float,
-                max_connections: int, max_frames_s: float, http_listen: str | None, http_token_entry: str,
-                http_auth_reads: bool, verbose: int) -> None:
+                login_s: float, max_connections: int, max_damaged: int, max_frames_s: float, http_listen: str | None,
+                http_token_entry: str, http_auth_reads: bool, verbose: int) -> None:
     """The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks each login
     against the allowlist, stores their reports and scheduled reads, and carries out the
     requests and commands queued for the terminals it holds. Several nodes may share one
@@ -146,7 +158,8 @@ def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None
     allow = read_allow_file(allow_file) if allow_file else []
     options = {"node": node, "zone": _zone(zone), "allow": allow, "allow_any": allow_any, "realtime_s": realtime_s,
                "frozen_days": frozen_days, "frozen_months": frozen_months, "heartbeat_s": heartbeat_s,
-               "login_s": login_s, "max_connections": max_connections, "max_frames_s": max_frames_s}
+               "login_s": login_s, "max_connections": max_connections, "max_damaged": max_damaged,
+               "max_frames_s": max_frames_s}
     with _user_errors():
         try:
             asyncio.run(_serve(store_url(db), host, port, options, http))

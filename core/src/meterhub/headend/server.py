@@ -24,7 +24,6 @@ without one is refused before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,11 +35,31 @@ import attrs
 
 from ..commands import run_command
 from ..errors import CommandRefused, MeterhubError
-from ..model import Command, CommandRecord, CommandState, Event, Origin, RequestRecord, RequestState, utcnow
+from ..model import (
+    Command,
+    CommandRecord,
+    CommandState,
+    Event,
+    RequestRecord,
+    RequestState,
+    utcnow,
+)
 from ..protocols import gdw1376_1_data as data
 from ..protocols.gdw1376_1 import Afn, DataUnit
-from ..protocols.gdw1376_1_quantities import ENERGY_TOTAL, FROZEN_PERIOD, PROTOCOL, events_of, readings_of
-from .station import MasterStation, RequestDenied, TerminalId, parse_terminal, terminal_name
+from ..protocols.gdw1376_1_quantities import (
+    ENERGY_TOTAL,
+    FROZEN_PERIOD,
+    PROTOCOL,
+    events_of,
+    readings_of,
+)
+from .station import (
+    MasterStation,
+    RequestDenied,
+    TerminalId,
+    parse_terminal,
+    terminal_name,
+)
 
 if TYPE_CHECKING:
     from ..plugins import Plugins
@@ -158,6 +177,12 @@ class HeadEnd(MasterStation):
         **station: Any,
     ) -> None:
         super().__init__(**station)
+        for name, value, low in (("realtime_s", realtime_s, 0), ("frozen_days", frozen_days, 0),
+                                 ("frozen_months", frozen_months, 0), ("archive_span", archive_span, 0)):
+            if not value >= low:
+                raise ValueError(f"{name} must be ≥ {low}, got {value!r}")
+        if not request_poll_s > 0:
+            raise ValueError(f"request_poll_s must be > 0, got {request_poll_s!r}")
         self.writer = writer
         self.plugins = plugins
         self.secrets = secrets
