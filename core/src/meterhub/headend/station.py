@@ -345,6 +345,7 @@ class MasterStation:
         self._keys: set[tuple[Any, ...]] = set()
         self._sessions: dict[TerminalId, _Session] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()  #: handlers recording the end of their connection
         self._server: asyncio.AbstractServer | None = None
         self._changed: asyncio.Condition | None = None
 
@@ -362,7 +363,7 @@ class MasterStation:
         """Stop listening and close every connection."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._handlers):
+        for task in list(self._handlers - self._closing):  # a closing one finishes recording its end
             task.cancel()
         if self._handlers:
             await asyncio.wait(self._handlers)
@@ -418,11 +419,13 @@ class MasterStation:
         except (ConnectionError, OSError) as exc:
             why = f"connection failed: {exc}"
         finally:
+            # stop() waits for the handlers, cancelling those not closing yet: the end of
+            # the connection is recorded before the station (and the head-end's store) stops
+            self._closing.add(task)
             try:
                 await self._drop(session, why)
             finally:
-                # only now: stop() waits for what is in _handlers, and _drop still records
-                # the end of the connection
+                self._closing.discard(task)
                 self._handlers.discard(task)
 
     async def _run(self, session: _Session) -> str:
