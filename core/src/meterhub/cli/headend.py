@@ -232,7 +232,8 @@ def _wait(store: Any, id: str, timeout: float, terminal: str) -> Any:
     from ..model import RequestState
     from ..store import StoreError
 
-    deadline = time.monotonic() + timeout + 5.0  # the node's own wait first, then ours
+    # the node's own wait first (its answer may come at the timeout), then ours
+    deadline = time.monotonic() + timeout + min(5.0, max(1.0, timeout))
     while True:
         record = store.request(id)
         if record.state in (RequestState.ANSWERED, RequestState.FAILED):
