@@ -874,28 +874,34 @@ class SqliteStore:
         """Take the queued requests for ``terminals`` (those ``node`` holds), oldest first,
         as CLAIMED by ``node``: each is claimed by one node only. A request past its
         timeout is failed instead, never claimed."""
-        names = list(terminals)
-        if not names:
+        if not terminals:
             return []
         now = at or utcnow()
+        # A node holding thousands of terminals asks often, and the queue is mostly empty:
+        # which terminals have queued requests is one read of the index, and only those
+        # are named in the claim.
+        held = set(terminals)
+        query = "SELECT DISTINCT terminal FROM requests WHERE state = 'queued'"
+        if not any(row["terminal"] in held for row in self._query("queued requests", query)):
+            return []  # no write lock taken: the usual case
         claimed: list[RequestRecord] = []
         with self._transaction("claim requests in"):
+            names = [row["terminal"] for row in self._conn.execute(query).fetchall() if row["terminal"] in held]
+            rows: list[sqlite3.Row] = []
             for start in range(0, len(names), 500):
                 chunk = names[start:start + 500]
-                rows = self._conn.execute(
+                rows += self._conn.execute(
                     f"SELECT * FROM requests WHERE state = 'queued' AND terminal IN ({', '.join('?' * len(chunk))})"
-                    " ORDER BY created LIMIT ?", (*chunk, limit - len(claimed))).fetchall()
-                for row in rows:
-                    record = _request_from_row(row)
-                    late = (now - record.request.created).total_seconds() > record.request.timeout
-                    state, reason = ((RequestState.FAILED, "not taken within its timeout") if late
-                                     else (RequestState.CLAIMED, ""))
-                    self._conn.execute("UPDATE requests SET state = ?, node = ?, updated = ?, reason = ? WHERE id = ?",
-                                       (state.value, node, _ts(now), reason, record.request.id))
-                    if not late:
-                        claimed.append(attrs.evolve(record, state=state, node=node, updated=now))
-                if len(claimed) >= limit:
-                    break
+                    " ORDER BY created LIMIT ?", (*chunk, limit)).fetchall()
+            records = sorted(map(_request_from_row, rows), key=lambda r: r.request.created)[:limit]
+            for record in records:
+                late = (now - record.request.created).total_seconds() > record.request.timeout
+                state, reason = ((RequestState.FAILED, "not taken within its timeout") if late
+                                 else (RequestState.CLAIMED, ""))
+                self._conn.execute("UPDATE requests SET state = ?, node = ?, updated = ?, reason = ? WHERE id = ?",
+                                   (state.value, node, _ts(now), reason, record.request.id))
+                if not late:
+                    claimed.append(attrs.evolve(record, state=state, node=node, updated=now))
         return claimed
 
     def finish_request(self, id: str, state: RequestState, *, reason: str = "",
