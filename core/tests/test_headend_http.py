@@ -18,9 +18,14 @@ import pytest
 aiohttp = pytest.importorskip("aiohttp")
 
 from meterhub.headend import http
-from meterhub.headend.http import HeadEndApi, plain, terminal_to_dict
+from meterhub.headend.http import HeadEndApi, plain
 from meterhub.headend.server import HeadEnd, reads_scope
-from meterhub.jsonout import command_to_dict, event_to_dict, reading_to_dict
+from meterhub.jsonout import (
+    command_to_dict,
+    event_to_dict,
+    reading_to_dict,
+    terminal_to_dict,
+)
 from meterhub.model import RequestState
 from meterhub.plugins import Plugins
 from meterhub.protocols import gdw1376_1_data as data

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from .commands import REDACTED
-from .model import CommandRecord, Event, Reading
+from .model import CommandRecord, Event, Reading, TerminalRecord
 from .secrets import is_secret_name
 
 
@@ -122,3 +122,9 @@ def masked(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [masked(item) for item in value]
     return value
+
+
+def terminal_to_dict(t: TerminalRecord) -> dict[str, Any]:
+    """A head-end's terminal as ``meterhub head-end terminals --json`` and the HTTP API show it."""
+    return {"terminal": t.name, "online": t.online, "node": t.node, "peer": t.peer, "login": t.login, "seen": t.seen,
+            "heartbeats": t.heartbeats}

@@ -376,9 +376,9 @@ def terminals_cmd(ctx: click.Context, db: str | None, as_json: bool) -> None:
     finally:
         store.close()
     if as_json:
-        click.echo(json.dumps([{"terminal": t.name, "online": t.online, "node": t.node, "peer": t.peer,
-                                "login": t.login and t.login.isoformat(), "seen": t.seen and t.seen.isoformat(),
-                                "heartbeats": t.heartbeats} for t in terminals]))
+        from .. import jsonout
+
+        click.echo(jsonout.dumps([jsonout.terminal_to_dict(t) for t in terminals]))
         return
     if not terminals:
         click.echo("no terminal has logged in yet", err=True)

@@ -36,7 +36,13 @@ except ImportError as exc:  # the optional extra: say which one
                       "pip install 'meterhub[headend]' (from a checkout: pip install './core[headend]')") from exc
 
 from ..errors import CredentialError, CredentialNotFound
-from ..jsonout import command_to_dict, decimal_text, event_to_dict, reading_to_dict
+from ..jsonout import (
+    command_to_dict,
+    decimal_text,
+    event_to_dict,
+    reading_to_dict,
+    terminal_to_dict,
+)
 from ..model import (
     CommandState,
     HeadEndRequest,
@@ -124,12 +130,6 @@ def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return _json({"error": message}, status, headers)
-
-
-def terminal_to_dict(t: TerminalRecord) -> dict[str, Any]:
-    """A terminal as ``meterhub head-end terminals --json`` shows it."""
-    return {"terminal": t.name, "online": t.online, "node": t.node, "peer": t.peer, "login": t.login, "seen": t.seen,
-            "heartbeats": t.heartbeats}
 
 
 def reads_to_dict(kept: Mapping[str, Any]) -> dict[str, Any]:
