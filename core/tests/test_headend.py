@@ -275,3 +275,22 @@ def test_a_schedule_option_out_of_range_is_refused_when_the_head_end_is_built(op
     with pytest.raises(ValueError, match=option):
         HeadEnd(None, plugins=Plugins(load_entry_points=False), secrets=EnvSecrets({}),  # type: ignore[arg-type]
                 **{option: value})
+
+
+def test_heartbeats_are_confirmed_and_recorded_together(tmp_path: Path) -> None:
+    from meterhub.protocols.gdw1376_1 import PrimaryFunction
+
+    db = tmp_path / "head-end.db"
+
+    async def scenario() -> int:
+        async with head_end(db) as node, Terminal(node.port) as terminal:
+            for _ in range(3):
+                await terminal.send(terminal.frame(Afn.LINK, [data.unit([0], [3])],
+                                                   function=PrimaryFunction.LINK_TEST))
+            await until(lambda: len(terminal.confirms) >= 4, "the heartbeats' confirms")
+            return len(terminal.confirms)
+
+    assert run(scenario) == 4  # the login's and three heartbeats'
+    with open_store(f"sqlite:///{db}") as store:  # recorded at the latest when the node stops
+        (terminal,) = store.terminals()
+    assert terminal.heartbeats == 3 and not terminal.online

@@ -1418,3 +1418,15 @@ def test_a_bad_option_in_the_url_is_refused_by_name_without_the_password(query: 
     with pytest.raises(ValueError, match=message) as info:
         open_postgres_store(f"postgresql://meterhub:sekrit@127.0.0.1:1/meterhub?{query}")
     assert "sekrit" not in str(info.value) and "meterhub:***@127.0.0.1:1" in str(info.value)
+
+
+def test_heartbeats_are_recorded_in_one_call_for_the_node_that_holds_each_terminal(open_) -> None:
+    store = open_()
+    t0 = datetime(2026, 12, 3, 8, 0, tzinfo=timezone.utc)
+    store.terminal_seen("32010001", node="a", peer="p", at=t0, login=True)
+    store.terminal_seen("32010002", node="b", peer="p", at=t0, login=True)
+    store.record_heartbeats("a", {"32010001": (t0 + timedelta(minutes=3), 3), "32010002": (t0 + timedelta(minutes=3), 5)})
+    byname = {t.name: t for t in store.terminals()}
+    assert (byname["32010001"].heartbeats, byname["32010001"].seen) == (3, t0 + timedelta(minutes=3))
+    assert (byname["32010002"].heartbeats, byname["32010002"].seen) == (0, t0)  # node b holds it
+    store.record_heartbeats("a", {})

@@ -24,6 +24,9 @@ without one is refused before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import logging
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -80,6 +83,11 @@ DEFAULT_FROZEN_MONTHS = 3
 DEFAULT_ARCHIVE_SPAN = 256
 #: Serials per AFN 0A F10 query.
 ARCHIVE_QUERY_SPAN = 32
+#: How often the heartbeats that came are recorded in the store, in seconds: all of them in
+#: one transaction (a confirm never waits for it).
+HEARTBEATS_S = 5.0
+#: How often the freezes are looked at again, once a terminal's are back-filled.
+FROZEN_EVERY_S = 86400.0
 #: Units per scheduled request (each up to 8 points of one DA group).
 UNITS_PER_REQUEST = 8
 
@@ -196,6 +204,14 @@ class HeadEnd(MasterStation):
         self.archive_span = archive_span
         self.request_poll_s = request_poll_s
         self._schedules: dict[TerminalId, _Schedule] = {}
+        #: (due time, tie-break, terminal, its schedule): when a terminal's schedule is looked at
+        self._due_heap: list[tuple[float, int, TerminalId, _Schedule]] = []
+        self._due_counter = itertools.count()
+        self._due_changed = asyncio.Event()
+        self._held: set[str] = set()  #: names of the terminals logged in on this node
+        self._held_frozen: frozenset[str] = frozenset()  #: a copy the store's thread may read
+        #: heartbeats not yet recorded: name -> (last one's time, how many)
+        self._beats: dict[str, tuple[datetime, int]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[Any]] = []
 
@@ -210,7 +226,8 @@ class HeadEnd(MasterStation):
             log.info("node %s: %d terminal(s) it held before a restart marked offline", self.node, stale)
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve_requests(), name="head-end requests"),
-                       loop.create_task(self._run_schedules(), name="head-end schedules")]
+                       loop.create_task(self._run_schedules(), name="head-end schedules"),
+                       loop.create_task(self._record_heartbeats(), name="head-end heartbeats")]
         return self
 
     async def stop(self) -> None:
@@ -219,6 +236,7 @@ class HeadEnd(MasterStation):
         await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
         self._loops = []
         await super().stop()
+        await self._flush_heartbeats()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -236,16 +254,43 @@ class HeadEnd(MasterStation):
     async def _seen(self, terminal: TerminalId, peer: str, *, login: bool, heartbeat: bool) -> None:
         name = terminal_name(terminal)
         now = utcnow()
-        await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, login=login,
+        if not login:
+            if heartbeat:  # recorded with the others every HEARTBEATS_S: one transaction, not one each
+                _, count = self._beats.get(name, (now, 0))
+                self._beats[name] = (now, count + 1)
+            return
+        self._beats.pop(name, None)
+        await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, login=True,
                                                                  heartbeat=heartbeat))
-        if login:
-            self._schedules[terminal] = _Schedule()  # learn its archive, read it, back-fill its freezes
+        self._hold(name, True)
+        schedule = self._schedules[terminal] = _Schedule()  # learn its archive, read it, back-fill its freezes
+        self._due(terminal, schedule, asyncio.get_running_loop().time())
 
     async def _gone(self, terminal: TerminalId, peer: str) -> None:
         name = terminal_name(terminal)
         self._schedules.pop(terminal, None)
+        self._hold(name, False)
+        await self._flush_heartbeats()
         now = utcnow()
         await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, online=False))
+
+    def _hold(self, name: str, held: bool) -> None:
+        (self._held.add if held else self._held.discard)(name)
+        self._held_frozen = frozenset(self._held)
+
+    async def _record_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEATS_S)
+            await self._flush_heartbeats()
+
+    async def _flush_heartbeats(self) -> None:
+        beats, self._beats = self._beats, {}
+        if not beats:
+            return
+        try:
+            await self.writer.call(lambda store: store.record_heartbeats(self.node, beats))
+        except MeterhubError:
+            log.exception("node %s: %d terminal(s)' heartbeats could not be recorded", self.node, len(beats))
 
     async def _store(self, terminal: TerminalId, afn: int, found: Iterable[data.Item]) -> None:
         await self._keep(terminal, tuple(found))
@@ -264,18 +309,18 @@ class HeadEnd(MasterStation):
         new = await self.writer.add_readings(readings) if readings else 0
         for event in events:
             await self.writer.add_event(event)
-        log.info("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
-                 len(events))
+        log.debug("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
+                  len(events))
         return new
 
     # --- requests queued in the store ---------------------------------------------------------
 
     async def _serve_requests(self) -> None:
         while True:
-            held = [terminal_name(t) for t, s in self._sessions.items() if not s.closed]
+            held = self._held_frozen
             if held:
                 try:
-                    claimed = await self.writer.call(lambda store: store.claim_requests(held, self.node))
+                    claimed = await self.writer.call(lambda store, held=held: store.claim_requests(held, self.node))
                 except MeterhubError:
                     log.exception("node %s: cannot take requests from the store", self.node)
                     claimed = []
@@ -358,25 +403,48 @@ class HeadEnd(MasterStation):
 
     # --- the schedule ----------------------------------------------------------------------
 
+    def _due(self, terminal: TerminalId, schedule: _Schedule, at: float) -> None:
+        """Look at ``terminal``'s schedule again at ``at`` (event-loop time)."""
+        heapq.heappush(self._due_heap, (at, next(self._due_counter), terminal, schedule))
+        self._due_changed.set()
+
     async def _run_schedules(self) -> None:
+        """Carry out each terminal's schedule when it is due: one heap of due times, so ten
+        thousand terminals with nothing due cost nothing."""
         loop = asyncio.get_running_loop()
         while True:
             now = loop.time()
-            for terminal, schedule in list(self._schedules.items()):
-                session = self._sessions.get(terminal)
-                if session is None or session.closed or session.lock.locked():
-                    continue
-                if schedule.points is None:
-                    schedule.points = ()  # asked once per login, whatever the answer
-                    self._spawn(self._learn(terminal, schedule), f"archive of {terminal_name(terminal)}")
-                    continue
-                if self.realtime_s and now >= schedule.next_realtime and schedule.points:
-                    schedule.next_realtime = now + self.realtime_s
-                    self._spawn(self._scheduled_read(terminal, schedule.points), f"read {terminal_name(terminal)}")
-                if (self.frozen_days or self.frozen_months) and now >= schedule.next_frozen and schedule.points:
-                    schedule.next_frozen = now + 86400.0
-                    self._spawn(self._back_fill(terminal, schedule.points), f"back-fill {terminal_name(terminal)}")
-            await asyncio.sleep(0.2)
+            while self._due_heap and self._due_heap[0][0] <= now:
+                _, _, terminal, schedule = heapq.heappop(self._due_heap)
+                self._visit(terminal, schedule, now)
+            self._due_changed.clear()
+            wait = self._due_heap[0][0] - now if self._due_heap else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due_changed.wait(), wait)
+
+    def _visit(self, terminal: TerminalId, schedule: _Schedule, now: float) -> None:
+        session = self._sessions.get(terminal)
+        if self._schedules.get(terminal) is not schedule or session is None or session.closed:
+            return  # logged out or in again since: that schedule lapses
+        if schedule.points is None:
+            schedule.points = ()  # asked once per login, whatever the answer
+            self._spawn(self._learn(terminal, schedule), f"archive of {terminal_name(terminal)}")
+            return
+        if not schedule.points:
+            return  # nothing to read until it logs in again
+        due = []
+        if self.realtime_s:
+            if now >= schedule.next_realtime:
+                schedule.next_realtime = now + self.realtime_s
+                self._spawn(self._scheduled_read(terminal, schedule.points), f"read {terminal_name(terminal)}")
+            due.append(schedule.next_realtime)
+        if self.frozen_days or self.frozen_months:
+            if now >= schedule.next_frozen:
+                schedule.next_frozen = now + FROZEN_EVERY_S
+                self._spawn(self._back_fill(terminal, schedule.points), f"back-fill {terminal_name(terminal)}")
+            due.append(schedule.next_frozen)
+        if due:
+            self._due(terminal, schedule, min(due))
 
     async def _learn(self, terminal: TerminalId, schedule: _Schedule) -> None:
         """Learn a terminal's measuring points from its meter archive (AFN 0A F10)."""
@@ -393,6 +461,7 @@ class HeadEnd(MasterStation):
                      terminal_name(terminal), exc)
         schedule.points = tuple(sorted(points))
         log.info("%s: %d measuring point(s) in its archive", terminal_name(terminal), len(points))
+        self._due(terminal, schedule, asyncio.get_running_loop().time())
 
     async def _scheduled_read(self, terminal: TerminalId, points: Sequence[int]) -> None:
         units = point_units(points, (129,))

@@ -560,12 +560,14 @@ class MasterStation:
                 state.last_heartbeat = now
                 state.heartbeats += 1
                 state.online = True
-                log.info("%s: heartbeat from %s", session.peer, name)
+                log.debug("%s: heartbeat from %s", session.peer, name)
             if 2 in functions:
                 state.online = False
                 log.info("%s: terminal %s logged out", session.peer, name)
-            await self._seen(terminal, session.peer, login=1 in functions, heartbeat=3 in functions)
+            # confirmed first: the record of a login or heartbeat is the head-end's own
+            # business, and the terminal's link must not wait for a store's disk
             await session.send(_reply(frame, SecondaryFunction.LINK_STATUS, 1))
+            await self._seen(terminal, session.peer, login=1 in functions, heartbeat=3 in functions)
             return
         if frame.afn in REPORT_AFNS:
             try:

@@ -233,6 +233,10 @@ class HeadEndStore(Store, Protocol):
         the heartbeat count; ``heartbeat``: one more), or with ``online=False`` the end of
         its connection there (ignored if another node holds it since)."""
 
+    def record_heartbeats(self, node: str, beats: Mapping[str, tuple[datetime, int]]) -> None:
+        """Record in one transaction the heartbeats that came on ``node``: terminal name ->
+        (the last one's time, how many); a terminal another node holds since is left alone."""
+
     def terminals_offline(self, node: str) -> int:
         """Mark offline every terminal ``node`` held (a node starting again after a crash)."""
 

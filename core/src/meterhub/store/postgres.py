@@ -841,6 +841,17 @@ class PostgresStore:
                 " ELSE terminals.heartbeats + excluded.heartbeats END",
                 (name, node, peer, when if login else None, when, int(heartbeat)))
 
+    def record_heartbeats(self, node: str, beats: Mapping[str, tuple[datetime, int]]) -> None:
+        """Record the heartbeats that came on ``node`` (name -> (last time, count)) in one
+        transaction, in name order (no deadlock between nodes); a terminal another node
+        holds since is left alone."""
+        rows = [(_aware(at, "heartbeat time"), int(count), name, node) for name, (at, count) in sorted(beats.items())]
+        if not rows:
+            return
+        with self._transaction("write heartbeats to"), self._conn.cursor() as cursor:
+            cursor.executemany("UPDATE terminals SET seen = %s, heartbeats = heartbeats + %s"
+                               " WHERE name = %s AND node = %s", rows)
+
     def terminals_offline(self, node: str) -> int:
         """Mark every terminal ``node`` held as offline (the node starting afresh after a
         crash); returns how many. Terminals other nodes hold are left alone."""

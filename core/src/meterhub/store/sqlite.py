@@ -844,6 +844,14 @@ class SqliteStore:
                 " ELSE heartbeats + excluded.heartbeats END",
                 (name, node, peer, when if login else None, when, int(heartbeat)))
 
+    def record_heartbeats(self, node: str, beats: Mapping[str, tuple[datetime, int]]) -> None:
+        """Record the heartbeats that came on ``node`` (name -> (last time, count)) in one
+        transaction; a terminal another node holds since is left alone."""
+        rows = [(_ts(at), int(count), name, node) for name, (at, count) in beats.items()]
+        with self._transaction("write heartbeats to"):
+            self._conn.executemany("UPDATE terminals SET seen = ?, heartbeats = heartbeats + ? WHERE name = ? AND node = ?",
+                                   rows)
+
     def terminals_offline(self, node: str) -> int:
         """Mark every terminal ``node`` held as offline (the node starting afresh after a
         crash); returns how many."""
