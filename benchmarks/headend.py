@@ -642,8 +642,7 @@ def _connections(plan: Plan, folder: Path, profile: Path | None, quick: bool, db
         ]
     figures += [
         Figure("headend_idle_cpu_share", round(idle_core, 3), "cores", None, "lower",
-               f"the head-end's CPU with {len(logins):,} terminals logged in and silent, over {plan.idle_s:g} s "
-               f"(its request and schedule loops go over every connection: every 0.5 s and 0.2 s)"),
+               f"the head-end's CPU with {len(logins):,} terminals logged in and silent, over {plan.idle_s:g} s"),
         Figure("headend_rss_per_connection_kib", round(per_conn, 1), "KiB", None, "lower",
                f"head-end VmRSS {idle_kib / 1024:.1f} MiB idle, {held_kib / 1024:.1f} MiB with {len(logins):,} "
                f"logged in, {end_kib / 1024:.1f} MiB after the heartbeats: (held - idle) / logins"),
