@@ -189,13 +189,27 @@ def test_stray_bytes_on_the_line_are_dropped_before_sending():
     assert stray == len(b"<B>junk")
 
 
+class BabblingLink(ScriptLink):
+    """A line a broken device talks on without a pause until ``until`` (monotonic time): like
+    a real serial port, the bytes that came while this process was not looking (a loaded host
+    stalls it for longer than an inter-frame gap) are there at the next read. Scheduled
+    deliveries could not show that: stalled with the reader, they let it see a quiet line."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(lambda req: [])
+        self.until = until
+
+    async def read(self, timeout: float) -> bytes:
+        if time.monotonic() >= self.until:
+            return await super().read(timeout)
+        await asyncio.sleep(min(0.001, timeout))  # one character a millisecond
+        return b"\x55"
+
+
 def test_a_line_that_never_falls_quiet_is_jammed_and_nothing_is_sent():
     async def scenario() -> ScriptLink:
-        link = ScriptLink(lambda req: [])
+        link = BabblingLink(until=time.monotonic() + 0.4)
         bus = HalfDuplexChannel("b", link)
-        for i in range(400):  # garbage every millisecond for 0.4 s
-            link.later(i * 0.001, b"\x55")
-        await asyncio.sleep(0.01)  # the babbling has begun
         with pytest.raises(LineJammed, match="jammed"):
             await _ask(bus, b"<A>")
         return link
