@@ -74,6 +74,20 @@ class MeterIdentity:
         return meter_key(self.channel, self.protocol, self.meter)
 
 
+#: The states a head-end request may end in, and those it may end from.
+REQUEST_ENDS = frozenset({RequestState.ANSWERED, RequestState.FAILED})
+REQUEST_OPEN = frozenset({RequestState.QUEUED, RequestState.CLAIMED})
+
+
+def check_request_end(request_id: str, current: str, new: RequestState) -> None:
+    """ValueError unless ``new`` is an end (answered, failed); StoreError unless the request,
+    its stored state ``current``, is still open: both backends' rule."""
+    if new not in REQUEST_ENDS:
+        raise ValueError(f"a request ends answered or failed, not {new.value}")
+    if RequestState(current) not in REQUEST_OPEN:
+        raise StoreError(f"request {request_id} is already {current}; it cannot become {new.value}")
+
+
 def check_command_move(command_id: str, current: CommandState, new: CommandState) -> None:
     """Raise :class:`StoreError` unless a command may go from ``current`` to ``new``
     (:data:`COMMAND_MOVES`): the audit trail never rewrites how a command ended."""
@@ -310,7 +324,7 @@ def open_store(url: str) -> HeadEndStore:
 from .sqlite import MIGRATIONS, SCHEMA_VERSION, SqliteStore
 
 __all__ = [
-    "COMMAND_MOVES", "DEFAULT_OUTBOX_MAX", "FINAL_COMMAND_STATES", "HeadEndStore", "MEMORY", "MIGRATIONS", "OUTBOX_OVERFLOW",
+    "COMMAND_MOVES", "DEFAULT_OUTBOX_MAX", "REQUEST_ENDS", "REQUEST_OPEN", "check_request_end", "FINAL_COMMAND_STATES", "HeadEndStore", "MEMORY", "MIGRATIONS", "OUTBOX_OVERFLOW",
     "SCHEMA_VERSION", "URL_PREFIX", "MeterIdentity", "SqliteStore", "Store", "StoreError", "check_command_move",
     "open_store",
 ]

@@ -56,6 +56,7 @@ from . import (
     StoreError,
     _store_options,
     check_command_move,
+    check_request_end,
 )
 
 # The row conventions both backends share, so a row means the same in either.
@@ -919,8 +920,7 @@ class PostgresStore:
         """End a request: ANSWERED (with ``answer``) or FAILED (with ``reason``). Only a
         queued or claimed request can end; an unknown id or an ended one is a StoreError."""
         state = RequestState(state)
-        if state not in (RequestState.ANSWERED, RequestState.FAILED):
-            raise ValueError(f"a request ends answered or failed, not {state.value}")
+        check_request_end(id, RequestState.QUEUED.value, state)  # a bad end state: before any I/O
         answer_text = None if answer is None else _to_json(dict(answer))
         _check_text(f"request {id!r}", reason, answer_text)
         with self._transaction("end a request in"):
@@ -928,8 +928,7 @@ class PostgresStore:
             row = self._conn.execute("SELECT state FROM requests WHERE id = %s FOR UPDATE", (id,)).fetchone()
             if row is None:
                 raise StoreError(f"no request {id!r} in store {self.url}")
-            if row[0] not in (RequestState.QUEUED.value, RequestState.CLAIMED.value):
-                raise StoreError(f"request {id} is already {row[0]}; it cannot become {state.value}")
+            check_request_end(id, row[0], state)
             row = self._conn.execute(
                 f"UPDATE requests SET state = %s, updated = %s, reason = %s, answer = %s WHERE id = %s"
                 f" RETURNING {_REQUEST_SELECT}", (state.value, utcnow(), reason, answer_text, id)).fetchone()

@@ -45,6 +45,7 @@ from . import (
     MeterIdentity,
     StoreError,
     check_command_move,
+    check_request_end,
 )
 
 # The row conventions both backends share (and names tests and other modules know from here).
@@ -917,15 +918,13 @@ class SqliteStore:
         """End a request: ANSWERED (with ``answer``) or FAILED (with ``reason``). Only a
         queued or claimed request can end; an unknown id or an ended one is a StoreError."""
         state = RequestState(state)
-        if state not in (RequestState.ANSWERED, RequestState.FAILED):
-            raise ValueError(f"a request ends answered or failed, not {state.value}")
+        check_request_end(id, RequestState.QUEUED.value, state)  # a bad end state: before any I/O
         values = (state.value, _ts(utcnow()), reason, None if answer is None else _to_json(dict(answer)), id)
         with self._transaction("end a request in"):
             row = self._conn.execute("SELECT state FROM requests WHERE id = ?", (id,)).fetchone()
             if row is None:
                 raise StoreError(f"no request {id!r} in store {self.url}")
-            if row["state"] not in (RequestState.QUEUED.value, RequestState.CLAIMED.value):
-                raise StoreError(f"request {id} is already {row['state']}; it cannot become {state.value}")
+            check_request_end(id, row["state"], state)
             self._conn.execute("UPDATE requests SET state = ?, updated = ?, reason = ?, answer = ? WHERE id = ?",
                                values)
             row = self._conn.execute("SELECT * FROM requests WHERE id = ?", (id,)).fetchone()
