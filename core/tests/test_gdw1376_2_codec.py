@@ -460,6 +460,7 @@ VALUES: dict[type, st.SearchStrategy] = {
     Registration: st.builds(Registration, seconds, word, byte, byte),
     Monitor: st.builds(Monitor, byte, carried, st.booleans(), st.lists(addresses, max_size=3)),
     MonitorReply: st.builds(MonitorReply, word, byte, carried),
+    data.ConcurrentRead: st.builds(data.ConcurrentRead, byte, st.binary(max_size=600)),
     ReadRequest: st.builds(ReadRequest, byte, addresses, word),
     ReadAnswer: st.builds(ReadAnswer, byte, carried, st.booleans(), st.lists(addresses, max_size=3)),
     ConcentratorTime: st.builds(ConcentratorTime, seconds),
@@ -695,3 +696,29 @@ def test_a_stream_limited_to_the_modules_frame_length_ignores_longer_candidates(
     assert decoder.pending == 0
     with pytest.raises(ValueError):
         StreamDecoder(max_length=14)
+
+
+# --- AFN F1 F1: concurrent reading ---------------------------------------------------------------
+
+
+def test_a_concurrent_read_carries_the_frame_after_a_two_byte_length_both_ways():
+    meter_frame = bytes.fromhex("FEFEFEFE68043300000000681104333334339516")
+    for direction, info in ((Direction.DOWN, DownInfo(seq=7, module=True)), (Direction.UP, UpInfo(seq=7, module=True))):
+        unit = data.ConcurrentRead(2, meter_frame)
+        frame = data.unit_frame(0xF1, 1, unit, info=info, addresses=Addresses("000000000001", "000000003304"))
+        wire = gdw.encode(frame)
+        at = wire.index(bytes((0xF1, 0x01, 0x00)))
+        assert wire[at + 3 : at + 6] == bytes((0x02, len(meter_frame), 0x00))
+        assert wire[at + 6 : at + 6 + len(meter_frame)] == meter_frame
+        back = gdw.decode(wire)
+        assert back.direction is direction and data.decode_unit(back) == unit
+
+
+def test_a_concurrent_read_with_no_answer_is_an_empty_frame():
+    assert data.ConcurrentRead.decode(bytes((2, 0, 0))) == data.ConcurrentRead(2, b"")
+
+
+@pytest.mark.parametrize("unit", ["02 05 00 68 01", "02 01 00 68 00", "02"])
+def test_a_concurrent_read_whose_length_disagrees_is_a_frame_error(unit):
+    with pytest.raises(FrameError):
+        data.ConcurrentRead.decode(bytes.fromhex(unit))

@@ -128,9 +128,16 @@ def test_each_backend_fulfils_the_contract(backend: type, name: str) -> None:
 def test_a_reading_round_trips_with_every_field(store: Store) -> None:
     r = reading(quality=Quality.OK, channel="bus1", protocol="dlt645", attempts=2, latency=0.123456789,
                 terminal="T-0042", route=("hub-3", "plc-17"), data_time=datetime(2024, 3, 1, tzinfo=BEIJING),
-                period=1)
+                period=1, relays=3)
     assert store.add_readings([r]) == 1
     assert store.readings() == [r]
+
+
+@pytest.mark.parametrize("relays", [-1, 256, True, 1.5])
+def test_a_reading_with_impossible_relays_is_refused_and_nothing_stored(store: Store, relays: object) -> None:
+    with pytest.raises(ValueError, match="relays"):
+        store.add_readings([reading(meter="000000000009"), reading(relays=relays)])
+    assert store.readings() == []
 
 
 @pytest.mark.parametrize("text", ["0.10", "2.3E+2", "-0", "1E-30", "123456789012345678901234567890.000"])
@@ -206,6 +213,7 @@ any_reading = st.builds(
     attempts=st.integers(0, 10),
     latency=st.none() | st.floats(0, 100, allow_nan=False),
     route=st.lists(collector_names, max_size=3),
+    relays=st.integers(0, 15),
     data_time=st.none() | st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31),
                                        timezones=st.just(timezone.utc)),
     period=st.none() | st.integers(0, 99),
@@ -1073,8 +1081,8 @@ def sql(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any,
 
 
 def test_the_schema_version_is_one_row(pg: PostgresStore, postgres_url: str) -> None:
-    assert pg.schema_version == postgres_module.SCHEMA_VERSION == 5
-    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
+    assert pg.schema_version == postgres_module.SCHEMA_VERSION == 6
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(6,)]
     import psycopg
     with pytest.raises(psycopg.errors.UniqueViolation):
         sql(postgres_url, "INSERT INTO meterhub_schema (version) VALUES (6)")
@@ -1107,7 +1115,7 @@ def test_a_missing_migration_step_is_an_error_and_changes_nothing(pg: PostgresSt
     monkeypatch.setattr(postgres_module, "SCHEMA_VERSION", postgres_module.SCHEMA_VERSION + 1)
     with pytest.raises(StoreError, match="no migration"):
         open_postgres_store(postgres_url)
-    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(6,)]
 
 
 def test_tables_without_a_schema_version_are_refused(postgres_url: str) -> None:
@@ -1119,7 +1127,7 @@ def test_tables_without_a_schema_version_are_refused(postgres_url: str) -> None:
 def test_other_tables_in_the_database_do_no_harm(postgres_url: str) -> None:
     sql(postgres_url, "CREATE TABLE billing (id bigint)")
     with open_postgres_store(postgres_url) as s:
-        assert s.schema_version == 5
+        assert s.schema_version == 6
 
 
 def test_a_failing_write_raises_and_stores_nothing(pg: PostgresStore, postgres_url: str) -> None:
@@ -1179,7 +1187,7 @@ def together(*jobs: Callable[[], Any]) -> list[Any]:
 def test_stores_opening_an_empty_database_at_once_build_it_once(postgres_url: str) -> None:
     stores = together(*[lambda: open_postgres_store(postgres_url)] * 6)
     try:
-        assert {s.schema_version for s in stores} == {5}
+        assert {s.schema_version for s in stores} == {6}
         assert sql(postgres_url, "SELECT count(*) FROM meterhub_schema") == [(1,)]
         stores[0].add_readings([reading()])
         assert stores[-1].readings() == [reading()]
@@ -1294,15 +1302,16 @@ def test_two_processes_adding_one_command_store_it_once(postgres_url: str) -> No
 
 def test_a_v4_database_gets_the_head_end_tables(pg: PostgresStore, postgres_url: str) -> None:
     pg.add_readings([reading()])
-    sql(postgres_url, "DROP TABLE terminals, allowed_terminals, requests; UPDATE meterhub_schema SET version = 4")
+    sql(postgres_url, "DROP TABLE terminals, allowed_terminals, requests; ALTER TABLE readings DROP COLUMN relays;"
+                      " UPDATE meterhub_schema SET version = 4")
     with open_postgres_store(postgres_url) as upgraded:
-        assert upgraded.schema_version == 5 and upgraded.readings() == [reading()]
+        assert upgraded.schema_version == 6 and upgraded.readings() == [reading()]
         upgraded.allow_terminals(["32010001"])
         request = request_for()
         upgraded.add_request(request)
         assert upgraded.allowed_terminals() == ["32010001"]
         assert [c.request for c in upgraded.claim_requests(["32010001"], "a", at=T0)] == [request]
-    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(5,)]
+    assert sql(postgres_url, "SELECT version FROM meterhub_schema") == [(6,)]
 
 
 def test_two_nodes_claiming_one_terminals_queue_at_once_claim_each_request_once(postgres_url: str) -> None:

@@ -97,7 +97,7 @@ V1_EVENTS = [
 
 
 def test_a_v1_file_is_migrated_to_the_current_schema_version(migrated: SqliteStore) -> None:
-    assert SCHEMA_VERSION == 5  # through version 2 (test_store_v3, _v4 and _v5 have the later steps)
+    assert SCHEMA_VERSION == 6  # through version 2 (test_store_v3 ... _v6 have the later steps)
     assert migrated.schema_version == SCHEMA_VERSION
 
 

@@ -13,10 +13,11 @@ from meterhub.store import SCHEMA_VERSION, SqliteStore, open_store
 
 
 def v3_file(path: Path) -> Path:
-    """A store as schema version 3 left it: today's schema without the tables of versions 4 and 5."""
+    """A store as schema version 3 left it: today's schema without what versions 4 to 6 added."""
     with open_store(f"sqlite:///{path}") as s:
         for table in ("settings", "terminals", "allowed_terminals", "requests"):
             s._conn.execute(f"DROP TABLE {table}")
+        s._conn.execute("ALTER TABLE readings DROP COLUMN relays")
         s._conn.execute("PRAGMA user_version = 3")
     return path
 

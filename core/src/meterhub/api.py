@@ -415,6 +415,43 @@ class CommandCredentials(Protocol):
 
 
 @runtime_checkable
+class ChannelArchive(Protocol):
+    """A channel that keeps its own list of the meters it reaches (a carrier module's
+    route table, Q/GDW 1376.2 AFN 11): the runtime tells it which meters the site places
+    on it before :meth:`Channel.open`, and again whenever that changes (a master station
+    adding a meter); the channel brings its medium in line (adds what is missing, deletes
+    what is not there any more)."""
+
+    def place(self, meters: Sequence[Meter]) -> None:
+        """The meters on this channel now, in site order (each with its route). Must not
+        block: a channel that is open brings its medium in line before its next transaction."""
+        ...
+
+
+@runtime_checkable
+class TransportDefaults(Protocol):
+    """A transport whose medium has its own usual character format (a carrier module's
+    UART: 9600 8E1): a channel that gives no ``baudrate:``/``parity:`` gets it, instead of
+    the meters' 2400 8E1."""
+
+    default_settings: SerialSettings
+
+
+@runtime_checkable
+class RouteReporter(Protocol):
+    """A conduit whose medium finds its own way to the meter: a carrier network's relays
+    change as the network heals, and the module says how many an answer came through
+    (Q/GDW 1376.2: R1 relay level). The runtime records it on the meter's readings
+    (:attr:`meterhub.model.Reading.relays`), so success rates can be grouped per relay
+    depth."""
+
+    def relays(self) -> int | None:
+        """Relays between the channel and the meter's first configured hop (the meter
+        itself, or its collector) as the medium last saw them; None when not known."""
+        ...
+
+
+@runtime_checkable
 class PlacementValidator(Protocol):
     """A transport that checks each meter placed on one of its channels when the site file
     is loaded (a multiplexer whose port map must name the meter, a carrier module with a

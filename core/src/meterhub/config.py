@@ -38,7 +38,15 @@ from typing import Any
 
 import attrs
 
-from .api import MeterDriver, MeterValidator, PlacementValidator, ProfileFolders, Transport, UplinkDriver
+from .api import (
+    MeterDriver,
+    MeterValidator,
+    PlacementValidator,
+    ProfileFolders,
+    Transport,
+    TransportDefaults,
+    UplinkDriver,
+)
 from .errors import ConfigError, ConfigIssue, UnknownQuantity
 from .model import (
     DEFAULT_STORE,
@@ -488,7 +496,10 @@ class _SiteBuilder:
                 self.missing(node, key)
         transport_name = self.text(node.get("transport"))
         port = self.text(node.get("port"))
-        settings, _, bad_keys = self.serial(node, SerialSettings())
+        known = self.transports.get(transport_name) if transport_name is not None else None
+        # a carrier module's UART runs at 9600 8E1 unless the file says otherwise: the transport's own default
+        base = known.default_settings if isinstance(known, TransportDefaults) else SerialSettings()
+        settings, _, bad_keys = self.serial(node, base)
         if port is None:
             bad_keys.add("port")  # missing or wrong: reported already
         options = {key: _plain(child) for key, child in node.value.items() if key not in CHANNEL_KEYS}

@@ -79,6 +79,7 @@ def reading_to_dict(reading: Reading, *, full: bool = True) -> dict[str, Any]:
             attempts=reading.attempts,
             latency=reading.latency,
             route="/".join(reading.route),
+            relays=reading.relays,
             data_time=reading.data_time,
             period=reading.period,
             terminal=reading.terminal,

@@ -195,6 +195,9 @@ class Reading:
     data_time: datetime | None = None  #: the meter's own time for the value (freeze time), if it gives one
     period: int | None = None  #: billing period of a frozen value (OBIS F group), None for current values
     terminal: str = ""  #: the concentrator that read it ("" = this one); a head-end stores many
+    #: relays of the medium itself before the first hop of ``route`` (a carrier network's,
+    #: as the module reported them); counted in :attr:`depth`
+    relays: int = 0
 
     @property
     def ok(self) -> bool:
@@ -207,8 +210,8 @@ class Reading:
 
     @property
     def depth(self) -> int:
-        """Relays between the channel and the meter."""
-        return len(self.route)
+        """Relays between the channel and the meter: the medium's own and the collectors."""
+        return self.relays + len(self.route)
 
 
 @attrs.frozen

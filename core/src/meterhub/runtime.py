@@ -25,10 +25,12 @@ import attrs
 from .api import (
     BatchReader,
     Channel,
+    ChannelArchive,
     CommandCredentials,
     Conduit,
     LateAnswer,
     MeterDriver,
+    RouteReporter,
     Unsolicited,
     WireRecord,
 )
@@ -220,6 +222,20 @@ def _quality_for(exc: BaseException) -> Quality:
     raise TypeError(f"no quality for {type(exc).__name__}")  # pragma: no cover - callers catch only these
 
 
+def _with_relays(visit: _Visit, readings: list[Reading]) -> list[Reading]:
+    """The readings with the relays the conduit's medium reports (a carrier network's)."""
+    if not isinstance(visit.conduit, RouteReporter):
+        return readings
+    try:
+        relays = visit.conduit.relays()
+    except Exception:  # a transport bug: the site file's route is still true
+        log.warning("channel %s: relays() failed for %s", visit.ch.name, visit.meter.key, exc_info=True)
+        return readings
+    if isinstance(relays, bool) or not isinstance(relays, int) or relays <= 0:
+        return readings
+    return [attrs.evolve(r, relays=relays) for r in readings]
+
+
 def _lanes(channel: Channel) -> int:
     """How many of a channel's meters are read at once: its ``in_flight`` (at least one)."""
     try:
@@ -385,6 +401,7 @@ class Concentrator:
         channel: Channel | None = None
         try:
             channel = transport.create_channel(ch.config)
+            self._place(ch.name, channel)
             await channel.open()
             channel.listen(_Sink(self, ch))
         except Exception as exc:  # LinkError, OSError or a transport bug: this channel is down, the others go on
@@ -401,6 +418,11 @@ class Concentrator:
             ch.down, ch.error = False, ""
             self.raise_event(Event("link_up", source=ch.name, data={"channel": ch.name, "port": ch.config.port}))
         return True
+
+    def _place(self, name: str, channel: Channel | None) -> None:
+        """Tell a channel that keeps its own meter list (:class:`ChannelArchive`) its meters."""
+        if isinstance(channel, ChannelArchive):
+            channel.place([m for m in self.site.meters if m.channel == name])
 
     def _channel_down(self, ch: _Channel, reason: str) -> None:
         was_down, known = ch.down, ch.error
@@ -577,7 +599,7 @@ class Concentrator:
         else:
             visit = _Visit(ch, meter, ch.channel.towards(meter))
             async with self._lane(ch, meter):
-                readings = await self._read_meter(visit, index, rnd)
+                readings = _with_relays(visit, await self._read_meter(visit, index, rnd))
             if isinstance(visit.failure, LineJammed):
                 # The line's fault, not this meter's nor the port's: keep the port
                 # open, spare the other meters a wait each, try again next round.
@@ -1035,8 +1057,8 @@ class Concentrator:
             readings = self._all(meter, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
         else:
             async with self._lane(ch, meter):
-                readings = await self._read_meter(_Visit(ch, meter, ch.channel.towards(meter)), index, rnd,
-                                                  force=True)
+                visit = _Visit(ch, meter, ch.channel.towards(meter))
+                readings = _with_relays(visit, await self._read_meter(visit, index, rnd, force=True))
         await self._finish_meter(index, meter, readings, rnd)
         await self.flush()
         return readings
@@ -1069,6 +1091,10 @@ class Concentrator:
         self.site = attrs.evolve(self.site, meters=tuple(meters))
         if old is not None:
             self._states.pop(old.key, None)
+        for name in {m.channel for m in (old, meter) if m is not None}:
+            ch = self._channels.get(name)
+            if ch is not None:
+                self._place(name, ch.channel)
         self.raise_event(Event("meter_archive_changed", source="concentrator", data={
             "point": point, "old": old.key if old else None, "new": meter.key if meter else None}))
         await self.flush()

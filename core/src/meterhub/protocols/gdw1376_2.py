@@ -112,6 +112,7 @@ class Afn(enum.IntEnum):
     ROUTE_FORWARD = 0x13  #: read a slave node through the network (monitor)
     ROUTE_READ = 0x14  #: router-led reading: the module asks the concentrator
     FILE = 0x15
+    CONCURRENT = 0xF1  #: concurrent reading: several meters' frames in flight at once (2019)
 
 
 _byte = in_range(0, 0xFF)

@@ -41,6 +41,11 @@ Decisions where the sources differ or say nothing (labels of gdw1376-details.md 
 * 14 F3 request: slave address, expected delay (s), L, frame; answer: L, frame [S LN].
 * 11 F3 relay path: slave address, relay count, relay addresses [S LN]; 11 F5
   registration start time is ss mm hh DD MM YY [S LN].
+* F1 F1 concurrent reading (集中器主动并发抄表, 2019) is protocol (1), a 2-byte length
+  (low byte first) and the meter frame(s), in both directions [S LN's AFNf1.c; no capture];
+  the frame carries an address field whose destination (downlink) or source (uplink) is
+  the slave node. How many reads a module takes at once is not in any unit decoded here:
+  a driver learns it from deny codes 109/111.
 * Left out: the answers to 03 F2/F3/F5/F6/F7/F12 and 10 F3/F5/F6, the requests of those
   that carry data (03 F3, F6; 10 F3, F5, F6), 05 F6 and later Fn, AFN 15 (file
   transfer), AFN F0/F1. A unit without a layout is a FrameError from :func:`layout`; its
@@ -111,6 +116,11 @@ def _address_list(values: Iterable[object]) -> tuple[str, ...]:
 def _carried(_instance: object, attribute: attrs.Attribute, value: bytes) -> None:
     if len(value) > MAX_CARRIED:
         raise ValueError(f"{attribute.name} is sent after a 1-byte length: at most {MAX_CARRIED} bytes, got {len(value)}")
+
+
+def _word_carried(_instance: object, attribute: attrs.Attribute, value: bytes) -> None:
+    if len(value) > 0xFFFF:
+        raise ValueError(f"{attribute.name}: a frame after a 2-byte length is at most 65535 bytes, got {len(value)}")
 
 
 def _counted(limit: int) -> Callable[[object, attrs.Attribute, tuple[Any, ...]], None]:
@@ -1160,6 +1170,30 @@ class CorrectedFrame:
         return unit
 
 
+# --- AFN F1: concurrent reading ----------------------------------------------------------------
+
+
+@attrs.frozen
+class ConcurrentRead:
+    """F1 F1, both directions [S LN]: the protocol and the meter frame(s), after a
+    2-byte length (downlink: what to send to the node; uplink: what the node answered,
+    empty when it did not)."""
+
+    protocol: int = attrs.field(validator=_byte)
+    frame: bytes = attrs.field(converter=bytes, validator=_word_carried)
+
+    def encode(self) -> bytes:
+        return bytes((self.protocol,)) + len(self.frame).to_bytes(2, "little") + self.frame
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConcurrentRead:
+        reader = _Reader(data, "F1 F1 concurrent read")
+        protocol, size = reader.byte(), reader.word()
+        unit = cls(protocol, reader.take(size))
+        reader.end()
+        return unit
+
+
 # --- the registry ------------------------------------------------------------------------------
 
 
@@ -1249,6 +1283,7 @@ _add(Afn.ROUTE_READ, [2], [UP], "request concentrator time")
 _add(Afn.ROUTE_READ, [2], [DOWN], "concentrator time", ConcentratorTime)
 _add(Afn.ROUTE_READ, [3], [UP], "request delay correction", DelayCorrection)
 _add(Afn.ROUTE_READ, [3], [DOWN], "corrected frame", CorrectedFrame)
+_add(Afn.CONCURRENT, [1], BOTH, "concurrent read", ConcurrentRead)
 
 
 def layout(afn: int, fn: int, direction: Direction) -> Layout:

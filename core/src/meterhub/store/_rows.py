@@ -39,6 +39,9 @@ ROUTE_SEPARATOR = "/"
 #: reading (SQL counts NULL unequal to NULL). Periods are ≥ 0, which writes check.
 _NO_PERIOD = -1
 
+#: The most relays a reading may record (Q/GDW 1376.2 R1 counts up to 15).
+_MAX_RELAYS = 255
+
 #: Quality (or its text) → the text stored: the check ``Quality(q).value`` makes, without its cost.
 _QUALITY_TEXT: dict[str, str] = {quality: quality.value for quality in Quality}
 
@@ -46,7 +49,7 @@ _QUALITY_TEXT: dict[str, str] = {quality: quality.value for quality in Quality}
 # rows are built and the records below take them.
 _READING_COLUMNS = (
     "meter", "quantity", "value", "value_type", "unit", "timestamp", "quality", "error_code", "detail",
-    "channel", "protocol", "attempts", "latency", "terminal", "route", "data_time", "period",
+    "channel", "protocol", "attempts", "latency", "terminal", "route", "data_time", "period", "relays",
 )
 _COMMAND_COLUMNS = (
     "id", "meter", "protocol", "channel", "name", "args", "origin", "issuer", "credential",
@@ -101,6 +104,13 @@ def _route_text(r: Reading) -> str:
     return ROUTE_SEPARATOR.join(r.route)
 
 
+def _relays(r: Reading) -> int:
+    relays = r.relays
+    if isinstance(relays, bool) or not isinstance(relays, int) or not 0 <= relays <= _MAX_RELAYS:
+        raise ValueError(f"reading {r.meter} {r.quantity}: relays {relays!r} is not a whole number 0..{_MAX_RELAYS}")
+    return relays
+
+
 def _uplinks(outbox: Sequence[str]) -> list[str]:
     """The distinct uplink names of an ``outbox=`` argument, in order, checked."""
     if isinstance(outbox, str):
@@ -114,7 +124,7 @@ def _uplinks(outbox: Sequence[str]) -> list[str]:
 def _reading(id_: int, meter: str, quantity: str, text: str | None, value_type: str | None, unit: str,
              timestamp: datetime, quality: str, error_code: int | None, detail: str, channel: str, protocol: str,
              attempts: int, latency: float | None, terminal: str, route: str, data_time: datetime | None,
-             period: int | None) -> Reading:
+             period: int | None, relays: int = 0) -> Reading:
     """A reading from its row: ``id_`` and :data:`_READING_COLUMNS`, times as datetimes."""
     value: Decimal | str | None
     if text is None:
@@ -130,7 +140,7 @@ def _reading(id_: int, meter: str, quantity: str, text: str | None, value_type: 
         meter=meter, quantity=quantity, value=value, unit=unit, timestamp=timestamp, quality=Quality(quality),
         error_code=error_code, detail=detail, channel=channel, protocol=protocol, attempts=attempts,
         latency=latency, route=tuple(route.split(ROUTE_SEPARATOR)) if route else (), data_time=data_time,
-        period=period, terminal=terminal,
+        period=period, terminal=terminal, relays=relays,
     )
 
 

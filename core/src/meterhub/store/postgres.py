@@ -70,6 +70,7 @@ from ._rows import (
     _TEXT,
     _command_record,
     _reading,
+    _relays,
     _request_record,
     _round,
     _round_stats,
@@ -91,7 +92,7 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 #: The schema this code writes. Its tables are those of the SQLite schema of the same
 #: number; bump it and add a step to :data:`MIGRATIONS` when they change. A database
 #: written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The key of the advisory lock held while the schema is checked, created or upgraded:
 #: "meterhub" in ASCII, as a bigint. Advisory locks are per database.
@@ -172,7 +173,8 @@ CREATE TABLE readings (
     terminal    {_C} DEFAULT '',
     route       text NOT NULL DEFAULT '',
     data_time   timestamptz,
-    period      integer CHECK (period >= 0)
+    period      integer CHECK (period >= 0),
+    relays      integer NOT NULL DEFAULT 0 CHECK (relays >= 0)
 );
 CREATE INDEX readings_time ON readings (timestamp);
 CREATE UNIQUE INDEX readings_key ON readings
@@ -250,13 +252,18 @@ def _migrate_4_to_5(conn: psycopg.Connection[Any]) -> None:
 #: ``MIGRATIONS[n]`` upgrades a database from version ``n - 1`` to ``n`` (inside the opening
 #: transaction, under :data:`SCHEMA_LOCK`). The first PostgreSQL schema is version 4; an
 #: empty database is built at the newest version by :data:`_SCHEMA` directly.
-MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _migrate_4_to_5}
+def _migrate_5_to_6(conn: psycopg.Connection[Any]) -> None:
+    """Version 6: the relays of a carrier network a reading came through."""
+    conn.execute("ALTER TABLE readings ADD COLUMN relays integer NOT NULL DEFAULT 0 CHECK (relays >= 0)")
+
+
+MIGRATIONS: dict[int, Callable[[psycopg.Connection[Any]], None]] = {5: _migrate_4_to_5, 6: _migrate_5_to_6}
 
 # Reading columns (:data:`_READING_COLUMNS`) in the order rows are built, stored and read
 # back (the id first on reading), and their types, as binary COPY names them.
 _READING_TYPES = (
     "text", "text", "text", "text", "text", "timestamptz", "text", "int8", "text",
-    "text", "text", "int4", "float8", "text", "text", "timestamptz", "int4",
+    "text", "text", "int4", "float8", "text", "text", "timestamptz", "int4", "int4",
 )
 _READING_SELECT = "id, " + ", ".join(_READING_COLUMNS)
 _EVENT_SELECT = "id, kind, source, timestamp, severity, data"
@@ -375,7 +382,7 @@ def _reading_row(r: Reading) -> tuple[Any, ...]:
         r.meter, r.quantity, text, value_type, r.unit, _aware(r.timestamp, "timestamp"), quality,
         _whole(f"{what}: error code", r.error_code, -_INT8_MAX - 1, _INT8_MAX), r.detail, r.channel, r.protocol,
         _whole(f"{what}: attempts", r.attempts, -_INT4_MAX - 1, _INT4_MAX), _seconds(f"{what}: latency", r.latency),
-        r.terminal, route, None if data_time is None else _aware(data_time, "data time"), period,
+        r.terminal, route, None if data_time is None else _aware(data_time, "data time"), period, _relays(r),
     )
 
 

@@ -60,6 +60,7 @@ from ._rows import (
     ROUTE_SEPARATOR,  # noqa: F401  (public here before the shared module)
     _command_record,
     _reading,
+    _relays,
     _request_record,
     _round,
     _round_stats,
@@ -71,7 +72,7 @@ from ._rows import (
 
 #: The schema this code writes. Bump it and add a step to :data:`MIGRATIONS` when the
 #: tables change; a store written by a newer meterhub is refused rather than misread.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Seconds a writer waits for another process's lock (``meterhub export`` reading the
 #: file while the concentrator writes) before the write fails loudly.
@@ -189,7 +190,8 @@ CREATE TABLE readings (
     terminal    TEXT NOT NULL DEFAULT '',
     route       TEXT NOT NULL DEFAULT '',
     data_time   TEXT,
-    period      INTEGER
+    period      INTEGER,
+    relays      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX readings_time ON readings (timestamp);
 {_READINGS_KEY};
@@ -338,10 +340,16 @@ def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
     _run_script(conn, _HEAD_END)
 
 
+def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
+    """Version 6: the relays of a carrier network a reading came through (``relays``);
+    readings stored before were all read without one."""
+    conn.execute("ALTER TABLE readings ADD COLUMN relays INTEGER NOT NULL DEFAULT 0")
+
+
 #: ``MIGRATIONS[n]`` upgrades a store from version ``n - 1`` to ``n`` (inside the
 #: opening transaction). Version 0 is an empty file, built by :data:`_SCHEMA` directly.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    2: _migrate_1_to_2, 3: _migrate_2_to_3, 4: _migrate_3_to_4, 5: _migrate_4_to_5,
+    2: _migrate_1_to_2, 3: _migrate_2_to_3, 4: _migrate_3_to_4, 5: _migrate_4_to_5, 6: _migrate_5_to_6,
 }
 
 
@@ -382,7 +390,7 @@ def _reading_row(r: Reading) -> tuple[Any, ...]:
         r.meter, r.quantity, text, value_type, r.unit, _ts(r.timestamp), quality,
         _NULL if error_code is None else error_code, r.detail, r.channel, r.protocol, r.attempts,
         _NULL if latency is None else latency, r.terminal, _route_text(r) if r.route else "",
-        _NULL if data_time is None else _ts(data_time), period,
+        _NULL if data_time is None else _ts(data_time), period, _relays(r),
     )
 
 
