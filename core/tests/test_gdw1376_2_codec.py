@@ -722,3 +722,16 @@ def test_a_concurrent_read_with_no_answer_is_an_empty_frame():
 def test_a_concurrent_read_whose_length_disagrees_is_a_frame_error(unit):
     with pytest.raises(FrameError):
         data.ConcurrentRead.decode(bytes.fromhex(unit))
+
+
+def test_a_carried_meter_frame_that_ends_before_its_carrier_is_no_damaged_frame():
+    # an F1 F1 answer whose DL/T 645 frame (68 14 00 ...) is 20 bytes from its 68h: that
+    # candidate ends two bytes before the 1376.2 frame around it, with a wrong "checksum"
+    wire = bytes.fromhex(
+        "68 32 00 83 14 00 02 22 00 21 01 00 00 00 00 88 00 00 00 00 00 00 f1 01 00 02 14 00"
+        " 68 14 00 00 00 00 00 68 91 08 33 33 34 33 84 58 a5 33 fe 16 7f 16"
+    )
+    for cut in range(1, len(wire)):
+        stream = StreamDecoder()
+        found = stream.feed(wire[:cut]) + stream.feed(wire[cut:])
+        assert [type(f) for f in found] == [Frame], cut

@@ -430,4 +430,7 @@ class StreamDecoder(FrameFinder[Frame]):
             judge_by_decode(decode),
             lookahead=HEAD_LEN,
             starts=bytes((START,)),
+            # A carried DL/T 645 frame starts with 68h too, and its candidate may end
+            # before the frame around it: its checksum error is no damaged frame.
+            hold_errors=True,
         )
