@@ -475,7 +475,7 @@ class PlcChannel:
             self._heard(node, None, False)
             if reason in (DenyReason.SLAVE_NOT_IN_NETWORK, DenyReason.SLAVE_SILENT, DenyReason.METER_SILENT,
                           DenyReason.TIMEOUT, DenyReason.METER_NOT_FOUND):
-                raise MeterTimeout(f"meter {meter.address}: {deny_text(reason)} says the carrier module "
+                raise MeterTimeout(f"meter {meter.address}: the carrier module says {deny_text(reason)} "
                                    f"(node {node}, relay level {self._level_text(node)})")
             raise FrameError(f"meter {meter.address}: the carrier module refused the read: {deny_text(reason)}")
         raise NotAttempted(f"the carrier module stayed busy through {self.options.busy_retries + 1} tries")
