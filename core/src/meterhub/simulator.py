@@ -160,6 +160,16 @@ def open_raw_pty() -> tuple[int, int, str]:
     return master, slave, os.ttyname(slave)
 
 
+def close_pty(*fds: int | None) -> None:
+    """Close a simulator's pty ends (None: not open); a closed one is no error."""
+    for fd in fds:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class PtyBus:
     """Simulated devices on a pseudo-terminal, served by a background thread.
 
@@ -218,12 +228,7 @@ class PtyBus:
         if self._thread is not None:
             self._thread.join(timeout=5 * POLL_INTERVAL_S + 1.0)
             self._thread = None
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_pty(self._master, self._slave)
         self._master = self._slave = None
 
     def __enter__(self) -> PtyBus:

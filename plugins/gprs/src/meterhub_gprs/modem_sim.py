@@ -46,7 +46,7 @@ from typing import Any, Self
 
 from meterhub import timing
 from meterhub.model import SerialSettings
-from meterhub.simulator import open_raw_pty
+from meterhub.simulator import close_pty, open_raw_pty
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +266,7 @@ class ModemSim:
             self._thread = None
         with self._lock:
             self._close_socket()
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_pty(self._master, self._slave)
         self._master = self._slave = None
 
     def __enter__(self) -> Self:

@@ -60,7 +60,7 @@ from meterhub.protocols import gdw1376_2 as link
 from meterhub.protocols import gdw1376_2_data as units
 from meterhub.protocols.gdw1376_2 import Addresses, Afn, CommMode, Direction, Frame, UpInfo
 from meterhub.protocols.gdw1376_2_data import DenyReason, ReadFlag
-from meterhub.simulator import open_raw_pty
+from meterhub.simulator import close_pty, open_raw_pty
 
 from .network import CarrierNetwork, NodeView, Outcome
 
@@ -330,12 +330,7 @@ class ModuleSim:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
             self._thread = None
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_pty(self._master, self._slave)
         self._master = self._slave = None
 
     def __enter__(self) -> Self:
