@@ -411,3 +411,19 @@ def test_when_the_module_asks_for_a_meter_the_concentrator_reads_it():
 
         stored = asyncio.run(main())
         assert {r.meter for r in stored if r.quality is Quality.OK} == {m.address for m in meters}, [(r.meter, r.quality, r.detail) for r in stored]
+
+
+def test_an_answer_after_the_read_was_given_up_is_reported_late_not_taken():
+    with network(meters=1, collectors=0, hop_latency=0.2, jitter=0.0) as (net, sim):
+        (meter,) = site_meters(net)
+
+        async def work(channel: PlcChannel, _sink: Sink) -> list[Any]:
+            with pytest.raises(MeterTimeout):
+                await channel.read_node(meter, read_request(meter), 0.1)
+            await asyncio.sleep(1.0)
+            return await channel.towards(meter).settle()
+
+        (late,) = with_channel(sim, [meter], work)
+        assert late.target == meter.key and late.timeout == pytest.approx(0.1)
+        assert late.after > late.timeout
+        assert dlt645.decode(late.frame.lstrip(b"\xfe")).address == meter.address

@@ -149,8 +149,9 @@ class _Limiter:
                 self._turn.notify_all()
 
     def lower(self) -> None:
-        """The module refused one more: take as many as it holds now (at least one)."""
-        self.limit = max(1, self.in_use - 1)
+        """The module refused one more than those still in flight: keep to that many (at
+        least one). Called after the refused read left its slot."""
+        self.limit = max(1, min(self.limit, self.in_use))
 
 
 class PlcChannel:
@@ -163,7 +164,8 @@ class PlcChannel:
         self.settings: SerialSettings = config.settings
         self.options = options
         self.link = link or SerialLink(config.name, config.port, config.settings, exclusive=options.exclusive)
-        self.module = ModuleLink(self.link, self._from_module, command_timeout=options.command_timeout)
+        self.module = ModuleLink(self.link, self._from_module, command_timeout=options.command_timeout,
+                                 on_late=self._late_answer)
         self.counters = ChannelCounters()
         self.identity: dict[str, Any] = {}
         self.concurrent = False  #: the module reads several meters at once (AFN F1 F1)
@@ -178,7 +180,6 @@ class PlcChannel:
         self._sync_lock = asyncio.Lock()
         self._hop_time = options.hop_time if options.hop_time is not None else DEFAULT_HOP_TIME_S
         self._late: dict[str, list[LateAnswer]] = {}
-        self._asked: dict[int, tuple[str, float, float]] = {}  # seq -> (meter key, started, timeout) of given-up reads
         self._node_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # module-led reading
@@ -622,8 +623,7 @@ class PlcChannel:
     # -- what the module says of its own accord -------------------------------------------------------
 
     def _from_module(self, frame: Frame) -> None:
-        if not frame.prm:  # an answer to a command given up: a meter answering late
-            self._late_answer(frame)
+        if not frame.prm:  # an answer to no command: counted by the link, nothing to do
             return
         task = asyncio.get_running_loop().create_task(self._handle_report(frame))
         self._tasks.add(task)
@@ -695,7 +695,9 @@ class PlcChannel:
             frame=bytes(event.frame), severity="warning",
         ))
 
-    def _late_answer(self, frame: Frame) -> None:
+    def _late_answer(self, frame: Frame, after: float, timeout: float) -> None:
+        """A read's answer after the read was given up: reported by :meth:`take_late` as a
+        late answer of that meter (the runtime then says it needs a longer timeout)."""
         if frame.afn not in (Afn.ROUTE_FORWARD, Afn.CONCURRENT) or frame.addresses is None:
             return
         self.counters.late += 1
@@ -710,7 +712,7 @@ class PlcChannel:
         if meter is None:
             return
         self._late.setdefault(meter.key, []).append(
-            LateAnswer(request=b"", frame=data.frame, began=0.0, after=0.0, timeout=0.0, target=meter.key))
+            LateAnswer(request=b"", frame=data.frame, began=after, after=after, timeout=timeout, target=meter.key))
 
     def take_late(self, meter: Meter | None) -> list[LateAnswer]:
         if meter is None:

@@ -70,21 +70,37 @@ class _Waiting:
     command: str
     future: asyncio.Future[Frame]
     sent: float
+    timeout: float = 0.0
+    afn: int = 0
+    node: str = ""  #: the slave node a read went to: its answer comes from there
+
+    def answered_by(self, frame: Frame) -> bool:
+        """Whether ``frame`` (with this command's R6) can be its answer: a confirm or deny,
+        or the command's AFN from the node it went to (R6 wraps after 256 commands, and a
+        read's answer may come long after it was given up)."""
+        if frame.afn == Afn.CONFIRM:
+            return True
+        if frame.afn != self.afn:
+            return False
+        return not self.node or (frame.addresses is not None and frame.addresses.source == self.node)
 
 
 class ModuleLink:
     """Commands to a module over a serial link, answers matched by R6.
 
     ``on_frame(frame)`` is called (from the reader task) for every frame the module starts
-    itself (PRM = 1: AFN 06 reports, AFN 14 requests) and for answers nobody waits for; it
-    must not block. ``mode`` is the C byte's communication mode the concentrator writes
+    itself (PRM = 1: AFN 06 reports, AFN 14 requests) and for answers nobody waits for;
+    ``on_late(frame, after, timeout)`` for the answer of a command that was given up, with
+    the seconds from its sending and what it had been given. Neither may block. ``mode`` is the C byte's communication mode the concentrator writes
     (HPLC by default; a module answers in its own).
     """
 
     def __init__(self, link: Any, on_frame: Callable[[Frame], None], *, mode: int = frames.CommMode.HPLC,
-                 command_timeout: float = COMMAND_TIMEOUT_S) -> None:
+                 command_timeout: float = COMMAND_TIMEOUT_S,
+                 on_late: Callable[[Frame, float, float], None] | None = None) -> None:
         self.link = link
         self.on_frame = on_frame
+        self.on_late = on_late
         self.mode = mode
         self.command_timeout = command_timeout
         self.counters = LinkCounters()
@@ -121,6 +137,8 @@ class ModuleLink:
     # -- commands ------------------------------------------------------------------------
 
     def _next_seq(self) -> int:
+        if len(self._waiting) >= MAX_OUTSTANDING // 2:
+            self._forget_given_up()
         if len(self._waiting) >= MAX_OUTSTANDING:
             raise LinkError(f"channel {self.link.name}: {len(self._waiting)} commands unanswered; the module is not keeping up")
         while True:
@@ -141,19 +159,18 @@ class ModuleLink:
                         relay_level=0 if addresses is None else len(addresses.relays), attached=attached)
         frame = units.unit_frame(afn, fn, unit, info=info, addresses=addresses, mode=self.mode)
         name = units.layout(afn, fn, Direction.DOWN).name
-        waiting = _Waiting(name, asyncio.get_running_loop().create_future(), time.monotonic())
+        limit = self.command_timeout if timeout is None else timeout
+        waiting = _Waiting(name, asyncio.get_running_loop().create_future(), time.monotonic(), limit, afn,
+                           addresses.destination if addresses is not None else "")
         self._waiting[seq] = waiting
         try:
             await self._write(frame)
-            answer = await asyncio.wait_for(asyncio.shield(waiting.future), self.command_timeout if timeout is None else timeout)
-        except TimeoutError:
+            answer = await asyncio.wait_for(asyncio.shield(waiting.future), limit)
+        except (TimeoutError, asyncio.CancelledError):
             # Keep the number a while: a late answer is then recognised as late, not as
-            # another command's (see MAX_OUTSTANDING); it is dropped when it comes.
+            # another command's (see MAX_OUTSTANDING); it is reported when it comes.
             waiting.future.cancel()
             raise
-        finally:
-            if waiting.future.done():
-                self._waiting.pop(seq, None)
         if answer.afn == Afn.CONFIRM and answer.fn == 2:
             self.counters.denied += 1
             raise ModuleDenied(name, units.decode_unit(answer).reason)
@@ -217,12 +234,21 @@ class ModuleLink:
         log.debug("%s rx AFN %02X F%d seq %d", self.link.name, frame.afn, frame.fn, frame.info.seq)
         if not frame.prm:
             waiting = self._waiting.get(frame.info.seq)
+            if waiting is not None and not waiting.answered_by(frame):
+                self.counters.stray += 1  # another command's, long given up: not this one's
+                return
             if waiting is not None and not waiting.future.done():
                 self._waiting.pop(frame.info.seq, None)
                 waiting.future.set_result(frame)
                 return
             self._waiting.pop(frame.info.seq, None)
             self.counters.stray += 1
+            if waiting is not None and self.on_late is not None:
+                try:
+                    self.on_late(frame, time.monotonic() - waiting.sent, waiting.timeout)
+                except Exception:  # a bug in the handler must not stop the reader
+                    log.exception("channel %s: handling a late answer failed", self.link.name)
+                return
         else:
             self.counters.reports += 1
         try:
