@@ -403,7 +403,7 @@ def test_when_the_module_asks_for_a_meter_the_concentrator_reads_it():
                     if channel is None:
                         await conc._open_channel(conc._channels["carrier"])
                         channel = conc._channels["carrier"].channel
-                    await channel._command(Afn.ROUTE_CONTROL, 1)  # the module starts a reading cycle itself
+                    await channel.router("restart")  # the module starts a reading cycle
                     deadline = time.monotonic() + 10
                     while time.monotonic() < deadline and len(store.readings()) < 2:
                         await asyncio.sleep(0.05)
@@ -427,3 +427,19 @@ def test_an_answer_after_the_read_was_given_up_is_reported_late_not_taken():
         assert late.target == meter.key and late.timeout == pytest.approx(0.1)
         assert late.after > late.timeout
         assert dlt645.decode(late.frame.lstrip(b"\xfe")).address == meter.address
+
+
+def test_a_concentrator_led_channel_pauses_the_router_and_tells_a_module_reading_on_its_own_done():
+    with network(meters=3, collectors=0) as (net, sim):
+        meters = site_meters(net)
+
+        async def work(channel: PlcChannel, sink: Sink) -> None:
+            assert not sim.router_running  # paused at open
+            await channel.router("resume")  # a technician hands reading back to the module
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and channel.counters.asked < len(meters):
+                await asyncio.sleep(0.02)
+            assert channel.counters.asked >= len(meters)
+            assert sink.asked == [] and sim.stats()["network"].transactions == 0  # nothing read behind our back
+
+        with_channel(sim, meters, work)

@@ -107,3 +107,17 @@ def test_plc_sim_prints_its_port_writes_a_site_and_stops_on_a_signal(tmp_path):
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "carrier module on" in err
+
+
+def test_plc_router_pauses_and_resumes_the_modules_router(tmp_path):
+    net = CarrierNetwork.build(meters=2, collectors=0, seed=2, hop_latency=0.002, turnaround=0.002)
+    with ModuleSim(net, baudrate=9600) as sim:
+        site = tmp_path / "site.yaml"
+        site.write_text(site_text(net, sim.path, 9600) + "store: sqlite:///plc.db\n", encoding="utf-8")
+        assert meterhub("run", str(site), "--once", cwd=tmp_path).returncode == 0
+        assert not sim.router_running
+        resumed = meterhub("plc", "router", "resume", "--port", sim.path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert sim.router_running and "confirmed" in resumed.stderr
+        assert meterhub("plc", "router", "pause", "--port", sim.path).returncode == 0
+        assert not sim.router_running

@@ -263,7 +263,7 @@ class PlcChannel:
         if opts.reading == "concentrator":
             self.in_flight = min(opts.concurrency, 255) if self.concurrent else 1
             self._limiter = _Limiter(self.in_flight)
-            await self._command(Afn.ROUTE_CONTROL, 2)  # pause the router: we lead (appendix A spot read)
+            await self.router("pause")  # we lead (appendix A: pause, then 13 F1 spot reads)
         await self.synchronise()
         self._note("plc_module", {**self.identity, "nodes": len(self.nodes), "in_flight": self.in_flight,
                                   "reading": opts.reading, "hop_time": self._hop_time})
@@ -526,7 +526,7 @@ class PlcChannel:
         if not self._router_running:
             self._router_running = True
             self._cycle_read.clear()
-            await self._command(Afn.ROUTE_CONTROL, 1)  # restart: a new reading cycle
+            await self.router("restart")  # a new reading cycle
         try:
             answer = await asyncio.wait_for(asyncio.shield(queued.future), self.options.cycle_timeout)
         except TimeoutError:
@@ -549,10 +549,15 @@ class PlcChannel:
         """14 F1: the module asks what to send to a node."""
         node = ask.address
         self.counters.asked += 1
-        self._router_running = True  # it asks: its reading cycle is under way, whoever started it
-        queued = await self._next_for(node)
         main = self.identity.get("main_node") or "000000000000"
         addresses = Addresses(main, node)
+        if self.options.reading != "module":
+            # The concentrator leads: its reads go as 13 F1; a module reading on its own
+            # (before the pause, or resumed by a technician) is told the node is done.
+            await self.module.answer(frame, Afn.ROUTE_READ, 1, units.ReadAnswer(ReadFlag.DONE), addresses=addresses)
+            return
+        self._router_running = True  # it asks: its reading cycle is under way, whoever started it
+        queued = await self._next_for(node)
         if queued is None:
             flag = ReadFlag.DONE if node in self._cycle_read or node in self.nodes else ReadFlag.FAILED
             if node not in self.nodes:
@@ -731,6 +736,12 @@ class PlcChannel:
     def lock_for(self, meter: Meter | None) -> asyncio.Lock:
         key = "" if meter is None else self._node_of(meter)[0]
         return self._node_locks.setdefault(key, asyncio.Lock())
+
+    async def router(self, action: str) -> None:
+        """Restart (12 F1), pause (12 F2) or resume (12 F3) the module's router."""
+        fn = {"restart": 1, "pause": 2, "resume": 3}[action]
+        await self._command(Afn.ROUTE_CONTROL, fn)
+        self._router_running = action != "pause"
 
     async def broadcast(self, request: bytes, protocol: int) -> None:
         """05 F3: the module sends the frame to every node (a DL/T 645 broadcast time set)."""

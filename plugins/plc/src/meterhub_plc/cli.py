@@ -88,6 +88,28 @@ def nodes_cmd(port: str, baudrate: str, parity: str, as_json: bool) -> None:
     sys.stdout.flush()
 
 
+@plc_cmd.command("router")
+@click.argument("action", type=click.Choice(["pause", "resume", "restart"]))
+@_port_options
+def router_cmd(action: str, port: str, baudrate: str, parity: str) -> None:
+    """Pause (12 F2), resume (12 F3) or restart (12 F1) the module's router: its own
+    reading task. A concentrator reading through the module pauses it at start."""
+
+    async def run() -> None:
+        channel = _channel(port, baudrate, parity)
+        await channel.probe()
+        try:
+            await channel.router(action)
+        finally:
+            await channel.close()
+
+    try:
+        asyncio.run(run())
+    except LinkError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"router {action}: confirmed by the module on {port}", err=True)
+
+
 @plc_cmd.command("sim")
 @click.option("--meters", "meters", type=click.IntRange(0, 2000), default=20, show_default=True,
               help="Meters with carrier modules of their own.")
