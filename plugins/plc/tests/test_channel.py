@@ -443,3 +443,32 @@ def test_a_concentrator_led_channel_pauses_the_router_and_tells_a_module_reading
             assert sink.asked == [] and sim.stats()["network"].transactions == 0  # nothing read behind our back
 
         with_channel(sim, meters, work)
+
+
+def test_init_parameters_clears_the_route_table_and_the_sync_fills_it_again():
+    with network(meters=3, collectors=0) as (net, sim):
+        meters = site_meters(net)
+        run_round(sim, meters[:1])
+        stranger = meters[0].address
+        report, events, _ = run_round(sim, meters[1:], init="parameters", route_sync="add")
+        assert report.ok_count == 2
+        # 01 F2 emptied the table, so even `add` leaves no stranger behind
+        assert set(sim.archive) == {m.address for m in meters[1:]} and stranger not in sim.archive
+        (sync,) = [e for e in events if e.kind == "plc_route_sync"]
+        assert sorted(sync.data["added"]) == sorted(m.address for m in meters[1:])
+
+
+def test_a_broadcast_goes_to_every_meter_through_05_f3():
+    from datetime import datetime, timedelta
+
+    with network(meters=3, collectors=0) as (net, sim):
+        meters = site_meters(net)
+        shift = timedelta(minutes=3)  # a broadcast time set may move a clock by 5 minutes at most
+
+        async def work(channel: PlcChannel, _sink: Sink) -> None:
+            await channel.towards(None).send(dlt645.encode(dlt645.broadcast_time(datetime.now() + shift)))
+
+        with_channel(sim, meters, work)
+        for meter in meters:
+            ahead = net.meter(meter.address).now() - datetime.now()
+            assert abs((ahead - shift).total_seconds()) < 5, meter.address

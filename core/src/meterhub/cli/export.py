@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..store import Store
 
 EXPORT_FIELDS = ("meter", "quantity", "value", "unit", "timestamp", "quality", "error_code", "detail",
-                 "channel", "protocol", "attempts", "latency", "route", "data_time", "period", "terminal")
+                 "channel", "protocol", "attempts", "latency", "route", "relays", "data_time", "period", "terminal")
 
 
 @click.command("export")

@@ -152,7 +152,9 @@ def sim_cmd(meters: int, collectors: int, per_collector: int, max_depth: int, ho
     net = CarrierNetwork.build(meters=meters, collectors=collectors, meters_per_collector=per_collector,
                                max_depth=max_depth, seed=seed, hop_latency=hop_latency, loss=loss,
                                formation_time=formation, dropout_rate=dropout_rate)
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stopped: list[int] = []  # noted from before the port is printed: a caller may stop us as soon as it reads it
+    saved = {signum: signal.signal(signum, lambda number, _frame: stopped.append(number))
+             for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with ModuleSim(net, baudrate=int(baudrate), concurrency=concurrency) as sim:
             if site_path:  # before the port is printed: whoever waits for the port may read the file at once
@@ -169,13 +171,11 @@ def sim_cmd(meters: int, collectors: int, per_collector: int, max_depth: int, ho
             if site_path:
                 click.echo(f"site file written: {site_path}; try: meterhub run {site_path} --once", err=True)
             click.echo("Ctrl-C to stop", err=True)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+            while not stopped:
+                time.sleep(0.1)  # a signal handler cannot wake a sleep that PEP 475 resumes
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def site_text(net: Any, port: str, baudrate: int, reading: str = "concentrator") -> str:
