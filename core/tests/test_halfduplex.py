@@ -409,3 +409,29 @@ def test_after_an_answer_the_next_request_waits_for_the_gap_or_the_turnaround(ga
         return second - (first + 0.01)  # from the answer's arrival to the next request
 
     assert asyncio.run(scenario()) >= chars * timing.char_time(SLOW_8E1)
+
+
+def test_the_character_format_changes_only_once_the_last_frame_has_left_the_uart():
+    # IEC 62056-21: the option select goes out at 300 Bd, then both sides switch to the
+    # readout's rate; switching while its last characters are still shifted out garbles them.
+    slow, fast = SerialSettings(300, 7, "E", 1), SerialSettings(9600, 7, "E", 1)
+
+    class Recording(ScriptLink):
+        switched: list[tuple[float, SerialSettings]] = []
+
+        async def apply_settings(self, settings: SerialSettings) -> None:
+            self.switched.append((time.monotonic(), settings))
+            await super().apply_settings(settings)
+
+    async def scenario() -> tuple[float, float, str]:
+        link = Recording(lambda req: [(0.3, b"<readout>")] if req == b"" else [])
+        bus = HalfDuplexChannel("probe", link)
+        await bus.send(b"\x060500\r\n", settings=slow, gap=0)
+        sent = link.writes[-1][0]
+        exchange = await bus.transact(b"", ToyDecoder(), timeout=1.0, settings=fast, gap=0)
+        (switch_at, to), = [(t, s) for t, s in link.switched if s == fast]
+        return sent, switch_at, exchange.frame
+
+    sent, switch_at, frame = asyncio.run(scenario())
+    assert switch_at - sent >= timing.frame_time(6, slow) - 0.005  # 6 characters at 300 Bd: 0.2 s
+    assert frame == "readout"

@@ -142,6 +142,14 @@ def test_a_request_gets_its_answer_over_the_pty(fd_of):
     assert data == reply_for("02", b"hello")
 
 
+def test_an_echoing_bus_sends_the_request_back_before_the_answer(fd_of):
+    with PtyBus([ToyDevice("01")], settings=FAST, echo=True) as bus:
+        fd = fd_of(bus)
+        os.write(fd, b"<01:hello>")
+        data = read_until(fd, lambda got: got.count(b">") >= 2, 2.0)
+    assert data == b"<01:hello>" + reply_for("01", b"hello")
+
+
 def test_counters_track_frames_in_and_out(fd_of):
     with PtyBus([ToyDevice("01")], settings=FAST) as bus:
         fd = fd_of(bus)

@@ -175,6 +175,8 @@ class PtyBus:
 
     ``port`` (the pty slave path, e.g. ``/dev/pts/7``) is what a client opens; it is
     set by :meth:`start`. Use as a context manager to start and stop the thread.
+    ``echo``: every byte the master writes comes back to it as it is sent (a half-duplex
+    optical probe hears itself), ahead of any answer.
     """
 
     def __init__(
@@ -186,8 +188,11 @@ class PtyBus:
         seed: int = 0,
         slow_delay: float = DEFAULT_SLOW_DELAY,
         noise_interval: float | None = None,
+        echo: bool = False,
     ) -> None:
         self.devices: list[SimDevice] = list(devices)
+        #: the master hears its own transmission, as through a half-duplex optical probe
+        self.echo = echo
         self.settings = settings
         self.turnaround = turnaround
         self.slow_delay = slow_delay
@@ -339,6 +344,9 @@ class PtyBus:
         # The pty delivers the request at once; on a real line it takes its wire time,
         # and a device can only start answering after the last character arrived.
         self._rx_end = max(self._rx_end, now) + timing.frame_time(len(data), self.settings)
+        if self.echo:
+            with self._lock:
+                bisect.insort(self._tx, _Chunk(now, bytes(data), ends_frame=False), key=lambda c: c.due)
         for decoder, devices in decoders.values():
             try:
                 items = decoder.feed(data)
@@ -511,10 +519,12 @@ def start_bus(
     seed: int = 0,
     slow_delay: float = DEFAULT_SLOW_DELAY,
     noise_interval: float | None = None,
+    echo: bool = False,
 ) -> PtyBus:
     """A started :class:`PtyBus` serving ``devices`` at ``settings``, each device named in
     ``faults`` (address -> fault) switched to its fault; what every ``start_*_sim`` does."""
-    bus = PtyBus(devices, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay, noise_interval=noise_interval)
+    bus = PtyBus(devices, settings=settings, turnaround=turnaround, seed=seed, slow_delay=slow_delay,
+                 noise_interval=noise_interval, echo=echo)
     for address, fault in (faults or {}).items():
         bus.set_fault(address, fault)
     return bus.start()

@@ -324,6 +324,10 @@ class HalfDuplexChannel:
         self._forget_expired()
         wanted = settings or self._default
         if wanted != self._settings:
+            # Our last frame may still be leaving the UART (IEC 62056-21: the option select
+            # at 300 Bd, then the readout at the new rate): switching now would garble its
+            # tail. Wait until its last character is out.
+            await asyncio.sleep(max(self._idle_since - time.monotonic(), 0.0))
             await self.link.apply_settings(wanted)
             self._settings = wanted
         # The frame's gap (at least the last talker's turnaround) since the line last went

@@ -31,7 +31,9 @@ from .rounds import _run_once
 
 @click.command("read")
 @_serial_options
-@click.option("--address", required=True, help="Meter address in the protocol's own form.")
+@click.option("--address", default=None,
+              help="Meter address in the protocol's own form; optional where the protocol has a default (IEC 62056-21 "
+                   "through an optical probe: the one meter in front of it).")
 @click.option("--quantity", "quantities", required=True, multiple=True, help="OBIS code or alias; repeat for several.")
 @click.option("--retries", type=click.IntRange(0, 10), default=2, show_default=True)
 @click.option("--profile", default=None, help="Device profile, lower-case vendor-model (Modbus: eastron-sdm630, ...).")
@@ -40,7 +42,7 @@ from .rounds import _run_once
               help="A driver option as a site file's meter options: would give it; repeat for several.")
 def read_cmd(
     transport: str, port: str, baudrate: int | None, parity: str | None, bytesize: int | None, stopbits: str | None,
-    protocol: str, timeout: float | None, as_json: bool, address: str, quantities: Sequence[str], retries: int,
+    protocol: str, timeout: float | None, as_json: bool, address: str | None, quantities: Sequence[str], retries: int,
     profile: str | None, meter_type: str | None, extra_options: Sequence[str],
 ) -> None:
     """Read quantities of one meter, once.
@@ -57,10 +59,16 @@ def read_cmd(
     unsupported = [q for q in obis if q not in set(driver.supported_quantities())]
     if unsupported:
         raise Failure(f"protocol {protocol} cannot read {', '.join(unsupported)}", EXIT_USAGE)
-    try:
-        address = driver.normalize_address(address)
-    except ValueError as exc:
-        raise Failure(f"bad {protocol} address {address!r}: {exc}", EXIT_USAGE) from None
+    if address is None:
+        try:
+            address = driver.normalize_address("")
+        except ValueError:
+            raise Failure(f"Missing option '--address': protocol {protocol} needs the meter's address", EXIT_USAGE) from None
+    else:
+        try:
+            address = driver.normalize_address(address)
+        except ValueError as exc:
+            raise Failure(f"bad {protocol} address {address!r}: {exc}", EXIT_USAGE) from None
     options = _meter_options(profile, meter_type, extra_options)
     settings = _settings(driver, baudrate, parity, bytesize, stopbits, profile_settings(driver, options))
     channel = _one_channel(plugins, transport, port, settings)

@@ -945,6 +945,7 @@ def start_dlt645_sim(
     first_address: str = "000000000001",
     turnaround: float | tuple[float, float] = DEFAULT_TURNAROUND,
     noise_interval: float | None = None,
+    echo: bool = False,
     **meter_options: Any,
 ) -> PtyBus:
     """``n`` simulated meters on a started :class:`PtyBus` at ``baudrate`` 8E1.
@@ -955,7 +956,8 @@ def start_dlt645_sim(
     meters = make_meters(n, first_address=first_address, seed=seed, clock=clock, **meter_options)
     settings = SerialSettings(baudrate, **CHARACTER_FORMAT)
     return simulator.start_bus(
-        meters, settings, faults=faults, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings), noise_interval=noise_interval
+        meters, settings, faults=faults, turnaround=turnaround, seed=seed, slow_delay=slow_delay(settings),
+        noise_interval=noise_interval, echo=echo,
     )
 
 
