@@ -22,7 +22,7 @@ import threading
 import time
 import tty
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar, runtime_checkable
 
 import attrs
 
@@ -168,6 +168,68 @@ def close_pty(*fds: int | None) -> None:
                 os.close(fd)
             except OSError:
                 pass
+
+
+class PtyServer:
+    """A simulated device served on a pseudo-terminal by one background thread: the life
+    cycle the device simulators share (a modem, a carrier module, an optical meter).
+
+    A subclass calls ``super().__init__()``, implements :meth:`_serve` (the thread's loop,
+    until ``self._stop`` is set, on ``self._master``) and may override :meth:`_starting`
+    (called with the pty open, before the thread starts) and :meth:`_stopping` (after the
+    thread has ended, before the pty closes). ``path`` is the pty slave a client opens.
+    """
+
+    #: how long stop() waits for the serving thread
+    JOIN_S = 2.0
+
+    def __init__(self) -> None:
+        self.path = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._master: int | None = None
+        self._slave: int | None = None
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def _starting(self) -> None:
+        """With the pty open, before the thread starts."""
+
+    def _stopping(self) -> None:
+        """After the thread has ended, before the pty closes."""
+
+    def start(self) -> Self:
+        """Open the pty and start serving; returns self."""
+        if self._thread is not None:
+            return self
+        self._master, self._slave, self.path = open_raw_pty()
+        self._starting()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name=f"{type(self).__name__} {self.path}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread and close the pty (idempotent)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.JOIN_S)
+            self._thread = None
+        self._stopping()
+        close_pty(self._master, self._slave)
+        self._master = self._slave = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the serving thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
 
 
 class PtyBus:

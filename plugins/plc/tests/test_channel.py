@@ -16,7 +16,6 @@ from meterhub.errors import MeterTimeout, NotAttempted
 from meterhub.model import ChannelConfig, Hop, Meter, Quality, Reading, RoundReport, SerialSettings, Site
 from meterhub.plugins import get_plugins
 from meterhub.protocols import dlt645
-from meterhub.protocols.gdw1376_2 import Afn
 from meterhub.protocols.gdw1376_2_data import DenyReason
 from meterhub.runtime import Concentrator
 from meterhub.store import open_store

@@ -42,11 +42,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Self
+from typing import Any
 
 from meterhub import timing
 from meterhub.model import SerialSettings
-from meterhub.simulator import close_pty, open_raw_pty
+from meterhub.simulator import PtyServer
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class _Output:
         self.data = data
 
 
-class ModemSim:
+class ModemSim(PtyServer):
     """A simulated modem of ``model`` on a pty (see the module docstring).
 
     ``apn``: the only APN the simulated network accepts (None: any). ``pin``: the SIM's
@@ -183,6 +183,7 @@ class ModemSim:
         slow_delay: float = DEFAULT_SLOW_DELAY,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         model = model.upper()
         if model not in MODELS:
             raise ValueError(f"unknown modem model {model!r}; choose one of: {', '.join(MODELS)}")
@@ -198,15 +199,10 @@ class ModemSim:
         self.activate_delay = activate_delay
         self.connect_delay = connect_delay
         self.slow_delay = slow_delay
-        self.path = ""
         self.commands: list[str] = []  #: every command line received, secrets included
         self.sent_to_server = 0  #: payload bytes forwarded to the TCP server
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._master: int | None = None
-        self._slave: int | None = None
         self._faults: dict[str, dict[str, Any]] = {}
         self._out: list[_Output] = []
         self._line_free_at = 0.0
@@ -248,32 +244,9 @@ class ModemSim:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> ModemSim:
-        """Open the pty and start serving; returns self."""
-        if self._thread is not None:
-            return self
-        self._master, self._slave, self.path = open_raw_pty()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name=f"ModemSim {self.model} {self.path}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread, close the TCP connection and the pty (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
+    def _stopping(self) -> None:
         with self._lock:
             self._close_socket()
-        close_pty(self._master, self._slave)
-        self._master = self._slave = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<ModemSim {self.model} {self.path or '(not started)'}>"

@@ -54,7 +54,7 @@ from meterhub.errors import FrameError, LinkError, MeterTimeout, NotAttempted, T
 from meterhub.model import ChannelConfig, Meter, SerialSettings
 from meterhub.protocols import dlt645
 from meterhub.protocols import gdw1376_2_data as units
-from meterhub.protocols.gdw1376_2 import Addresses, Afn, CommMode, Frame
+from meterhub.protocols.gdw1376_2 import Addresses, Afn, Frame
 from meterhub.protocols.gdw1376_2_data import DenyReason, ReadFlag
 
 from .module import ModuleDenied, ModuleLink, deny_text

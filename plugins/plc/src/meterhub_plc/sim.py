@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
-from typing import Any, Self
+from typing import Any
 
 import attrs
 
@@ -60,7 +60,7 @@ from meterhub.protocols import gdw1376_2 as link
 from meterhub.protocols import gdw1376_2_data as units
 from meterhub.protocols.gdw1376_2 import Addresses, Afn, CommMode, Direction, Frame, UpInfo
 from meterhub.protocols.gdw1376_2_data import DenyReason, ReadFlag
-from meterhub.simulator import close_pty, open_raw_pty
+from meterhub.simulator import PtyServer
 
 from .network import CarrierNetwork, NodeView, Outcome
 
@@ -191,7 +191,7 @@ def _fit(answer: bytes | None) -> bytes:
     return answer
 
 
-class ModuleSim:
+class ModuleSim(PtyServer):
     """A 1376.2 local communication module on a pty, serving ``network``.
 
     ``baudrate`` of the UART (8E1); ``main_node`` its own address; ``concurrency`` how
@@ -220,6 +220,7 @@ class ModuleSim:
         report_retry: float = REPORT_RETRY_S,
         router_wait: float = ROUTER_WAIT_S,
     ) -> None:
+        super().__init__()
         if concurrency < 1 or not 0 < capacity <= 0xFFFF:
             raise ValueError(f"concurrency must be >= 1 and capacity 1..65535, got {concurrency}, {capacity}")
         self.network = network
@@ -236,7 +237,6 @@ class ModuleSim:
         self.router_wait = router_wait
         self.monitor_timeout = DEFAULT_MONITOR_TIMEOUT
         self.events_allowed = True
-        self.path = ""
         # counters
         self.frames_in = 0  #: valid frames received
         self.frames_out = 0  #: frames completely written
@@ -262,10 +262,6 @@ class ModuleSim:
         self._handlers = self._dispatch_table()
         # serving
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._master: int | None = None
-        self._slave: int | None = None
         self._timers: list[tuple[float, int, _Timer]] = []
         self._timer_order = itertools.count()
         self._out: collections.deque[_Chunk] = collections.deque()
@@ -313,39 +309,11 @@ class ModuleSim:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Open the pty, power the network up and start serving; returns self."""
-        if self._thread is not None:
-            return self
-        self._master, self._slave, self.path = open_raw_pty()
+    def _starting(self) -> None:
         self.network.power_up()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name=f"ModuleSim {self.path}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread and close the pty (idempotent)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-        close_pty(self._master, self._slave)
-        self._master = self._slave = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<ModuleSim {self.path or '(not started)'} {len(self._archive)} nodes>"
-
-    @property
-    def running(self) -> bool:
-        """Whether the serving thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
 
     # -- control and state (thread-safe) ----------------------------------------------------
 
