@@ -1,0 +1,143 @@
+"""``meterhub ir``: the field technician's optical-probe tools (meterhub-infrared)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import click
+from meterhub import jsonout
+from meterhub.errors import MeterhubError
+from meterhub.model import ChannelConfig, Meter
+
+from . import iec62056_21 as iec
+
+
+@click.group("ir")
+def ir_cmd() -> None:
+    """Optical (infrared) port: a meter's IEC 62056-21 readout, and a simulated optical meter."""
+
+
+def _progress() -> Any:
+    """Progress lines on stderr, on a terminal only (the 300 Bd sign-on takes a while)."""
+    if not sys.stderr.isatty():
+        return None
+    started = time.monotonic()
+
+    def say(text: str) -> None:
+        click.echo(f"[{time.monotonic() - started:5.1f} s] {text}", err=True)
+
+    return say
+
+
+async def _readout(port: str, address: str, options: dict[str, Any], echo: str) -> tuple[Any, Any]:
+    from .driver import Iec62056Driver
+    from .transport import InfraredTransport
+
+    driver = Iec62056Driver()
+    address = driver.normalize_address(address)
+    meter = Meter(address, driver.name, "ir", options=options)
+    problems = driver.validate_meter(meter)
+    if problems:
+        raise click.UsageError("; ".join(f"{key}: {message}" for key, message in problems))
+    channel = InfraredTransport().create_channel(ChannelConfig("ir", "infrared", port, iec.SIGN_ON_SETTINGS, {"echo": echo}))
+    await channel.open()
+    try:
+        return await driver.readout(channel.towards(meter), meter, driver.transaction_timeout(iec.SIGN_ON_SETTINGS),
+                                    progress=_progress())
+    finally:
+        await channel.close()
+
+
+def dataset_to_dict(dataset: Any) -> dict[str, Any]:
+    """A data set as ``ir readout --json`` prints it: ``quantity`` (the OBIS code, or the
+    meter's own address where it is none), ``value`` (exact, a number where it is one),
+    ``unit``, and ``timestamp`` where the meter gives one."""
+    try:
+        value: Any = dataset.decimal()
+    except ValueError:
+        value = dataset.value
+    out: dict[str, Any] = {"quantity": dataset.obis() or dataset.address, "value": value, "unit": dataset.unit}
+    stamp = dataset.timestamp()
+    if stamp is not None:
+        out["timestamp"] = stamp
+    return out
+
+
+@ir_cmd.command("readout")
+@click.option("--port", required=True, help="The optical probe's serial port (device path or pyserial URL).")
+@click.option("--address", default="", help="The meter's device address for the sign-on (default: none, the meter in front of the probe).")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {quantity, value, unit[, timestamp]} on stdout.")
+@click.option("--max-baudrate", type=click.Choice([str(r) for r in sorted(set(iec.MODE_C_BAUD.values()))]), default=None,
+              help="The highest readout rate to accept (a probe that cannot go faster).")
+@click.option("--wake-up", is_flag=True, help="Wake a battery meter first (NUL characters at 300 Bd).")
+@click.option("--echo", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Whether the probe hears its own transmission (auto: learn it).")
+@click.option("--bcc", type=click.Choice(["xor", "sum"]), default="xor", show_default=True,
+              help="The block check: xor (the standard) or sum (meters that add instead).")
+def readout_cmd(port: str, address: str, as_json: bool, max_baudrate: str | None, wake_up: bool, echo: str,
+                bcc: str) -> None:
+    """Sign on at 300 Bd and print the meter's whole data readout (mode A, B or C)."""
+    options: dict[str, Any] = {"bcc": bcc}
+    if wake_up:
+        options["wake_up"] = True
+    if max_baudrate:
+        options["max_baudrate"] = int(max_baudrate)
+    try:
+        ident, readout = asyncio.run(_readout(port, address, options, echo))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except MeterhubError as exc:
+        raise click.ClickException(f"meter on {port}: {exc}") from None
+    rows = [dataset_to_dict(d) for d in readout.datasets]
+    if as_json:
+        click.echo(jsonout.dumps(rows))
+        return
+    click.echo(f"{ident.manufacturer} {ident.identification}: {len(rows)} data set(s)", err=True)
+    for row in rows:
+        stamp = f"  {row['timestamp'].isoformat()}" if "timestamp" in row else ""
+        click.echo(f"{row['quantity']:<16} {row['value']} {row['unit']}{stamp}".rstrip())
+
+
+@ir_cmd.command("sim")
+@click.option("--baud-char", default="5", show_default=True,
+              help="The highest rate the meter offers: mode C 0-6 (300..19200 Bd), mode B A-F.")
+@click.option("--mode", type=click.Choice(["A", "B", "C"]), default="C", show_default=True)
+@click.option("--address", default="", help="The meter's device address (it then answers only a sign-on with it).")
+@click.option("--password", default="00000000", show_default=True, help="The programming-mode password (P1).")
+@click.option("--no-echo", is_flag=True, help="Do not echo what the reader sends (a full-duplex head).")
+@click.option("--fault", "faults", multiple=True,
+              type=click.Choice(["bad_bcc", "no_answer_at_new_baud", "garbled_identification", "silent", "slow"]),
+              help="Start with a fault switched on; repeatable.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sim_cmd(baud_char: str, mode: str, address: str, password: str, no_echo: bool, faults: tuple[str, ...],
+            seed: int) -> None:
+    """An optical meter (IEC 62056-21) on a pseudo-terminal; prints its port, runs until interrupted."""
+    import signal
+
+    from .sim import OpticalMeter
+
+    stopped: list[int] = []  # noted from the start: a caller may stop us as soon as it has read the port
+    saved = {signum: signal.signal(signum, lambda number, _frame: stopped.append(number))
+             for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            meter = OpticalMeter(baud_char=baud_char, mode=mode, address=address, password=password, echo=not no_echo,
+                                 seed=seed)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        for fault in faults:
+            setattr(meter, fault, True)
+        with meter:
+            click.echo(meter.path)
+            sys.stdout.flush()
+            click.echo(f"optical meter on {meter.path}: mode {mode}, baud character {baud_char!r}"
+                       f"{', echoing' if not no_echo else ''} (a pseudo-terminal carries no baud rate); "
+                       f"try: meterhub ir readout --port {meter.path}", err=True)
+            while not stopped:
+                time.sleep(0.1)
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
