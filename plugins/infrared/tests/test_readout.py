@@ -99,3 +99,37 @@ def test_a_site_reads_meters_over_infrared_in_a_round(tmp_path):
     exported = json.loads(meterhub("export", "--db", str(tmp_path / "ir.db"), "--format", "json").stdout)
     assert len(exported) == 3 and all(r["quality"] == "ok" for r in exported)
     assert optical.sessions == 1  # one readout served both quantities
+
+
+@pytest.mark.parametrize(("mode", "char"), [("B", "E"), ("A", "J")])
+def test_mode_b_and_mode_a_meters_are_read_out_too(mode, char):
+    with OpticalMeter(mode=mode, baud_char=char) as meter:
+        before = value(meter, "1.8.0")
+        result = meterhub("ir", "readout", "--port", meter.path, "--json")
+        after = value(meter, "1.8.0")
+    assert result.returncode == 0, result.stderr
+    rows = {row["quantity"]: row for row in json.loads(result.stdout, parse_float=Decimal)}
+    assert before <= rows["1-0:1.8.0"]["value"] <= after
+
+
+def test_a_battery_meter_is_woken_up_first():
+    with OpticalMeter() as meter:
+        result = meterhub("ir", "readout", "--port", meter.path, "--wake-up", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)
+
+
+def test_ir_sim_prints_its_port_serves_a_readout_and_stops_on_a_signal():
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "meterhub.cli", "ir", "sim", "--baud-char", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = proc.stdout.readline().strip()
+        result = meterhub("ir", "readout", "--port", port, "--json")
+        assert result.returncode == 0, result.stderr
+        assert any(row["quantity"] == "1-0:1.8.0" for row in json.loads(result.stdout))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err

@@ -141,3 +141,112 @@ def sim_cmd(baud_char: str, mode: str, address: str, password: str, no_echo: boo
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def _probe_site(port: str, address: str, echo: str, db: str, credential: str) -> tuple[Any, Any]:
+    """A one-meter site on the probe (``meterhub ir write`` runs its command through it)."""
+    from meterhub.model import Schedule, Site
+
+    from .driver import Iec62056Driver
+
+    driver = Iec62056Driver()
+    meter = Meter(driver.normalize_address(address), driver.name, "ir", quantities=("1-0:1.8.0",), credential=credential)
+    channel = ChannelConfig("ir", "infrared", port, iec.SIGN_ON_SETTINGS, {"echo": echo})
+    return Site(channels={"ir": channel}, meters=(meter,), schedule=Schedule(retries=0), store=f"sqlite:///{db}"), meter
+
+
+@ir_cmd.command("register")
+@click.option("--port", required=True, help="The optical probe's serial port.")
+@click.option("--register", "register", required=True, help="The register's address as the meter names it (1.8.0).")
+@click.option("--address", default="", help="The meter's device address for the sign-on (default: none).")
+@click.option("--credential", default="", help="A secret-store entry whose password goes in P1 first (optional).")
+@click.option("--echo", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object {register, value, unit} on stdout.")
+def register_cmd(port: str, register: str, address: str, credential: str, echo: str, as_json: bool) -> None:
+    """Read one register in programming mode (R1), with the password (P1) when --credential names one."""
+    from meterhub.secrets import default_secrets
+
+    from .driver import Iec62056Driver
+    from .transport import InfraredTransport
+
+    password = None
+    if credential:
+        try:
+            password = default_secrets().get(credential).get("password")
+        except MeterhubError as exc:
+            raise click.ClickException(str(exc)) from None
+        if password is None:
+            raise click.ClickException(f"secret-store entry {credential!r} has no password")
+
+    async def run() -> Any:
+        driver = Iec62056Driver()
+        meter = Meter(driver.normalize_address(address), driver.name, "ir")
+        channel = InfraredTransport().create_channel(ChannelConfig("ir", "infrared", port, iec.SIGN_ON_SETTINGS, {"echo": echo}))
+        await channel.open()
+        try:
+            return await driver.read_register(channel.towards(meter), meter, register,
+                                              driver.transaction_timeout(iec.SIGN_ON_SETTINGS), password)
+        finally:
+            await channel.close()
+
+    try:
+        dataset = asyncio.run(run())
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except MeterhubError as exc:
+        raise click.ClickException(f"meter on {port}: {exc}") from None
+    if as_json:
+        click.echo(jsonout.dumps({"register": dataset.address, "value": dataset.value, "unit": dataset.unit}))
+    else:
+        click.echo(f"{dataset.address} {dataset.value} {dataset.unit}".rstrip())
+
+
+@ir_cmd.command("write")
+@click.option("--port", required=True, help="The optical probe's serial port.")
+@click.option("--register", "register", required=True, help="The register's address as the meter names it.")
+@click.option("--value", required=True, help="The value to write, as the meter writes it (no parentheses).")
+@click.option("--credential", required=True,
+              help="The secret-store entry with the meter's programming password (METERHUB_SECRET_<REF>_PASSWORD, "
+                   "the secrets file or the keyring).")
+@click.option("--address", default="", help="The meter's device address for the sign-on (default: none).")
+@click.option("--echo", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True)
+@click.option("--db", default="meterhub.db", show_default=True, type=click.Path(dir_okay=False),
+              help="The store whose audit trail records the command.")
+def write_cmd(port: str, register: str, value: str, credential: str, address: str, echo: str, db: str) -> None:
+    """Write one register in programming mode (P1 with the password, W1), through the command
+    path: policy hooks, the password from the secret store, the audit trail (meterhub commands)."""
+    from meterhub.errors import CommandRefused
+    from meterhub.model import Command, Origin
+    from meterhub.plugins import get_plugins
+    from meterhub.runtime import Concentrator
+    from meterhub.secrets import default_secrets
+    from meterhub.store import open_store
+
+    site, meter = _probe_site(port, address, echo, db, credential)
+
+    async def run() -> Any:
+        with open_store(site.store) as store:
+            async with Concentrator(site, plugins=get_plugins(), store=store,
+                                    secrets=default_secrets()) as conc:
+                command = Command(meter.address, meter.protocol, "write_register", {"register": register, "value": value},
+                                  origin=Origin.CLI, issuer=_user())
+                return await conc.execute(meter, command)
+
+    try:
+        answer = asyncio.run(run())
+    except CommandRefused as exc:
+        raise click.ClickException(f"refused, nothing sent: {exc}") from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    except MeterhubError as exc:
+        raise click.ClickException(f"meter on {port}: {exc}") from None
+    click.echo(f"{register} written ({answer.get('ok') and 'acknowledged'}); recorded in {db} (meterhub commands)", err=True)
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in this environment
+        return ""

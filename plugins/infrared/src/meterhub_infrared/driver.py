@@ -152,11 +152,131 @@ class Iec62056Driver:
         say(f"readout: {len(exchange.frame.datasets)} data set(s)")
         return ident, exchange.frame
 
+    # -- programming mode ----------------------------------------------------------------
+
+    async def read_register(self, bus: Conduit, meter: Meter, register: str, timeout: float,
+                            password: str | None = None) -> iec.DataSet:
+        """One register in programming mode (R1), after the password (P1) when given."""
+        def read(session: _Programming) -> Any:
+            return session.read(register)
+
+        return await self._programming(bus, meter, timeout, password, read)
+
+    async def write_register(self, bus: Conduit, meter: Meter, register: str, value: str, timeout: float,
+                             password: str) -> None:
+        """Write one register in programming mode (P1 with the password, then W1)."""
+        def write(session: _Programming) -> Any:
+            return session.write(register, value)
+
+        await self._programming(bus, meter, timeout, password, write)
+
+    async def _programming(self, bus: Conduit, meter: Meter, timeout: float, password: str | None,
+                           work: Callable[[_Programming], Any]) -> Any:
+        """Sign on, enter programming mode (option select Y = 1) at the meter's rate, take
+        its operand (P0), send the password (P1) when given, do ``work``, end with B0."""
+        rule = str(meter.options.get("bcc", "xor"))
+        sign_on = iec.SIGN_ON_SETTINGS
+        async with bus.session():
+            exchange = await bus.transact(
+                iec.sign_on(meter.address), iec.StreamDecoder(rule), timeout=timeout, settings=sign_on, gap=0,
+                accept=lambda frame: isinstance(frame, iec.Identification),
+            )
+            ident: iec.Identification = exchange.frame
+            if ident.mode() not in ("C", "E"):
+                raise NotSupported(f"programming mode needs a mode C meter; {ident.manufacturer} {ident.identification} "
+                                   f"is mode {ident.mode()}")
+            try:
+                rate = ident.baudrate()
+            except ValueError as exc:
+                raise FrameError(f"identification {ident.encode()!r}: {exc}") from None
+            limit = meter.options.get("max_baudrate")
+            if limit is not None and rate > limit:
+                rate = limit
+            char = next(c for c, r in iec.MODE_C_BAUD.items() if r == rate)
+            await bus.send(iec.option_select(char, "1"), settings=sign_on, gap=0)
+            session = _Programming(bus, SerialSettings(rate, 7, "E", 1), rule, meter)
+            await session.expect_operand()
+            try:
+                if password is not None:
+                    await session.password(password)
+                return await work(session)
+            finally:
+                await bus.send(iec.Command("B", "0").encode(rule), settings=session.settings, gap=0)
+
     async def scan(self, bus: Conduit, timeout: float) -> list[str]:
         raise NotSupported("an optical probe faces one meter: sign on without an address (meterhub ir readout)")
 
+    def command_credentials(self, name: str) -> tuple[str, ...]:
+        """:class:`meterhub.api.CommandCredentials`: a register write needs the meter's
+        programming password (P1) from the secret store."""
+        return ("password",) if name == "write_register" else ()
+
     async def execute(self, bus: Conduit, meter: Meter, command: Command, timeout: float) -> Mapping[str, Any]:
-        raise NotSupported(f"iec62056-21 has no command {command.name!r} here")
+        """``read_register`` (``register``; ``password`` from a credential, optional) and
+        ``write_register`` (``register``, ``value``; the ``password`` credential)."""
+        args = dict(command.args)
+        register = str(args.get("register", ""))
+        if not register:
+            raise ValueError(f"{command.name} needs a 'register' argument (e.g. '1.8.0')")
+        if command.name == "read_register":
+            dataset = await self.read_register(bus, meter, register, timeout, args.get("password"))
+            return {"command": command.name, "register": dataset.address, "value": dataset.value, "unit": dataset.unit}
+        if command.name == "write_register":
+            if "value" not in args:
+                raise ValueError("write_register needs a 'value' argument")
+            await self.write_register(bus, meter, register, str(args["value"]), timeout, str(args["password"]))
+            return {"command": command.name, "register": register, "ok": True}
+        raise NotSupported(f"iec62056-21 has no command {command.name!r}; it knows read_register, write_register")
+
+
+class _Programming:
+    """A programming-mode session in progress: commands and the meter's answers."""
+
+    def __init__(self, bus: Conduit, settings: SerialSettings, rule: str, meter: Meter) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.rule = rule
+        self.meter = meter
+
+    async def _ask(self, request: bytes, accept: tuple[type, ...], timeout: float | None = None) -> Any:
+        exchange = await self.bus.transact(
+            request, iec.StreamDecoder(self.rule), settings=self.settings, gap=0,
+            timeout=timeout or iec.REACTION_MAX_S + timing.frame_time(256, self.settings),
+            accept=lambda frame: isinstance(frame, accept),
+        )
+        return exchange.frame
+
+    async def expect_operand(self) -> None:
+        """The meter's P0 (its operand) after the option select, at the new rate."""
+        wait = iec.BAUD_SWITCH_WAIT_S + iec.REACTION_MAX_S + timing.frame_time(64, self.settings)
+        await self._ask(b"", (iec.Command,), wait)
+
+    async def password(self, password: str) -> None:
+        answer = await self._ask(iec.Command("P", "1", f"({password})".encode("ascii")).encode(self.rule),
+                                 (iec.Ack, iec.Nak, iec.ErrorMessage))
+        if isinstance(answer, iec.Nak):
+            raise MeterError(f"meter {self.meter.address or 'at the probe'} refused the password (NAK)", reason="password refused")
+        if isinstance(answer, iec.ErrorMessage):
+            raise MeterError(f"meter {self.meter.address or 'at the probe'} answered the password with {answer.text!r}",
+                             reason=answer.text)
+
+    async def read(self, register: str) -> iec.DataSet:
+        answer = await self._ask(iec.Command("R", "1", f"{register}()".encode("ascii")).encode(self.rule),
+                                 (iec.DataMessage, iec.ErrorMessage, iec.Nak))
+        if isinstance(answer, iec.Nak):
+            raise MeterError(f"meter refused reading {register} (NAK)", reason="read refused")
+        if isinstance(answer, iec.ErrorMessage) or not answer.datasets:
+            text = answer.text if isinstance(answer, iec.ErrorMessage) else "an empty answer"
+            raise MeterError(f"meter answered reading {register} with {text!r}", reason=text)
+        return answer.datasets[0]
+
+    async def write(self, register: str, value: str) -> None:
+        answer = await self._ask(iec.Command("W", "1", f"{register}({value})".encode("ascii")).encode(self.rule),
+                                 (iec.Ack, iec.Nak, iec.ErrorMessage))
+        if isinstance(answer, iec.Nak):
+            raise MeterError(f"meter refused writing {register} (NAK)", reason="write refused")
+        if isinstance(answer, iec.ErrorMessage):
+            raise MeterError(f"meter answered writing {register} with {answer.text!r}", reason=answer.text)
 
 
 def measurements(readout: iec.DataMessage, quantities: Sequence[Quantity]) -> list[Measurement | Exception]:
