@@ -123,6 +123,44 @@ class EnvSecrets:
         return _entry(found)
 
 
+#: The DL/T 645 credential of scripts and CI (``meterhub control``): its reference, and the
+#: variables that hold it. The password variable is 8 hex digits, PA (the privilege level)
+#: then P2 P1 P0, high to low as the standard writes them (they are sent low byte first);
+#: the operator code is 8 hex digits, C3 ... C0.
+DLT645_REF = "dlt645"
+DLT645_PASSWORD_ENV = "METERHUB_DLT645_PASSWORD"
+DLT645_OPERATOR_ENV = "METERHUB_DLT645_OPERATOR"
+_HEX8 = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+class Dlt645EnvSecrets:
+    """The entry ``dlt645`` from ``METERHUB_DLT645_PASSWORD`` and ``METERHUB_DLT645_OPERATOR``:
+    ``level`` (PA, as a number), ``password`` (P2 P1 P0) and ``operator`` (C3 ... C0). Other
+    references are not here. A variable that is not 8 hex digits is a CredentialError
+    naming the variable, never its value."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = environ
+
+    def get(self, ref: str) -> Mapping[str, str]:
+        _check_ref(ref)
+        environ = os.environ if self._environ is None else self._environ
+        password, operator = environ.get(DLT645_PASSWORD_ENV, ""), environ.get(DLT645_OPERATOR_ENV, "")
+        if ref != DLT645_REF or not (password or operator):
+            raise CredentialNotFound(ref, [f"{DLT645_PASSWORD_ENV}/{DLT645_OPERATOR_ENV} (entry {DLT645_REF!r} only)"])
+        found: dict[str, str] = {}
+        if password:
+            if not _HEX8.fullmatch(password.strip()):
+                raise CredentialError(f"{DLT645_PASSWORD_ENV} must be 8 hex digits: PA then P2 P1 P0")
+            text = password.strip()
+            found["level"], found["password"] = str(int(text[:2], 16)), text[2:]
+        if operator:
+            if not _HEX8.fullmatch(operator.strip()):
+                raise CredentialError(f"{DLT645_OPERATOR_ENV} must be 8 hex digits: C3 C2 C1 C0")
+            found["operator"] = operator.strip()
+        return _entry(found)
+
+
 class FileSecrets:
     """Entries from a YAML file that maps entry name → field → text, readable by its owner only.
 
@@ -334,7 +372,8 @@ class ChainSecrets:
 
 
 def default_secrets(path: str | os.PathLike[str] | None = None, *, fields: Collection[str] = CREDENTIAL_FIELDS) -> ChainSecrets:
-    """The secret store a gateway uses: the environment, then the secrets file (``path``,
+    """The secret store a gateway uses: the environment (``METERHUB_SECRET_<REF>_<FIELD>``,
+    and for the entry ``dlt645`` the ``METERHUB_DLT645_*`` variables), then the secrets file (``path``,
     else ``$METERHUB_SECRETS``, else ``~/.config/meterhub/secrets.yaml``, which alone may be
     missing), then the keyring. ``fields`` are the field names the environment and the
     keyring are searched for (a plugin's driver may need others than the built-in ones)."""
@@ -343,5 +382,5 @@ def default_secrets(path: str | os.PathLike[str] | None = None, *, fields: Colle
         file = FileSecrets(configured, required=True)
     else:
         file = FileSecrets(os.path.expanduser(DEFAULT_SECRETS_PATH), required=False)
-    return ChainSecrets([EnvSecrets(fields), file, KeyringSecrets(fields)])
+    return ChainSecrets([EnvSecrets(fields), Dlt645EnvSecrets(), file, KeyringSecrets(fields)])
 
