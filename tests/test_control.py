@@ -86,3 +86,18 @@ def test_a_policy_hook_that_refuses_stops_the_command_before_anything_is_sent(tm
         assert bus.frames_in == before and not bus.devices[0].relay_open
     assert result.returncode == 1 and "ACME policy" in result.stderr
     assert [e["state"] for e in audit(tmp_path)] == ["refused"]
+
+
+def test_valve_close_then_open_on_a_water_meter_needs_no_credentials(tmp_path):
+    from meterhub.protocols.cjt188_sim import start_cjt188_sim
+
+    with start_cjt188_sim(1) as bus:
+        meter = bus.devices[0]
+        args = ["--port", bus.port, "--protocol", "cjt188", "--address", meter.address, "--db", str(tmp_path / "audit.db")]
+        closed = meterhub("control", "valve-close", *args, "--json", cwd=tmp_path)
+        assert closed.returncode == 0, closed.stderr
+        assert not meter.valve_open and json.loads(closed.stdout)["command"] == "valve-close"
+        opened = meterhub("control", "valve-open", *args, cwd=tmp_path)
+        assert opened.returncode == 0, opened.stderr
+        assert meter.valve_open
+    assert [(e["command"], e["state"]) for e in audit(tmp_path)] == [("valve", "answered"), ("valve", "answered")]

@@ -55,7 +55,8 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("run", "run_cmd", "Run the concentrator on a site file."),
     "export": ("export", "export_cmd", "Export readings from the store as CSV or JSON."),
     "control": ("control", "control_cmd",
-                "Trip (relay-off) or close (relay-on) a meter's relay, with its credentials from the secret store."),
+                "Trip (relay-off) or close (relay-on) a meter's relay, with its credentials from the secret store; "
+                "close or open a water or gas meter's valve (valve-close, valve-open)."),
     "commands": ("commands", "commands_cmd",
                  "The audited command log: every command with its origin, issuer, state and answer."),
     "sim": ("sim", "sim_cmd", "Simulated meters on pseudo-terminals, for trying meterhub without hardware."),

@@ -23,8 +23,16 @@ from .common import (
 )
 
 #: What each action asks of the meter's driver: DL/T 645 relay control (1Ch) with N1 = 1Ah
-#: (trip, 拉闸) or 1Ch (direct close, 直接合闸).
-ACTIONS = {"relay-off": ("relay", {"action": "trip"}), "relay-on": ("relay", {"action": "close"})}
+#: (trip, 拉闸) or 1Ch (direct close, 直接合闸); CJ/T 188 valve control (write A017: 99h
+#: close, 55h open), which the standard does not authenticate.
+ACTIONS = {
+    "relay-off": ("relay", {"action": "trip"}),
+    "relay-on": ("relay", {"action": "close"}),
+    "valve-close": ("valve", {"action": "close"}),
+    "valve-open": ("valve", {"action": "open"}),
+}
+#: The secret-store entry an action's credentials come from unless --credential names one.
+DEFAULT_CREDENTIAL = {"relay": "dlt645", "valve": ""}
 
 
 def _user() -> str:
@@ -38,18 +46,20 @@ def _user() -> str:
 @click.argument("action", type=click.Choice(sorted(ACTIONS)))
 @_serial_options
 @click.option("--address", required=True, help="Meter address in the protocol's own form.")
-@click.option("--credential", default="dlt645", show_default=True,
-              help="Secret-store entry with the meter's password (and level) and operator code; the entry dlt645 "
-                   "also comes from METERHUB_DLT645_PASSWORD and METERHUB_DLT645_OPERATOR.")
+@click.option("--credential", default=None,
+              help="Secret-store entry with the meter's password (and level) and operator code (relay: dlt645 by "
+                   "default, which also comes from METERHUB_DLT645_PASSWORD and METERHUB_DLT645_OPERATOR; valve: none).")
 @click.option("--db", default="meterhub.db", show_default=True, type=click.Path(dir_okay=False),
               help="The store whose audit trail records the command (meterhub commands).")
 @click.option("--arg", "extra_args", multiple=True, metavar="KEY=VALUE",
               help="A further argument of the command, as a policy hook may ask for one (confirm=true); repeatable.")
 def control_cmd(action: str, transport: str, port: str, baudrate: int | None, parity: str | None,
                 bytesize: int | None, stopbits: str | None, protocol: str, timeout: float | None, as_json: bool,
-                address: str, credential: str, db: str, extra_args: tuple[str, ...]) -> None:
+                address: str, credential: str | None, db: str, extra_args: tuple[str, ...]) -> None:
     """Trip (relay-off) or close (relay-on) a meter's relay, with its credentials from the
-    secret store. Nothing is sent without them; a meter's refusal exits 1 naming it."""
+    secret store; close or open a water or gas meter's valve (valve-close, valve-open).
+    Nothing is sent without the credentials a command needs; a meter's refusal exits 1
+    naming it."""
     from ..errors import CommandRefused, MeterError, MeterhubError
     from ..model import Command, Meter, Origin, Schedule, Site
     from ..runtime import Concentrator
@@ -64,6 +74,7 @@ def control_cmd(action: str, transport: str, port: str, baudrate: int | None, pa
         raise Failure(f"bad {protocol} address {address!r}: {exc}", EXIT_USAGE) from None
     name, args = ACTIONS[action]
     args = {**_extra(extra_args), **args}
+    credential = DEFAULT_CREDENTIAL[name] if credential is None else credential
     channel = _one_channel(plugins, transport, port, _settings(driver, baudrate, parity, bytesize, stopbits))
     meter = Meter(address=address, protocol=protocol, channel="cli", timeout=timeout, credential=credential)
     site = Site(channels={"cli": channel}, meters=(meter,), schedule=Schedule(retries=0), store=f"sqlite:///{db}")
