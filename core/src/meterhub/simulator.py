@@ -182,6 +182,8 @@ class PtyServer:
 
     #: how long stop() waits for the serving thread
     JOIN_S = 2.0
+    #: how long :meth:`read_master` pauses while no client has the port open
+    POLL_S = POLL_INTERVAL_S
 
     def __init__(self) -> None:
         self.path = ""
@@ -230,6 +232,19 @@ class PtyServer:
     def running(self) -> bool:
         """Whether the serving thread is alive."""
         return self._thread is not None and self._thread.is_alive()
+
+    def read_master(self, master: int) -> bytes:
+        """What the client wrote, b"" when nothing is there or no client has the port open
+        (EIO: then after a poll interval, so the serving loop does not spin)."""
+        try:
+            return os.read(master, 4096)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: no client has the slave open right now
+                logger.warning("%s %s: read failed: %s", type(self).__name__, self.path, exc)
+            time.sleep(self.POLL_S)
+            return b""
 
 
 class PtyBus:

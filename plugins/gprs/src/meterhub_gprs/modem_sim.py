@@ -32,7 +32,6 @@ Output is paced at the baud rate, as the module's UART would send it.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
@@ -165,6 +164,8 @@ class ModemSim(PtyServer):
     PIN. ``rssi``: what AT+CSQ reports. ``autobaud``: the first AT only sets the speed
     and gets no answer. ``escape_guard``: the +++ guard time. Delays are seconds.
     """
+
+    POLL_S = POLL_INTERVAL_S
 
     def __init__(
         self,
@@ -314,7 +315,7 @@ class ModemSim(PtyServer):
             with self._lock:
                 now = time.monotonic()
                 if master in readable:
-                    data = self._read_master(master)
+                    data = self.read_master(master)
                     if data:
                         self._from_host(data, now)
                 if sock is not None and sock in readable and sock is self._sock:
@@ -327,17 +328,6 @@ class ModemSim(PtyServer):
         if self._out:
             wait = min(wait, max(0.0, self._out[0].due - time.monotonic()))
         return wait
-
-    def _read_master(self, master: int) -> bytes:
-        try:
-            return os.read(master, 4096)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: no client has the slave open right now
-                log.warning("modem sim %s: read failed: %s", self.path, exc)
-            time.sleep(POLL_INTERVAL_S)
-            return b""
 
     def _read_socket(self, sock: socket.socket) -> None:
         try:

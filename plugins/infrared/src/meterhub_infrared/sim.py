@@ -39,7 +39,6 @@ Choices where the notes are silent (the standard's text was not at hand):
 
 from __future__ import annotations
 
-import errno
 import heapq
 import itertools
 import logging
@@ -167,6 +166,8 @@ class OpticalMeter(PtyServer):
     1.5-4.5 kW); ``check_rates`` whether rate mismatches garble (False: a pty without
     termios rates).
     """
+
+    POLL_S = POLL_INTERVAL_S
 
     def __init__(
         self,
@@ -336,7 +337,7 @@ class OpticalMeter(PtyServer):
                 readable, _, _ = select.select([master], [], [], wait)
             except (OSError, ValueError):  # fd closed under us by stop()
                 break
-            data = self._read(master) if readable else b""
+            data = self.read_master(master) if readable else b""
             with self._lock:
                 if data:
                     self._receive(data)
@@ -351,17 +352,6 @@ class OpticalMeter(PtyServer):
         if self._out:
             wait = min(wait, self._out[0][0] - now)
         return max(0.0, wait)
-
-    def _read(self, master: int) -> bytes:
-        try:
-            return os.read(master, 4096)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: no client has the slave open right now
-                log.warning("optical meter %s: read failed: %s", self.path, exc)
-            time.sleep(POLL_INTERVAL_S)
-            return b""
 
     def _client_rate(self) -> int | None:
         """The rate the master's port is set to (from the slave's termios), None if unknown."""

@@ -37,7 +37,6 @@ Simplifications (what a real module does that this one does not):
 from __future__ import annotations
 
 import collections
-import errno
 import heapq
 import itertools
 import logging
@@ -203,6 +202,8 @@ class ModuleSim(PtyServer):
     timings (see the constants). Use as a context manager, or :meth:`start` /
     :meth:`stop`.
     """
+
+    POLL_S = POLL_INTERVAL_S
 
     def __init__(
         self,
@@ -424,7 +425,7 @@ class ModuleSim(PtyServer):
                 readable, _, _ = select.select([master], [], [], wait)
             except (OSError, ValueError):  # fd closed under us by stop()
                 break
-            data = self._read(master) if readable else b""
+            data = self.read_master(master) if readable else b""
             with self._lock:
                 if data:
                     self._receive(data, decoder)
@@ -439,17 +440,6 @@ class ModuleSim(PtyServer):
         if self._out:
             wait = min(wait, self._out[0].due - now)
         return max(0.0, wait)
-
-    def _read(self, master: int) -> bytes:
-        try:
-            return os.read(master, 4096)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            if exc.errno != errno.EIO:  # EIO: no client has the slave open right now
-                log.warning("module sim %s: read failed: %s", self.path, exc)
-            time.sleep(POLL_INTERVAL_S)
-            return b""
 
     def _receive(self, data: bytes, decoder: link.StreamDecoder) -> None:
         # The pty delivers at once what took its wire time on the real UART: the module
