@@ -123,6 +123,17 @@ async def run_command(
     return clean_answer
 
 
+def local_issuer() -> str:
+    """Who issues a command from this machine's command line: the user's login name, ""
+    where the environment has none (a container without a user entry)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
 def _check(command: Command, needs: frozenset[str], plugins: Plugins, secrets: SecretStore) -> dict[str, str]:
     """The credential fields to send with ``command``, or :class:`CommandRefused` saying why
     it may not be sent."""

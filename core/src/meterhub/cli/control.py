@@ -5,7 +5,6 @@ trail in the store."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 from typing import Any
 
 import click
@@ -35,13 +34,6 @@ ACTIONS = {
 DEFAULT_CREDENTIAL = {"relay": "dlt645", "valve": ""}
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in this environment
-        return ""
-
-
 @click.command("control")
 @click.argument("action", type=click.Choice(sorted(ACTIONS)))
 @_serial_options
@@ -60,6 +52,7 @@ def control_cmd(action: str, transport: str, port: str, baudrate: int | None, pa
     secret store; close or open a water or gas meter's valve (valve-close, valve-open).
     Nothing is sent without the credentials a command needs; a meter's refusal exits 1
     naming it."""
+    from ..commands import local_issuer
     from ..errors import CommandRefused, MeterError, MeterhubError
     from ..model import Command, Meter, Origin, Schedule, Site
     from ..runtime import Concentrator
@@ -78,7 +71,7 @@ def control_cmd(action: str, transport: str, port: str, baudrate: int | None, pa
     channel = _one_channel(plugins, transport, port, _settings(driver, baudrate, parity, bytesize, stopbits))
     meter = Meter(address=address, protocol=protocol, channel="cli", timeout=timeout, credential=credential)
     site = Site(channels={"cli": channel}, meters=(meter,), schedule=Schedule(retries=0), store=f"sqlite:///{db}")
-    command = Command(address, protocol, name, args, origin=Origin.CLI, issuer=_user(), credential=credential)
+    command = Command(address, protocol, name, args, origin=Origin.CLI, issuer=local_issuer(), credential=credential)
 
     async def run() -> Any:
         with open_store(site.store) as store:

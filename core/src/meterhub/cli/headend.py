@@ -349,17 +349,10 @@ def request_cmd(ctx: click.Context, db: str | None, terminal: str, points: tuple
         args["day"] = day
     if month:
         args["month"] = month
-    request = HeadEndRequest(_terminal(terminal), "read", args, issuer=_issuer(), timeout=timeout)
+    from ..commands import local_issuer
+
+    request = HeadEndRequest(_terminal(terminal), "read", args, issuer=local_issuer(), timeout=timeout)
     _queue(_db(ctx, db), request, as_json)
-
-
-def _issuer() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 @headend_cmd.command("command")
@@ -388,7 +381,9 @@ def command_cmd(ctx: click.Context, action: str, db: str | None, terminal: str, 
         except ValueError as exc:
             raise Failure(f"bad --time: {exc}", EXIT_USAGE) from None
         args["time"] = when
-    request = HeadEndRequest(_terminal(terminal), "command", args, issuer=_issuer(), credential=credential,
+    from ..commands import local_issuer
+
+    request = HeadEndRequest(_terminal(terminal), "command", args, issuer=local_issuer(), credential=credential,
                              timeout=timeout)
     _queue(_db(ctx, db), request, as_json)
 

@@ -215,6 +215,7 @@ def register_cmd(port: str, register: str, address: str, credential: str, echo: 
 def write_cmd(port: str, register: str, value: str, credential: str, address: str, echo: str, db: str) -> None:
     """Write one register in programming mode (P1 with the password, W1), through the command
     path: policy hooks, the password from the secret store, the audit trail (meterhub commands)."""
+    from meterhub.commands import local_issuer
     from meterhub.errors import CommandRefused
     from meterhub.model import Command, Origin
     from meterhub.plugins import get_plugins
@@ -229,7 +230,7 @@ def write_cmd(port: str, register: str, value: str, credential: str, address: st
             async with Concentrator(site, plugins=get_plugins(), store=store,
                                     secrets=default_secrets()) as conc:
                 command = Command(meter.address, meter.protocol, "write_register", {"register": register, "value": value},
-                                  origin=Origin.CLI, issuer=_user())
+                                  origin=Origin.CLI, issuer=local_issuer())
                 return await conc.execute(meter, command)
 
     try:
@@ -241,12 +242,3 @@ def write_cmd(port: str, register: str, value: str, credential: str, address: st
     except MeterhubError as exc:
         raise click.ClickException(f"meter on {port}: {exc}") from None
     click.echo(f"{register} written ({answer.get('ok') and 'acknowledged'}); recorded in {db} (meterhub commands)", err=True)
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in this environment
-        return ""
