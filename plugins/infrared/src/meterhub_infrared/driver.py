@@ -117,25 +117,12 @@ class Iec62056Driver:
                 await bus.send(bytes(nul), settings=sign_on, gap=0)
                 await asyncio.sleep(WAKE_UP_S + WAKE_UP_PAUSE_S)
             say(f"signing on at {sign_on.baudrate} Bd")
-            exchange = await bus.transact(
-                iec.sign_on(meter.address), iec.StreamDecoder(rule), timeout=timeout, settings=sign_on, gap=0,
-                accept=lambda frame: isinstance(frame, iec.Identification),
-            )
-            ident: iec.Identification = exchange.frame
+            ident = await _sign_on(bus, meter, timeout, rule)
             mode = ident.mode()
-            rate = sign_on.baudrate
-            if mode in ("B", "C", "E"):
-                try:
-                    rate = ident.baudrate()
-                except ValueError as exc:
-                    raise FrameError(f"identification {ident.encode()!r}: {exc}") from None
-            limit = options.get("max_baudrate")
+            rate = _rate(ident, meter)
             if mode in ("C", "E"):
-                if limit is not None and rate > limit:
-                    rate = limit
-                char = next(c for c, r in iec.MODE_C_BAUD.items() if r == rate)
                 say(f"{ident.manufacturer} {ident.identification}: mode {mode}, reading out at {rate} Bd")
-                await bus.send(iec.option_select(char, "0"), settings=sign_on, gap=0)
+                await bus.send(iec.option_select(_baud_char(rate), "0"), settings=sign_on, gap=0)
             elif mode == "B":
                 say(f"{ident.manufacturer} {ident.identification}: mode B, reading out at {rate} Bd")
             else:
@@ -177,23 +164,12 @@ class Iec62056Driver:
         rule = str(meter.options.get("bcc", "xor"))
         sign_on = iec.SIGN_ON_SETTINGS
         async with bus.session():
-            exchange = await bus.transact(
-                iec.sign_on(meter.address), iec.StreamDecoder(rule), timeout=timeout, settings=sign_on, gap=0,
-                accept=lambda frame: isinstance(frame, iec.Identification),
-            )
-            ident: iec.Identification = exchange.frame
+            ident = await _sign_on(bus, meter, timeout, rule)
             if ident.mode() not in ("C", "E"):
                 raise NotSupported(f"programming mode needs a mode C meter; {ident.manufacturer} {ident.identification} "
                                    f"is mode {ident.mode()}")
-            try:
-                rate = ident.baudrate()
-            except ValueError as exc:
-                raise FrameError(f"identification {ident.encode()!r}: {exc}") from None
-            limit = meter.options.get("max_baudrate")
-            if limit is not None and rate > limit:
-                rate = limit
-            char = next(c for c, r in iec.MODE_C_BAUD.items() if r == rate)
-            await bus.send(iec.option_select(char, "1"), settings=sign_on, gap=0)
+            rate = _rate(ident, meter)
+            await bus.send(iec.option_select(_baud_char(rate), "1"), settings=sign_on, gap=0)
             session = _Programming(bus, SerialSettings(rate, 7, "E", 1), rule, meter)
             await session.expect_operand()
             try:
@@ -227,6 +203,37 @@ class Iec62056Driver:
             await self.write_register(bus, meter, register, str(args["value"]), timeout, str(args["password"]))
             return {"command": command.name, "register": register, "ok": True}
         raise NotSupported(f"iec62056-21 has no command {command.name!r}; it knows read_register, write_register")
+
+
+async def _sign_on(bus: Conduit, meter: Meter, timeout: float, rule: str) -> iec.Identification:
+    """The sign-on request at 300 Bd 7E1 and the meter's identification."""
+    exchange = await bus.transact(
+        iec.sign_on(meter.address), iec.StreamDecoder(rule), timeout=timeout, settings=iec.SIGN_ON_SETTINGS, gap=0,
+        accept=lambda frame: isinstance(frame, iec.Identification),
+    )
+    return exchange.frame
+
+
+def _rate(ident: iec.Identification, meter: Meter) -> int:
+    """The rate the session goes on at: what the identification offers (mode B, C, E; mode A
+    stays at 300 Bd), in mode C and E no faster than the meter's ``max_baudrate``.
+    FrameError for a baud-rate character the standard does not define."""
+    mode = ident.mode()
+    if mode not in ("B", "C", "E"):
+        return iec.SIGN_ON_SETTINGS.baudrate
+    try:
+        rate = ident.baudrate()
+    except ValueError as exc:
+        raise FrameError(f"identification {ident.encode()!r}: {exc}") from None
+    limit = meter.options.get("max_baudrate")
+    if mode in ("C", "E") and limit is not None and rate > limit:
+        rate = limit
+    return rate
+
+
+def _baud_char(rate: int) -> str:
+    """The mode C baud-rate character of ``rate`` for the option select."""
+    return next(c for c, r in iec.MODE_C_BAUD.items() if r == rate)
 
 
 class _Programming:
