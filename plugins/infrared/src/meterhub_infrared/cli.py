@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import click
@@ -34,7 +36,6 @@ def _progress() -> Any:
 
 async def _readout(port: str, address: str, options: dict[str, Any], echo: str) -> tuple[Any, Any]:
     from .driver import Iec62056Driver
-    from .transport import InfraredTransport
 
     driver = Iec62056Driver()
     address = driver.normalize_address(address)
@@ -42,11 +43,20 @@ async def _readout(port: str, address: str, options: dict[str, Any], echo: str) 
     problems = driver.validate_meter(meter)
     if problems:
         raise click.UsageError("; ".join(f"{key}: {message}" for key, message in problems))
+    async with _probe(port, echo) as channel:
+        return await driver.readout(channel.towards(meter), meter, driver.transaction_timeout(iec.SIGN_ON_SETTINGS),
+                                    progress=_progress())
+
+
+@contextlib.asynccontextmanager
+async def _probe(port: str, echo: str) -> AsyncIterator[Any]:
+    """The optical probe on ``port`` as an open channel, closed afterwards."""
+    from .transport import InfraredTransport
+
     channel = InfraredTransport().create_channel(ChannelConfig("ir", "infrared", port, iec.SIGN_ON_SETTINGS, {"echo": echo}))
     await channel.open()
     try:
-        return await driver.readout(channel.towards(meter), meter, driver.transaction_timeout(iec.SIGN_ON_SETTINGS),
-                                    progress=_progress())
+        yield channel
     finally:
         await channel.close()
 
@@ -167,7 +177,6 @@ def register_cmd(port: str, register: str, address: str, credential: str, echo: 
     from meterhub.secrets import default_secrets
 
     from .driver import Iec62056Driver
-    from .transport import InfraredTransport
 
     password = None
     if credential:
@@ -181,13 +190,9 @@ def register_cmd(port: str, register: str, address: str, credential: str, echo: 
     async def run() -> Any:
         driver = Iec62056Driver()
         meter = Meter(driver.normalize_address(address), driver.name, "ir")
-        channel = InfraredTransport().create_channel(ChannelConfig("ir", "infrared", port, iec.SIGN_ON_SETTINGS, {"echo": echo}))
-        await channel.open()
-        try:
+        async with _probe(port, echo) as channel:
             return await driver.read_register(channel.towards(meter), meter, register,
                                               driver.transaction_timeout(iec.SIGN_ON_SETTINGS), password)
-        finally:
-            await channel.close()
 
     try:
         dataset = asyncio.run(run())

@@ -4,8 +4,10 @@ carrier network to try the ``plc`` transport without one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import click
@@ -28,33 +30,41 @@ def _port_options(fn: Any) -> Any:
     return click.option("--port", required=True, help="The module's serial port (device path or pyserial URL).")(fn)
 
 
-def _channel(port: str, baudrate: str, parity: str) -> Any:
+@contextlib.asynccontextmanager
+async def _module(port: str, baudrate: str, parity: str) -> AsyncIterator[Any]:
+    """The module on ``port``, its identity read (changing nothing), closed afterwards."""
     from . import options
     from .channel import PlcChannel
 
     settings = SerialSettings(int(baudrate), 8, parity, 1)
-    return PlcChannel(ChannelConfig("plc", "plc", port, settings), options.PlcOptions(route_sync="off"))
+    channel = PlcChannel(ChannelConfig("plc", "plc", port, settings), options.PlcOptions(route_sync="off"))
+    await channel.probe()
+    try:
+        yield channel
+    finally:
+        await channel.close()
+
+
+def _run(work: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``work``; a module that cannot be reached is one line, not a traceback."""
+    try:
+        return asyncio.run(work)
+    except LinkError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 async def _probe(port: str, baudrate: str, parity: str, table: bool) -> dict[str, Any]:
-    channel = _channel(port, baudrate, parity)
-    identity = await channel.probe()
-    try:
-        out: dict[str, Any] = {"port": port, **identity}
+    async with _module(port, baudrate, parity) as channel:
+        out: dict[str, Any] = {"port": port, **channel.identity}
         if table:
             nodes = await channel.read_table()
             out["nodes"] = [{"address": n.address, "relay_level": n.relay_level, "quality": n.quality,
                              "phases": n.phases, "protocol": n.protocol} for n in nodes.values()]
         return out
-    finally:
-        await channel.close()
 
 
 def _run_probe(port: str, baudrate: str, parity: str, table: bool) -> dict[str, Any]:
-    try:
-        return asyncio.run(_probe(port, baudrate, parity, table))
-    except LinkError as exc:
-        raise click.ClickException(str(exc)) from None
+    return _run(_probe(port, baudrate, parity, table))
 
 
 @plc_cmd.command("info")
@@ -96,17 +106,10 @@ def router_cmd(action: str, port: str, baudrate: str, parity: str) -> None:
     reading task. A concentrator reading through the module pauses it at start."""
 
     async def run() -> None:
-        channel = _channel(port, baudrate, parity)
-        await channel.probe()
-        try:
+        async with _module(port, baudrate, parity) as channel:
             await channel.router(action)
-        finally:
-            await channel.close()
 
-    try:
-        asyncio.run(run())
-    except LinkError as exc:
-        raise click.ClickException(str(exc)) from None
+    _run(run())
     click.echo(f"router {action}: confirmed by the module on {port}", err=True)
 
 
