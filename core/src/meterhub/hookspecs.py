@@ -100,6 +100,34 @@ def meterhub_register_uplinks(register: Any) -> None:
     """
 
 
+# --- service hooks -----------------------------------------------------------------
+
+
+@hookspec
+def meterhub_register_alarm_rules(register: Any) -> None:
+    """Register alarm rules that a site file's ``alarms:`` section may switch on.
+
+    Called once, when the rule registry is first needed. Call ``register(rule_type)`` with
+    an object implementing :class:`meterhub.alarms.RuleType`: its ``name`` is the key a
+    site file writes under ``alarms:``, and ``make(options)`` builds the running rule from
+    that key's mapping (raising ``ValueError`` naming the option that is wrong). The
+    built-in rules (offline, clock drift, reverse energy, power quality, ...) register
+    through this very hook. Return nothing.
+    """
+
+
+@hookspec
+def meterhub_register_tariff_schemes(register: Any) -> None:
+    """Register tariff schemes that a site file's ``tariffs:`` entries may name.
+
+    Called once, when the scheme registry is first needed. Call ``register(scheme)`` with
+    an object implementing :class:`meterhub.tariffs.TariffScheme`: its ``name`` is what a
+    tariff writes as ``scheme:`` (``standard``, the built-in time-of-use and tier scheme,
+    when none is written), and ``make(name, mapping)`` builds the priced tariff (raising
+    ``ValueError`` naming the key that is wrong). Return nothing.
+    """
+
+
 # --- observers ---------------------------------------------------------------------
 
 

@@ -34,7 +34,12 @@ DISABLE_ENV = "METERHUB_DISABLE_PLUGINS"
 POLICY_HOOK = "meterhub_before_command"
 
 #: Built-in plugins, registered through the same hooks as third-party ones.
-DEFAULT_PLUGINS = ("meterhub.default_plugins.dlt645", "meterhub.default_plugins.cjt188", "meterhub.default_plugins.jsonl")
+DEFAULT_PLUGINS = (
+    "meterhub.default_plugins.dlt645",
+    "meterhub.default_plugins.cjt188",
+    "meterhub.default_plugins.jsonl",
+    "meterhub.default_plugins.services",
+)
 
 
 @attrs.frozen
@@ -285,6 +290,16 @@ class Plugins:
     def uplinks(self) -> Mapping[str, Any]:
         """Uplink drivers (:class:`meterhub.api.UplinkDriver`) by protocol name."""
         reg = self._registry("meterhub_register_uplinks", lambda driver: driver.name, lambda driver: driver)
+        return {name: r.value for name, r in reg.items()}
+
+    def alarm_rules(self) -> Mapping[str, Any]:
+        """Alarm rule types (:class:`meterhub.alarms.RuleType`) by the ``alarms:`` key they take."""
+        reg = self._registry("meterhub_register_alarm_rules", lambda rule: rule.name, lambda rule: rule)
+        return {name: r.value for name, r in reg.items()}
+
+    def tariff_schemes(self) -> Mapping[str, Any]:
+        """Tariff schemes (:class:`meterhub.tariffs.TariffScheme`) by the ``scheme:`` name they take."""
+        reg = self._registry("meterhub_register_tariff_schemes", lambda scheme: scheme.name, lambda scheme: scheme)
         return {name: r.value for name, r in reg.items()}
 
     def profiles(self) -> Mapping[tuple[str, str], Mapping[str, Any]]:

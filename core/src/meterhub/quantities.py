@@ -101,6 +101,10 @@ _BUILTIN: tuple[Quantity, ...] = (
     Quantity("0-0:96.5.5", "status_word_5", "running status word 5", "", "info"),
     Quantity("0-0:96.5.6", "status_word_6", "running status word 6", "", "info"),
     Quantity("0-0:96.5.7", "status_word_7", "running status word 7", "", "info"),
+    # Tamper counters: OBIS codes of meterhub's own allocation in the general-service
+    # group C=96 (not IEC-assigned); DL/T 645 maps its event counters onto them.
+    Quantity("0-0:96.20.0", "cover_open_count", "meter cover openings, total count", "", "total"),
+    Quantity("0-0:96.20.1", "magnetic_count", "magnetic interference events, total count", "", "total"),
 )
 
 

@@ -35,7 +35,7 @@ Configuration (a site file's ``tariffs:`` section; each entry is given to
 
     tariffs:
       residential:                    # electricity, TOU with seasons, monthly tiers
-        commodity: electricity        # unit: kWh (electricity) or m³ (water, gas) unless given
+        commodity: electricity        # unit: kWh (electricity, heat) or m³ (water, gas) unless given
         currency: CNY                 # the default
         schedule:                     # "HH:MM period" from that time on; the first at 00:00
           weekdays: ["00:00 valley", "08:00 peak", "11:00 flat", "18:00 peak",
@@ -70,6 +70,11 @@ Configuration (a site file's ``tariffs:`` section; each entry is given to
         price: "2.61"
         fixed: [{description: service fee, amount: "5"}]
 
+An entry may name the scheme that prices it (``scheme: NAME``; ``standard``, the one
+above, when none is written): :func:`tariffs_from_config` hands each entry to its
+:class:`TariffScheme`, which plugins register (``meterhub_register_tariff_schemes``) and
+which makes a :class:`PricedTariff`, the one thing billing needs.
+
 Numbers are best quoted: YAML reads an unquoted ``1.0228`` as a float. A float from YAML is
 taken by its shortest text (``repr``), which is the written number whenever that has at
 most 15 significant digits; one with more is refused (quote it).
@@ -92,7 +97,7 @@ from decimal import (
     localcontext,
 )
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -100,14 +105,21 @@ import attrs
 TOU_PERIODS = ("sharp", "peak", "flat", "valley")
 #: the one "period" of a tariff without time-of-use
 ALL = "all"
-COMMODITY_UNITS = {"electricity": "kWh", "water": "m³", "gas": "m³"}
+COMMODITY_UNITS = {"electricity": "kWh", "water": "m³", "gas": "m³", "heat": "kWh"}
 TIER_BASES = ("monthly", "annual")
 
 #: the energy import total and its tariff registers (1..4 = sharp, peak, flat, valley)
 ENERGY_TOTAL = "1-0:1.8.0"
 ENERGY_TOU = {f"1-0:1.8.{i}": period for i, period in enumerate(TOU_PERIODS, start=1)}
-#: registers that are a whole meter's total: electricity, cold water, hot water, gas
-TOTAL_REGISTERS = (ENERGY_TOTAL, "8-0:1.0.0", "9-0:1.0.0", "7-0:3.0.0")
+#: registers that are a whole meter's total: electricity, cold water, hot water, gas, heat
+TOTAL_REGISTERS = (ENERGY_TOTAL, "8-0:1.0.0", "9-0:1.0.0", "7-0:3.0.0", "6-0:1.0.0")
+#: the registers that measure each commodity (a meter of several keeps apart what a tariff bills)
+COMMODITY_REGISTERS = {
+    "electricity": (ENERGY_TOTAL, *ENERGY_TOU),
+    "water": ("8-0:1.0.0", "9-0:1.0.0"),
+    "gas": ("7-0:3.0.0",),
+    "heat": ("6-0:1.0.0",),
+}
 
 #: exact arithmetic: any result that would need rounding raises instead
 _EXACT = Context(prec=80, traps=[InvalidOperation, Inexact, Rounded, Overflow])
@@ -262,6 +274,11 @@ class Tariff:
     def season(self, month: int) -> Season | None:
         return next((s for s in self.seasons if month in s.months), None)
 
+    def bill(self, meter: str, period: str, consumption: Consumption, *,
+             year_to_date_before: Decimal = Decimal(0)) -> Bill:
+        """This tariff's bill (:func:`bill`): what makes a Tariff a :class:`PricedTariff`."""
+        return bill(self, meter, period, consumption, year_to_date_before=year_to_date_before)
+
 
 def _check_tiers(tiers: tuple[Tier, ...]) -> None:
     kinds = {tier.price is None for tier in tiers}
@@ -397,14 +414,46 @@ class BillLine:
 
 
 @attrs.frozen
+class RegisterValue:
+    """A register value a bill was computed from: at the ``start`` or ``end`` (``edge``) of
+    its period, the freeze ``boundary`` it stands for, and when the value really was
+    (``read``; later than the boundary when it was back-filled). Times are aware, in the
+    site's zone, as the bill prints them."""
+
+    edge: str
+    quantity: str
+    value: Decimal
+    unit: str
+    boundary: datetime
+    read: datetime
+
+    @property
+    def backfilled(self) -> bool:
+        return self.read != self.boundary
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"edge": self.edge, "quantity": self.quantity, "value": self.value, "unit": self.unit,
+                "boundary": self.boundary, "read": self.read, "backfilled": self.backfilled}
+
+
+def _local_minute(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+@attrs.frozen
 class Bill:
-    """A meter's bill for a period; ``total`` is the sum of the lines' rounded amounts."""
+    """A meter's bill for a period; ``total`` is the sum of the lines' rounded amounts.
+
+    ``registers`` are the values it was computed from and ``notes`` what a reader should
+    know about them (a back-filled reading), when the bill came from stored readings."""
 
     meter: str
     period: str
-    tariff: Tariff
+    tariff: PricedTariff
     lines: tuple[BillLine, ...]
     total: Decimal
+    registers: tuple[RegisterValue, ...] = attrs.field(default=(), converter=tuple)
+    notes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON (Decimals stay Decimals; :mod:`meterhub.jsonout` writes them exactly)."""
@@ -412,14 +461,24 @@ class Bill:
             "meter": self.meter,
             "period": self.period,
             "tariff": self.tariff.name,
+            "commodity": self.tariff.commodity,
             "currency": self.tariff.currency,
+            "registers": [register.as_dict() for register in self.registers],
+            "notes": list(self.notes),
             "lines": [line.as_dict() for line in self.lines],
             "total": self.total,
         }
 
     def render(self) -> str:
-        """The bill as plain text, one line per charge with its explanation beneath."""
+        """The bill as plain text: the readings it used, one line per charge with its
+        explanation beneath, the total."""
         out = [f"Bill {self.period} for {self.meter}: tariff {self.tariff.name} ({self.tariff.commodity})"]
+        for register in self.registers:
+            read = f" (read {_local_minute(register.read)})" if register.backfilled else ""
+            out.append(f"  {register.edge:<5} {_local_minute(register.boundary)}  {register.quantity:<10}"
+                       f" {_digits(register.value):>14} {register.unit}{read}")
+        for note in self.notes:
+            out.append(f"  note: {note}")
         for line in self.lines:
             figures = f"{_digits(line.quantity)} {line.unit} × {_digits(line.price)}"
             out.append(f"  {line.description:<28} {figures:>28} = {_digits(line.amount):>10} {self.tariff.currency}")
@@ -775,3 +834,89 @@ def tariff_from_mapping(name: str, mapping: Any, *, where: str = "") -> Tariff:
             raise _fail(f"{here}.amount", "missing")
         fixed.append(FixedCharge(str(charge.get("description", "fixed charge")), _config_number(charge["amount"], f"{here}.amount")))
     return Tariff(name, commodity, unit.strip(), currency.strip(), tuple(seasons), schedule, tiers, basis, tuple(fixed))
+
+
+
+# -- schemes: how an entry becomes a priced tariff ------------------------------------------
+
+
+@runtime_checkable
+class PricedTariff(Protocol):
+    """What billing needs of a tariff, whichever scheme made it.
+
+    ``tier_basis`` is ``annual`` when the bill depends on what the meter consumed earlier in
+    the year: billing then works out ``year_to_date_before`` from the frozen totals (at the
+    year's first monthly boundary and at the period's start) and passes it to :meth:`bill`;
+    for anything else (``monthly``) it passes zero.
+    """
+
+    name: str
+    commodity: str  #: a key of :data:`COMMODITY_REGISTERS`: which registers measure it
+    unit: str
+    currency: str
+    tier_basis: str
+
+    def bill(self, meter: str, period: str, consumption: Consumption, *,
+             year_to_date_before: Decimal = Decimal(0)) -> Bill:
+        """Price ``consumption`` of ``meter`` in ``period`` (``YYYY-MM``); ValueError when it cannot."""
+        ...
+
+
+@runtime_checkable
+class TariffScheme(Protocol):
+    """A way of pricing that a ``tariffs:`` entry names with ``scheme:``, registered through
+    the ``meterhub_register_tariff_schemes`` hook."""
+
+    name: str  #: what an entry writes as ``scheme:``
+    description: str  #: one line for listings
+
+    def make(self, name: str, mapping: Mapping[str, Any]) -> PricedTariff:
+        """The tariff ``name`` from its entry (without the ``scheme`` key); ValueError naming
+        the key path (``tariffs.NAME.KEY: ...``) when the entry is wrong."""
+        ...
+
+
+@attrs.frozen
+class _StandardScheme:
+    name: str = "standard"
+    description: str = "time-of-use with seasons and holidays, monthly or annual tiers, fixed charges"
+
+    def make(self, name: str, mapping: Mapping[str, Any]) -> PricedTariff:
+        return tariff_from_mapping(name, mapping)
+
+
+#: The built-in scheme, an entry's when it names none: :func:`tariff_from_mapping`.
+STANDARD_SCHEME: TariffScheme = _StandardScheme()
+DEFAULT_SCHEME = STANDARD_SCHEME.name
+
+
+def tariffs_from_config(section: Any, schemes: Mapping[str, TariffScheme]) -> dict[str, PricedTariff]:
+    """The priced tariffs of a ``tariffs:`` section (name -> entry), each made by the scheme
+    its ``scheme:`` names (default ``standard``), which is given the entry without that key.
+
+    Raises ValueError whose message starts with the key path (``tariffs.NAME.scheme: ...``);
+    a scheme's own error without the path gets it put in front.
+    """
+    entries = _config_mapping(section, "tariffs")
+    tariffs: dict[str, PricedTariff] = {}
+    for name, entry in entries.items():
+        path = f"tariffs.{name}"
+        if not isinstance(name, str) or not name.strip():
+            raise _fail(path, "a tariff's name must be text")
+        mapping = dict(_config_mapping(entry, path))
+        scheme_name = mapping.pop("scheme", DEFAULT_SCHEME)
+        scheme = schemes.get(scheme_name) if isinstance(scheme_name, str) else None
+        if scheme is None:
+            known = ", ".join(sorted(schemes)) or "none is installed"
+            raise _fail(f"{path}.scheme", f"unknown scheme {scheme_name!r}; known: {known}")
+        try:
+            tariff = scheme.make(name, mapping)
+        except ValueError as exc:
+            text = str(exc)
+            if text.startswith(path):
+                raise
+            raise _fail(path, text) from None
+        if not isinstance(tariff, PricedTariff):
+            raise _fail(f"{path}.scheme", f"scheme {scheme_name!r} made {type(tariff).__name__}, not a priced tariff")
+        tariffs[name] = tariff
+    return tariffs

@@ -59,6 +59,9 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, str]] = {
                 "close or open a water or gas meter's valve (valve-close, valve-open)."),
     "commands": ("commands", "commands_cmd",
                  "The audited command log: every command with its origin, issuer, state and answer."),
+    "bill": ("bill", "bill_cmd", "A meter's bill for a month, from its frozen readings and its tariff, every line explained."),
+    "events": ("events", "events_cmd", "Stored events and alarms: what happened to which meter, when, and how bad."),
+    "prepay": ("prepay", "prepay_cmd", "Prepaid meters: balances, recharges and the ledger behind them."),
     "sim": ("sim", "sim_cmd", "Simulated meters on pseudo-terminals, for trying meterhub without hardware."),
     "demo": ("demo", "demo_cmd", "Read simulated meters over the real RS485 path, store and print the readings."),
     "head-end": ("headend", "headend_cmd", "The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks "
