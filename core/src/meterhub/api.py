@@ -349,6 +349,24 @@ class BatchReader(Protocol):
 
 
 @runtime_checkable
+class FrozenReader(Protocol):
+    """A driver that reads a meter's own freeze records (DL/T 645 daily freezes 05 06 xx NN),
+    so the concentrator back-fills the freezes it missed with the values the meter froze
+    at the boundary, instead of values it read later."""
+
+    #: how many daily freeze records back the meter keeps (DL/T 645: 62)
+    frozen_depth: int
+
+    async def read_frozen(self, bus: Conduit, meter: Meter, back: int, timeout: float) -> Sequence[Measurement]:
+        """The meter's daily freeze ``back`` records ago (1 = the most recent): one
+        Measurement per register it froze (OBIS of the register, e.g. ``1-0:1.8.0`` and its
+        tariffs), each with ``data_time`` the freeze time by the meter's clock (naive local
+        time) and ``period`` 1. Raise MeterTimeout, FrameError or MeterError like
+        :meth:`MeterDriver.read`, and NotSupported when the meter keeps no such record."""
+        ...
+
+
+@runtime_checkable
 class MeterValidator(Protocol):
     """A driver that checks a configured meter beyond its address (a Modbus profile that
     exists and has the quantities asked for)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
@@ -130,6 +130,8 @@ class Meter:
     hops: tuple[Hop, ...] = attrs.field(default=(), converter=tuple)
     #: the secret-store entry its commands use when they name none (a reference, not a secret)
     credential: str = ""
+    tariff: str = ""  #: the name of the site's tariff that bills it ("" = none)
+    prepaid: bool = False  #: a balance is kept for it and its supply is cut when the balance runs out
 
     @property
     def label(self) -> str:
@@ -166,6 +168,9 @@ class Measurement:
     unit: str = ""
     data_time: datetime | None = None
     period: int | None = None
+    #: the register (OBIS) where one call returns several, as a freeze record's registers
+    #: (:class:`meterhub.api.FrozenReader`); "" where the call named the quantity
+    quantity: str = ""
 
 
 @attrs.frozen
@@ -389,6 +394,52 @@ class Schedule:
 
 
 @attrs.frozen
+class FreezeConfig:
+    """``freeze:``: the daily and monthly freezes the concentrator keeps and its load profile.
+
+    A freeze is a register's value at a boundary, stored with ``period`` 1 and ``timestamp``
+    the boundary. The monthly freeze is the daily freeze of the settlement day."""
+
+    daily: time = time(0, 0)  #: local time of day of the daily freeze
+    monthly_day: int = 1  #: the settlement day of the month (1..28)
+    quantities: tuple[str, ...] = ()  #: registers frozen; () = each meter's energy/volume registers it reads
+    profile_interval: float | None = None  #: seconds between load-profile points; None = no profile
+    profile_quantities: tuple[str, ...] = ()  #: () = the frozen registers
+    backfill_days: int = 62  #: how far back a meter's missed freezes are filled when it answers again
+
+
+@attrs.frozen
+class PrepayConfig:
+    """``prepayment:``: what happens to a prepaid meter's supply as its balance moves."""
+
+    disconnect: bool = True  #: cut the supply (relay trip, valve close) when the balance runs out
+    reconnect: bool = True  #: restore it when a recharge lifts the balance above zero
+    credential: str = "dlt645"  #: secret-store entry for relay control (valves need none)
+    opening_balance: Decimal = Decimal(0)  #: a new meter's balance before any recharge
+
+
+@attrs.frozen
+class TimeSyncConfig:
+    """``time_sync:``: DL/T 645 broadcast time on a schedule, drift measured before and after."""
+
+    at: time = time(3, 0)  #: local time of day (meters refuse broadcasts around midnight)
+    every: float = 86400.0  #: seconds between syncs
+    #: meters accept a broadcast only this close to their clock (DL/T 645 §1.5: ±5 min)
+    window: float = 300.0
+
+
+def local_zone(name: str = "") -> tzinfo:
+    """The time zone named ``name`` (IANA, ``Asia/Shanghai``), or the machine's own for ""."""
+    if name:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(name)
+    zone = datetime.now().astimezone().tzinfo
+    assert zone is not None
+    return zone
+
+
+@attrs.frozen
 class Site:
     """A validated site file: everything the concentrator needs to run."""
 
@@ -401,6 +452,17 @@ class Site:
     source: str = ""  #: the file it was loaded from, for messages
     uplinks: tuple[UplinkConfig, ...] = attrs.field(default=(), converter=tuple)  #: validated, started by ``meterhub run``
     terminal: str = ""  #: this concentrator's identity (``terminal:``), stamped on what it stores and sends
+    #: the IANA zone of the meters' clocks, freezes and tariffs (``timezone:``); "" = the machine's
+    timezone: str = ""
+    #: priced tariffs by name (``tariffs:``), each made by its :class:`meterhub.tariffs.TariffScheme`
+    tariffs: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    #: the ``tariffs:`` entries as written (plain data), kept in the store for ``meterhub bill``
+    tariff_sources: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    #: the ``alarms:`` section as written and validated: rule name -> its options
+    alarms: Mapping[str, Any] = attrs.field(factory=dict, converter=_freeze_mapping)
+    freeze: FreezeConfig | None = None
+    prepayment: PrepayConfig | None = None
+    time_sync: TimeSyncConfig | None = None
 
 
 @attrs.frozen

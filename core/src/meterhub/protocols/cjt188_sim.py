@@ -157,6 +157,10 @@ class SimulatedCjt188Meter:
     encoded reply frames; it applies the ``BAD_CHECKSUM`` and ``WRONG_ADDRESS`` faults and
     stays silent for ``SILENCE``; the bus applies the other wire faults. ``di_order`` is
     the DI byte order of the replies (None: the order the request used). Thread-safe.
+
+    Conditions a test injects: ``battery_low`` (ST bit D2), :meth:`leak` (a constant flow
+    day and night), :meth:`set_valve` and ``valve_fault`` (ST D1 D0; a shut valve stops
+    every flow, the leak's too).
     """
 
     protocol = "cjt188"
@@ -211,6 +215,7 @@ class SimulatedCjt188Meter:
         self.clock_set = clock_set  #: False: the real-time field is all zero (a clock never set)
         self.settings = settings
         self.unsupported_dis: set[int] = set()  #: DIs answered with an abnormal reply
+        self._leak = 0.0  # m³/h flowing on top of the profile (:meth:`leak`)
         self._lock = threading.RLock()
         heat = family is Family.HEAT
         self._volume = volume_m3 if volume_m3 is not None else rng.uniform(50, 3000) if heat else rng.uniform(5, 900)
@@ -234,7 +239,8 @@ class SimulatedCjt188Meter:
             return self._wall(self.clock()) + self.clock_offset
 
     def _flow_at(self, t: datetime) -> float:
-        return self.profile.flow(t) if self.valve_open and not self.valve_fault else 0.0
+        """m³/h through the meter: the usage and any leak, nothing while the valve is shut."""
+        return self.profile.flow(t) + self._leak if self.valve_open and not self.valve_fault else 0.0
 
     def _power_at(self, t: datetime) -> float:
         """Heat (or cooling) power in kW: flow × |ΔT| × the heat capacity of water."""
@@ -308,6 +314,16 @@ class SimulatedCjt188Meter:
         with self._lock:
             self._advance()
             self.valve_open = open_
+
+    def leak(self, flow_m3_per_h: Decimal | float | None) -> None:
+        """A leak (a dripping tap, a running cistern): ``flow_m3_per_h`` flows on top of the
+        usage profile day and night, until None stops it; a closed valve stops it too.
+        Flow so far counts as it was."""
+        if flow_m3_per_h is not None and float(flow_m3_per_h) < 0:
+            raise ValueError(f"a leak flows forward: m³/h must not be negative, got {flow_m3_per_h!r}")
+        with self._lock:
+            self._advance()
+            self._leak = 0.0 if flow_m3_per_h is None else float(flow_m3_per_h)
 
     # -- the protocol ------------------------------------------------------------------
 

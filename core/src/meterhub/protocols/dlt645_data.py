@@ -22,6 +22,9 @@ NOT_SUPPORTED_BYTE = 0xFF  #: §1.4: a value of all FF means "not supported / no
 SIGN_BIT = 0x80  #: §1.4: bit 7 of the most significant byte is the sign of signed quantities
 
 CLOCK_OBIS = "0-0:1.0.0"
+#: Tamper counters: how often the meter cover was opened, how often a magnet was held to it.
+COVER_OPEN_OBIS = "0-0:96.20.0"
+MAGNETIC_OBIS = "0-0:96.20.1"
 #: The meter clock is two DIs, date (YYMMDDWW) and time (hhmmss), read separately.
 CLOCK_DIS: Mapping[int, tuple[int, int]] = {2007: (0x04000101, 0x04000102), 1997: (0xC010, 0xC011)}
 
@@ -362,12 +365,48 @@ def _other_items() -> list[DataItem]:
         DataItem(0x00900100, "remaining energy (prepayment)", "XXXXXX.XX", "kWh"),
         DataItem(0x00900200, "remaining amount (prepayment)", "XXXXXX.XX", "yuan"),
         DataItem(0x03110000, "power-down events, total count", "XXXXXX"),
-        DataItem(0x03300D00, "meter cover opened, total count", "XXXXXX"),
+        DataItem(0x03300D00, "meter cover opened, total count", "XXXXXX", obis=COVER_OPEN_OBIS),
+        # 恒定磁场干扰: constant magnetic field interference events [U]
+        DataItem(0x03350000, "magnetic interference, total count", "XXXXXX", obis=MAGNETIC_OBIS),
         DataItem(0x1D000001, "relay trip events, total count", "XXXXXX"),
         DataItem(0x1E000001, "relay close events, total count", "XXXXXX"),
-        # 05 06 00 01..3E: time of the daily freeze 1..62 days back (DI0 = how many back).
-        *(DataItem(0x05060000 | n, f"daily freeze time, last {n}", "YYMMDDhhmm") for n in range(1, 0x3F)),
     ]
+
+
+# --- freeze records ------------------------------------------------------------------------
+
+#: Freeze kinds (DI2 of 05 KK xx NN): timed, instant and daily freezes.
+TIMED_FREEZE, INSTANT_FREEZE, DAILY_FREEZE = 0x00, 0x01, 0x06
+#: How many records of each kind a meter keeps (NN = 1 the most recent .. depth) [U for 00, 01].
+FREEZE_DEPTH: Mapping[int, int] = {TIMED_FREEZE: 60, INSTANT_FREEZE: 3, DAILY_FREEZE: 62}
+#: What a record holds (DI1): its time (YYMMDDhhmm), the forward and the reverse active
+#: energy block (total, then tariffs 1..4) as the registers stood at the freeze.
+FREEZE_TIME, FREEZE_FORWARD, FREEZE_REVERSE = 0x00, 0x01, 0x02
+#: OBIS of the elements of the frozen energy blocks: total, then tariffs 1..4.
+FROZEN_BLOCK_OBIS: Mapping[int, tuple[str, ...]] = {
+    what: tuple(str(obis) for obis in _ENERGY_OBIS[what]) for what in (FREEZE_FORWARD, FREEZE_REVERSE)
+}
+_FREEZE_NAMES = {TIMED_FREEZE: "timed", INSTANT_FREEZE: "instant", DAILY_FREEZE: "daily"}
+
+
+def freeze_di(kind: int, what: int, back: int) -> int:
+    """The DI of one part (``what``: FREEZE_TIME/FORWARD/REVERSE) of the freeze record of
+    ``kind`` taken ``back`` records ago (05 06 01 05: the daily forward block, 5 days back)."""
+    return 0x05000000 | kind << 16 | what << 8 | back
+
+
+def _freeze_items() -> list[DataItem]:
+    # 05 KK 00 NN: when record NN was taken (05 06 00 01 seen in captures); 05 KK 01/02 NN:
+    # the frozen forward/reverse active energy blocks, n × XXXXXX.XX [U].
+    items = []
+    for kind, depth in FREEZE_DEPTH.items():
+        name = _FREEZE_NAMES[kind]
+        for n in range(1, depth + 1):
+            items.append(DataItem(freeze_di(kind, FREEZE_TIME, n), f"{name} freeze time, last {n}", "YYMMDDhhmm"))
+            for what, energy in ((FREEZE_FORWARD, "forward"), (FREEZE_REVERSE, "reverse")):
+                items.append(DataItem(freeze_di(kind, what, n), f"{name} freeze {energy} active energy block, last {n}",
+                                      "XXXXXX.XX", "kWh", block=True))
+    return items
 
 
 def _table(items: Iterable[DataItem]) -> dict[int, DataItem]:
@@ -380,7 +419,8 @@ def _table(items: Iterable[DataItem]) -> dict[int, DataItem]:
 
 
 #: DL/T 645-2007 data identifiers meterhub knows, by DI.
-ITEMS: dict[int, DataItem] = _table([*_energy_items(), *_demand_items(), *_variable_items(), *_parameter_items(), *_other_items()])
+ITEMS: dict[int, DataItem] = _table([*_energy_items(), *_demand_items(), *_variable_items(), *_parameter_items(), *_other_items(),
+                                     *_freeze_items()])
 
 #: DL/T 645-1997 data identifiers (2-byte DIs), by DI.
 ITEMS_1997: dict[int, DataItem] = _table([

@@ -14,7 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
 
 from ..errors import FrameError, MeterError, MeterTimeout, NotSupported, UnexpectedReply
 from ..model import Command, Measurement, Meter, SerialSettings
@@ -33,12 +35,20 @@ from .dlt645 import (
 from .dlt645_data import (
     CLOCK_DIS,
     CLOCK_OBIS,
+    DAILY_FREEZE,
+    FREEZE_DEPTH,
+    FREEZE_FORWARD,
+    FREEZE_REVERSE,
+    FREEZE_TIME,
+    FROZEN_BLOCK_OBIS,
     ITEMS,
     ITEMS_1997,
     DataItem,
     clock_iso,
+    decode_block,
     decode_value,
     encode_value,
+    freeze_di,
     obis_index,
 )
 
@@ -68,6 +78,14 @@ SCAN_DI = 0x00010000
 
 #: The follow-up frame number SEQ is one byte, so a reply has at most 255 follow-ups.
 MAX_FOLLOWUPS = 255
+
+#: §1.3: SERR bit 1, "no requested data": what a meter answers for a record it does not
+#: hold (a freeze record older than its history, a register it does not keep).
+SERR_NO_DATA = 0x02
+
+#: Reading one freeze record twice in a row at most: a record shifts back by one when the
+#: meter freezes while it is read (at its midnight), and the second reading is then whole.
+_FROZEN_ATTEMPTS = 2
 
 _READ_REQUEST_LEN = len(PREAMBLE) + codec.OVERHEAD + 4  # a read carries one 4-byte DI
 #: What shows a reply has begun: the wake-up bytes a meter may send and the start byte 68h.
@@ -273,6 +291,75 @@ class Dlt645Driver:
                                          answers=lambda f, n=seq: self._answers(lambda: self._parse_followup(f, di, n), f))
             payload += self._parse_followup(frame, di, seq)
         raise FrameError(f"meter {address} announced more than {MAX_FOLLOWUPS} follow-up frames for DI {di:X}")
+
+    # -- FrozenReader: the meter's own daily freeze records ---------------------------
+
+    #: DL/T 645-2007: daily freeze records 05 06 xx 01..3E, the last 62 days
+    frozen_depth = FREEZE_DEPTH[DAILY_FREEZE]
+
+    async def read_frozen(self, bus: Conduit, meter: Meter, back: int, timeout: float) -> list[Measurement]:
+        """The daily freeze ``back`` (1..62) records ago (:class:`meterhub.api.FrozenReader`):
+        forward active energy total and tariffs 1..4 (``1-0:1.8.0``..``1-0:1.8.4``) and,
+        where the meter keeps it, reverse (``1-0:2.8.x``), each with ``data_time`` the
+        freeze time as the meter wrote it (naive local time) and ``period`` 1.
+
+        Reads the freeze time (05 06 00 NN), the blocks (05 06 01 NN, 05 06 02 NN), then
+        the time again: if the meter froze meanwhile (its midnight) the record moved back
+        by one and is read once more. A reverse block the meter does not keep ("no data"
+        or FF) is left out. NotSupported when the meter holds no such record: it answers
+        "no data" (``back`` beyond its history) or FF for the time or the forward block.
+        ValueError for ``back`` outside 1..:attr:`frozen_depth`.
+        """
+        if not 1 <= back <= self.frozen_depth:
+            raise ValueError(f"back must be 1..{self.frozen_depth} (the daily freeze records a meter keeps), got {back!r}")
+        at = await self._freeze_time(bus, meter, back, timeout)
+        for _attempt in range(_FROZEN_ATTEMPTS):
+            values = await self._frozen_block(bus, meter, FREEZE_FORWARD, back, timeout, required=True)
+            values += await self._frozen_block(bus, meter, FREEZE_REVERSE, back, timeout, required=False)
+            again = await self._freeze_time(bus, meter, back, timeout)
+            if again == at:
+                return [Measurement(value, unit, data_time=at, period=1, quantity=obis) for obis, value, unit in values]
+            at = again
+        raise MeterError(f"meter {meter.address} took new daily freezes while record {back} was read, twice")
+
+    def _frozen_item(self, what: int, back: int) -> DataItem:
+        di = freeze_di(DAILY_FREEZE, what, back)
+        item = self.items.get(di)
+        if item is None:
+            raise NotSupported(f"{self.name} has no data identifier {di:08X} for daily freeze records")
+        return item
+
+    async def _read_record_part(self, bus: Conduit, meter: Meter, item: DataItem, timeout: float) -> bytes:
+        """The payload of one part of a freeze record; NotSupported when the meter answers
+        that it has no such data (SERR bit 1): it does not keep that record."""
+        try:
+            return await self.read_di(bus, meter, item.di, timeout)
+        except MeterError as exc:
+            if (exc.code or 0) & SERR_NO_DATA:
+                raise NotSupported(f"meter {meter.address} holds no {item.name} (DI {item.di_hex}): {exc}") from exc
+            raise
+
+    async def _freeze_time(self, bus: Conduit, meter: Meter, back: int, timeout: float) -> datetime:
+        item = self._frozen_item(FREEZE_TIME, back)
+        return datetime.fromisoformat(str(decode_value(item, await self._read_record_part(bus, meter, item, timeout))))
+
+    async def _frozen_block(self, bus: Conduit, meter: Meter, what: int, back: int, timeout: float, *,
+                            required: bool) -> list[tuple[str, Decimal, str]]:
+        """The elements of a frozen energy block as ``(obis, value, unit)`` (total, tariffs
+        1..4; elements beyond tariff 4 are not meterhub quantities). FF elements are left
+        out; a block the meter does not keep ("no data", all FF) raises NotSupported when
+        ``required`` and gives nothing otherwise."""
+        item = self._frozen_item(what, back)
+        try:
+            elements = decode_block(item, await self._read_record_part(bus, meter, item, timeout))
+            if all(value is None for value in elements):
+                raise NotSupported(f"meter {meter.address} reports {item.name} (DI {item.di_hex}) not supported (FF)")
+        except NotSupported:
+            if required:
+                raise
+            return []
+        obis = FROZEN_BLOCK_OBIS[what]
+        return [(obis[index], Decimal(value), item.unit) for index, value in enumerate(elements[: len(obis)]) if value is not None]
 
     async def scan(self, bus: Conduit, timeout: float) -> list[str]:
         """Addresses of the meters on the line, point-to-point or multi-drop.
@@ -618,6 +705,13 @@ class Dlt645_1997Driver(Dlt645Driver):
         except FrameError as exc:
             raise type(exc)(f"{exc} (a wildcard scan works only with one meter on the line)") from exc
         return [frame.address]
+
+    #: DL/T 645-1997 defines no daily freeze records (05 06 xx NN are 2007 identifiers)
+    frozen_depth = 0
+
+    async def read_frozen(self, bus: Conduit, meter: Meter, back: int, timeout: float) -> list[Measurement]:
+        """NotSupported: a DL/T 645-1997 meter keeps no daily freeze records to read."""
+        raise NotSupported(f"{self.name} meters keep no daily freeze records (DL/T 645-1997 has no 05 06 xx NN)")
 
     #: DL/T 645-1997 §7.4: a write carries a password and its level, no operator code
     _AUTHENTICATED = {"write": ("password",)}

@@ -7,7 +7,10 @@ passwords, and answers read (11h, with follow-up frames 12h for long payloads), 
 address (13h), write (14h), broadcast time (08h), write address (15h), freeze (16h),
 change baud (17h), change password (18h), clears (19h/1Ah/1Bh) and relay control (1Ch).
 Put meters on a :class:`~meterhub.simulator.PtyBus` (:func:`start_dlt645_sim`) to talk
-to them over a pseudo-terminal with the byte timing of their baud rate.
+to them over a pseudo-terminal with the byte timing of their baud rate. A meter may start
+with days of ``history`` (registers and daily freeze records), and a test injects what
+alarms must catch: cover opened, magnetic interference, low battery, voltage sag or phase
+loss, frequency, reverse energy, clock drift (see :class:`SimulatedMeter`).
 
 Everything is a pure function of the seed and of the values an injected ``clock``
 returns, so tests control time and get the same numbers every run.
@@ -109,35 +112,35 @@ _PHASE_BASES = (0x15, 0x29, 0x3D)
 _ROLLOVER = 1_000_000
 _CENT = Decimal("0.01")
 
-#: Status words (04 00 05 0n) bits. Word 1: bit4 active power reverse. Word 2: bits 0..2
-#: active power reverse per phase A..C. Word 3: bit4 relay open, bit6 relay commanded
-#: open (values 0050h open / 0000h closed seen in captures), bit7 pre-trip alarm.
+#: Status words (04 00 05 0n) bits. Word 1: bit2 clock battery low, bit3 meter-reading
+#: battery low [U], bit4 active power reverse [U]. Word 2: bits 0..2 active power reverse
+#: per phase A..C. Word 3: bit4 relay open, bit6 relay commanded open (values 0050h open /
+#: 0000h closed seen in captures), bit7 pre-trip alarm.
+W1_CLOCK_BATTERY_LOW = 1 << 2
+W1_READING_BATTERY_LOW = 1 << 3
 W1_ACTIVE_REVERSE = 1 << 4
 W3_RELAY_OPEN = 1 << 4
 W3_RELAY_COMMAND_OPEN = 1 << 6
 W3_ALARM = 1 << 7
 
 #: Freeze records (05 KK 00 NN time, 05 KK 01 NN forward active block, 05 KK 02 NN reverse
-#: active block; NN = 1 most recent): timed (KK=00, 60 kept), instant (01, 3 kept) and
-#: daily (06, 62 kept) freezes [U for the counts].
-TIMED_FREEZE, INSTANT_FREEZE, DAILY_FREEZE = 0x00, 0x01, 0x06
-_FREEZE_DEPTH = {TIMED_FREEZE: 60, INSTANT_FREEZE: 3, DAILY_FREEZE: 62}
+#: active block; NN = 1 most recent): timed (KK=00), instant (01) and daily (06) freezes,
+#: as many kept as the shared DI table says (:data:`~meterhub.protocols.dlt645_data.FREEZE_DEPTH`).
+TIMED_FREEZE, INSTANT_FREEZE, DAILY_FREEZE = data.TIMED_FREEZE, data.INSTANT_FREEZE, data.DAILY_FREEZE
+_FREEZE_DEPTH = data.FREEZE_DEPTH
 
 #: Event counters answered at their DI (and cleared by 1Bh).
 POWER_DOWN_EVENTS = 0x03110000
 COVER_OPEN_EVENTS = 0x03300D00
+MAGNETIC_EVENTS = 0x03350000
 TRIP_EVENTS = 0x1D000001
 CLOSE_EVENTS = 0x1E000001
 
-#: Items the simulator answers that meterhub's driver table does not list (frozen energy
-#: blocks): defined with the same public DataItem so the codec encodes them.
-_FROZEN_ITEMS: dict[int, data.DataItem] = {}
-for _kind, _depth in _FREEZE_DEPTH.items():
-    for _n in range(1, _depth + 1):
-        _FROZEN_ITEMS[0x05000000 | _kind << 16 | _n] = data.DataItem(0x05000000 | _kind << 16 | _n, f"freeze {_kind:02X} time, last {_n}", "YYMMDDhhmm")
-        for _sub, _what in ((0x01, "forward"), (0x02, "reverse")):
-            _di = 0x05000000 | _kind << 16 | _sub << 8 | _n
-            _FROZEN_ITEMS[_di] = data.DataItem(_di, f"freeze {_kind:02X} {_what} active energy, last {_n}", "XXXXXX.XX", "kWh", block=True)
+#: The voltage a simulated installation is built for, and below which a phase counts as
+#: lost: its loads stop and it carries no current (half the nominal voltage; no appliance
+#: runs on less).
+NOMINAL_VOLTAGE = 220.0
+PHASE_LOST_BELOW = NOMINAL_VOLTAGE / 2
 
 #: "All current energy registers" (00 FF FF 00: every kind 00..0A, total and tariffs). The
 #: DI pattern follows the FF-block rule of §1.4 [U: few meters document it]. At 220 bytes
@@ -152,7 +155,7 @@ class _NoData(Exception):
 
 
 def _item(di: int) -> data.DataItem | None:
-    return data.ITEMS.get(di) or _FROZEN_ITEMS.get(di)
+    return data.ITEMS.get(di)
 
 
 def _gauss(x: float, centre: float, width: float) -> float:
@@ -168,7 +171,10 @@ def _hour_of_day(t: datetime) -> float:
 
 
 def _wave(waves: Sequence[tuple[float, float, float]], s: float) -> float:
-    return sum(a * math.sin(2 * math.pi * s / period + phase) for a, period, phase in waves)
+    total = 0.0  # a plain loop: the very sum ``sum()`` makes, without a generator per call
+    for a, period, phase in waves:
+        total += a * math.sin(2 * math.pi * s / period + phase)
+    return total
 
 
 def _waves(rng: random.Random, periods: Sequence[float], amplitude: float) -> tuple[tuple[float, float, float], ...]:
@@ -259,10 +265,19 @@ class SimulatedMeter:
     """One DL/T 645-2007 meter: registers that advance with its clock, and a frame handler.
 
     ``clock`` returns the current wall-clock time (a naive local ``datetime``); the meter's
-    own clock is that plus ``clock_offset`` (changed by time writes and broadcasts).
-    ``handle`` answers a decoded request frame with the encoded reply frames; it applies
-    the ``BAD_CHECKSUM`` and ``WRONG_ADDRESS`` faults itself and answers nothing when
-    ``SILENCE``; the bus applies the other wire faults. Thread-safe.
+    own clock is that plus ``clock_offset`` (changed by time writes and broadcasts, and by
+    :meth:`drift`). ``handle`` answers a decoded request frame with the encoded reply
+    frames; it applies the ``BAD_CHECKSUM`` and ``WRONG_ADDRESS`` faults itself and answers
+    nothing when ``SILENCE``; the bus applies the other wire faults. Thread-safe.
+
+    ``history``: the meter was installed that long before the clock's first reading; its
+    registers have integrated the load since then and it holds the daily freeze records
+    of its midnights since (up to 62). Conditions a test may inject, each seen in what the
+    meter answers: :meth:`open_cover` and :meth:`magnetic_interference` (event counters
+    03 30 0D 00, 03 35 00 00), ``battery_low`` (status word 1 bits 2 and 3),
+    :meth:`set_voltage` (sag, swell, phase loss) and :meth:`set_frequency`, ``reverse``
+    (wired backwards: the load is measured as export and status word 1 bit 4 is set) and
+    :meth:`drift` (a clock running off).
     """
 
     protocol = "dlt645"
@@ -285,9 +300,14 @@ class SimulatedMeter:
         max_data_len: int = codec.MAX_READ_DATA_LEN,
         meter_number: str | None = None,
         settings: SerialSettings | None = None,
+        history: timedelta = timedelta(0),
+        reverse: bool = False,
+        battery_low: bool = False,
     ) -> None:
         if len(address) != 12 or not address.isdigit():
             raise ValueError(f"simulated DL/T 645 meter address must be 12 decimal digits, got {address!r}")
+        if history < timedelta(0):
+            raise ValueError(f"history must not be negative, got {history}")
         if phases not in (1, 3):
             raise ValueError(f"phases must be 1 or 3, got {phases!r}")
         if max_data_len < 6:
@@ -311,9 +331,16 @@ class SimulatedMeter:
         self.relay_commanded_open = False
         self.alarm = False
         self.keep_power = False
+        #: the clock and meter-reading batteries are low (status word 1 bits 2 and 3)
+        self.battery_low = battery_low
+        self._reverse = reverse
+        self._voltages: dict[int, float] = {}  # phase index 0..2 -> overridden voltage
+        self._lost: tuple[float, ...] | None = None  # phase shares with lost phases at 0, None = none lost
+        self._frequency: float | None = None
         self.events = {
             POWER_DOWN_EVENTS: rng.randint(0, 30),
             COVER_OPEN_EVENTS: rng.randint(0, 2),
+            MAGNETIC_EVENTS: 0,
             TRIP_EVENTS: 0,
             CLOSE_EVENTS: 0,
         }
@@ -324,11 +351,16 @@ class SimulatedMeter:
         self._max_demand: dict[int, list[tuple[float, datetime | None]]] = {}
         self._clear_demand()
         self._window: deque[tuple[float, float]] = deque(maxlen=DEMAND_WINDOW_STEPS)  # (fwd, rev) kWh per step
+        # the same per direction, so that a demand is one sum (40 days of history are 57600 steps)
+        self._window_kwh = (deque[float](maxlen=DEMAND_WINDOW_STEPS), deque[float](maxlen=DEMAND_WINDOW_STEPS))
         self._last_step_kw = 0.0
+        self._tariff_cache: tuple[tuple[tuple[time, int], ...], list[int] | None] | None = None
         self._freezes: dict[int, deque[_Freeze]] = {k: deque(maxlen=n) for k, n in _FREEZE_DEPTH.items()}
         self._freeze_schedule: tuple[int | None, int | None, int | None, int | None] | None = None
         self._pending: tuple[int, list[bytes]] | None = None  # follow-up frames still to send
-        self._t = self._wall(clock())  # registers are integrated up to this time
+        self._t = self._wall(clock()) - history  # registers are integrated up to this time
+        if history:
+            self._advance()
 
     # -- state ------------------------------------------------------------------------
 
@@ -363,8 +395,31 @@ class SimulatedMeter:
                 current = tariff
         return current
 
+    def _tariff_index(self, meter_time: datetime) -> int:
+        """``tariff_at(meter_time) - 1``, from a table by minute of the day when every
+        period starts on a whole minute (integrating a long history asks it every minute)."""
+        periods = self.tariff_periods
+        if self._tariff_cache is None or self._tariff_cache[0] is not periods:
+            whole = all(start.second == 0 and start.microsecond == 0 for start, _ in periods)
+            table = [self.tariff_at(datetime.combine(_EPOCH, time(m // 60, m % 60))) - 1 for m in range(24 * 60)] if whole else None
+            self._tariff_cache = (periods, table)
+        table = self._tariff_cache[1]
+        if table is None:
+            return self.tariff_at(meter_time) - 1
+        return table[meter_time.hour * 60 + meter_time.minute]
+
+    def _base_power(self, t: datetime) -> float:
+        """Net active power in kW as if no phase were lost: the load profile, measured the
+        wrong way round when the meter is wired backwards, nothing while the relay is open."""
+        if self.relay_open:
+            return 0.0
+        p = self.profile.power(t)
+        return -p if self._reverse else p
+
     def _power_at(self, t: datetime) -> float:
-        return 0.0 if self.relay_open else self.profile.power(t)
+        """Net active power in kW through the meter: a lost phase's loads draw nothing."""
+        p = self._base_power(t)
+        return p if self._lost is None else p * sum(self._lost)
 
     def _advance(self) -> datetime:
         """Integrate the registers up to the clock's current time; returns that time."""
@@ -373,41 +428,48 @@ class SimulatedMeter:
         while t < now:
             cell = _EPOCH + ((t - _EPOCH) // STEP) * STEP
             end = min(cell + STEP, now)
-            self._integrate(cell, (end - t).total_seconds() / 3600)
+            p = self._integrate(cell, (end - t).total_seconds() / 3600)
             if end == cell + STEP:
-                self._close_step(end)
+                self._close_step(end, p)
             t = end
         self._t = max(self._t, now)
         return now
 
-    def _integrate(self, cell: datetime, hours: float) -> None:
-        p = self._power_at(cell)
+    def _integrate(self, cell: datetime, hours: float) -> float:
+        """Add ``hours`` at the power of minute ``cell`` to the registers; returns that power."""
+        base = self._base_power(cell)
+        shares = self.profile.shares if self._lost is None else self._lost
+        p = base if self._lost is None else base * sum(self._lost)
         pf = self.profile.power_factor(cell)
-        q = abs(p) * math.tan(math.acos(pf))
-        s = abs(p) / pf
-        tariff = self.tariff_at(cell + self.clock_offset) - 1
+        tan_phi = math.tan(math.acos(pf))
+        tariff = self._tariff_index(cell + self.clock_offset)
         active, reactive, apparent = (FORWARD, Q1, FORWARD_APPARENT) if p >= 0 else (REVERSE, Q2, REVERSE_APPARENT)
         for scope in range(4):
-            share = 1.0 if scope == 0 else self.profile.shares[scope - 1]
+            share = 1.0 if scope == 0 else shares[scope - 1]
             if not share:
                 continue
+            power = abs(p if scope == 0 else base)
             reg = self._reg[scope]
-            reg[active][tariff] += abs(p) * share * hours
-            reg[reactive][tariff] += q * share * hours
-            reg[apparent][tariff] += s * share * hours
+            reg[active][tariff] += power * share * hours
+            reg[reactive][tariff] += power * tan_phi * share * hours
+            reg[apparent][tariff] += power / pf * share * hours
+        return p
 
-    def _close_step(self, end: datetime) -> None:
+    def _close_step(self, end: datetime, p: float) -> None:
+        """The minute ending at ``end`` is complete (``p`` its power): demand, freezes."""
         start = end - STEP
-        p = self._power_at(start)
         step_h = STEP.total_seconds() / 3600
         self._last_step_kw = p
-        self._window.append((max(p, 0.0) * step_h, max(-p, 0.0) * step_h))
+        fwd, rev = max(p, 0.0) * step_h, max(-p, 0.0) * step_h
+        self._window.append((fwd, rev))
+        self._window_kwh[0].append(fwd)
+        self._window_kwh[1].append(rev)
         meter_end = end + self.clock_offset
         if len(self._window) == DEMAND_WINDOW_STEPS:
             window_h = DEMAND_WINDOW_STEPS * step_h
-            tariff = self.tariff_at(start + self.clock_offset)
+            tariff = self._tariff_index(start + self.clock_offset) + 1
             for kind, index in ((FORWARD, 0), (REVERSE, 1)):
-                demand = sum(w[index] for w in self._window) / window_h
+                demand = sum(self._window_kwh[index]) / window_h
                 for slot in (0, tariff):
                     if demand > self._max_demand[kind][slot][0]:
                         self._max_demand[kind][slot] = (demand, meter_end.replace(second=0, microsecond=0))
@@ -446,6 +508,82 @@ class SimulatedMeter:
         """Current net active power in kW (negative while exporting)."""
         with self._lock:
             return Decimal(f"{self._power_at(self._advance()):.4f}")
+
+    def daily_freezes(self) -> list[tuple[datetime, tuple[Decimal, ...], tuple[Decimal, ...]]]:
+        """The daily freeze records held, most recent first: ``(freeze time by the meter's
+        clock, forward active total and tariffs 1..4, reverse likewise)`` as shown (kWh)."""
+        with self._lock:
+            self._advance()
+            return [(r.at, tuple(map(_display, r.forward)), tuple(map(_display, r.reverse))) for r in self._freezes[DAILY_FREEZE]]
+
+    # -- conditions a test injects ------------------------------------------------------
+
+    def open_cover(self) -> int:
+        """Someone opens the meter cover: the cover-open count (03 30 0D 00) goes up by one;
+        returns the new count."""
+        with self._lock:
+            self.events[COVER_OPEN_EVENTS] += 1
+            return self.events[COVER_OPEN_EVENTS]
+
+    def magnetic_interference(self) -> int:
+        """Someone holds a magnet to the meter: the magnetic-interference count
+        (03 35 00 00) goes up by one; returns the new count."""
+        with self._lock:
+            self.events[MAGNETIC_EVENTS] += 1
+            return self.events[MAGNETIC_EVENTS]
+
+    @property
+    def reverse(self) -> bool:
+        """Wired backwards (or feeding): the load is measured as export, the reverse
+        registers advance and status word 1 bit 4 is set. Set it to inject that."""
+        return self._reverse
+
+    @reverse.setter
+    def reverse(self, value: bool) -> None:
+        with self._lock:
+            self._advance()  # energy so far was measured the way it was wired
+            self._reverse = bool(value)
+
+    def set_voltage(self, phase: int, volts: Decimal | float | None) -> None:
+        """Hold phase ``phase`` (1..3 = A..C) at ``volts`` (a sag, a swell), or give it back
+        to the load profile with None. Below :data:`PHASE_LOST_BELOW` (0 for a blown fuse)
+        the phase is lost: its loads stop, so it carries no current and no energy."""
+        if phase not in (1, 2, 3) or (phase > 1 and self.phases == 1):
+            raise ValueError(f"phase must be 1..{self.phases} for a {self.phases}-phase meter, got {phase!r}")
+        if volts is not None and not 0 <= float(volts) < 1000:
+            raise ValueError(f"a voltage is 0..999.9 V (XXX.X), got {volts!r}")
+        with self._lock:
+            self._advance()  # energy so far was drawn at the old voltages
+            if volts is None:
+                self._voltages.pop(phase - 1, None)
+            else:
+                self._voltages[phase - 1] = float(volts)
+            lost = {ph for ph, v in self._voltages.items() if v < PHASE_LOST_BELOW}
+            shares = self.profile.shares
+            self._lost = tuple(0.0 if ph in lost else share for ph, share in enumerate(shares)) if lost else None
+
+    def set_frequency(self, hz: Decimal | float | None) -> None:
+        """Hold the grid frequency at ``hz``, or give it back to the load profile with None."""
+        if hz is not None and not 0 < float(hz) < 100:
+            raise ValueError(f"a frequency is 0..99.99 Hz (XX.XX), got {hz!r}")
+        with self._lock:
+            self._frequency = None if hz is None else float(hz)
+
+    def drift(self, seconds: float) -> None:
+        """The meter's clock runs off by ``seconds`` (positive: ahead). A broadcast time
+        within ±5 min of its clock sets it right again."""
+        with self._lock:
+            self._advance()  # energy so far belongs to the tariffs of the old clock
+            self.clock_offset += timedelta(seconds=seconds)
+
+    def voltage(self, phase: int) -> float:
+        """Phase ``phase`` (1..3) voltage now: the override, else the load profile's."""
+        with self._lock:
+            return self._voltage(self._wall(self.clock()), phase - 1)
+
+    def _voltage(self, t: datetime, ph: int) -> float:
+        held = self._voltages.get(ph)
+        return self.profile.voltage(t, ph) if held is None else held
 
     # -- the protocol ------------------------------------------------------------------
 
@@ -779,14 +917,18 @@ class _Snapshot:
         self.now = now
         self.meter_time = now + meter.clock_offset
         profile = meter.profile
+        self.base = meter._base_power(now)  # a phase's power is base × its share
         self.p = meter._power_at(now)
         self.pf = profile.power_factor(now) if self.p else 1.0
         self.q = abs(self.p) * math.tan(math.acos(self.pf))
         self.s = abs(self.p) / self.pf
+        self.q_base = abs(self.base) * math.tan(math.acos(self.pf))
+        self.s_base = abs(self.base) / self.pf
         self.sign = -1 if self.p < 0 else 1
-        self.v = [profile.voltage(now, ph) for ph in range(3)]
-        self.shares = profile.shares
-        self.i = [self.sign * abs(self.p) * share * 1000 / (self.v[ph] * self.pf) for ph, share in enumerate(self.shares)]
+        self.v = [meter._voltage(now, ph) for ph in range(3)]
+        self.shares = profile.shares if meter._lost is None else meter._lost  # a lost phase's share is 0
+        self.i = [self.sign * abs(self.base) * share * 1000 / (self.v[ph] * self.pf) if share else 0.0
+                  for ph, share in enumerate(self.shares)]
 
     def _phase_present(self, phase: int) -> bool:
         return phase == 1 or self.meter.phases == 3
@@ -794,7 +936,8 @@ class _Snapshot:
     def status(self, n: int) -> int:
         m = self.meter
         if n == 1:
-            return W1_ACTIVE_REVERSE if self.p < 0 else 0
+            word = W1_ACTIVE_REVERSE if self.p < 0 else 0
+            return word | (W1_CLOCK_BATTERY_LOW | W1_READING_BATTERY_LOW if m.battery_low else 0)
         if n == 2:
             return sum(1 << ph for ph in range(3) if self.p < 0 and self.shares[ph])
         if n == 3:
@@ -852,17 +995,20 @@ class _Snapshot:
             return None
         ph = di1 - 1
         share = 1.0 if di1 == 0 else self.shares[ph]
+        p, q, s = (self.p, self.q, self.s) if di1 == 0 else (self.base, self.q_base, self.s_base)
         if di2 == 0x01 and di1:
             return Decimal(f"{self.v[ph]:.1f}")
         if di2 == 0x02 and di1:
             return Decimal(f"{self.i[ph]:.3f}")
         if di2 == 0x03:
-            return Decimal(f"{self.p * share:.4f}")
+            return Decimal(f"{p * share:.4f}")
         if di2 == 0x04:
-            return Decimal(f"{self.q * share:.4f}")
+            return Decimal(f"{q * share:.4f}")
         if di2 == 0x05:
-            return Decimal(f"{self.s * share:.4f}")
+            return Decimal(f"{s * share:.4f}")
         if di2 == 0x06:
+            if di1 and not share:
+                return Decimal("1.000")  # a phase without current: no phase shift to show
             return Decimal(f"{self.sign * self.pf:.3f}")
         if di2 == 0x07 and di1:
             angle = math.degrees(math.acos(self.pf)) + (180 if self.p < 0 else 0)
@@ -875,7 +1021,8 @@ class _Snapshot:
             phasors = [self.i[ph] * cmath.exp(-2j * math.pi * ph / 3) for ph in range(3)]
             return Decimal(f"{abs(sum(phasors)):.3f}")
         if di0 == 0x02:
-            return Decimal(f"{profile.frequency(self.now):.2f}")
+            held = self.meter._frequency
+            return Decimal(f"{profile.frequency(self.now) if held is None else held:.2f}")
         if di0 == 0x03:
             return Decimal(f"{self.meter._last_step_kw:.4f}")
         if di0 == 0x04:
@@ -912,7 +1059,9 @@ def make_meters(
 ) -> list[SimulatedMeter]:
     """``n`` meters with consecutive addresses: mostly single-phase households, every
     third a three-phase one, every fifth with PV; each with its own preamble length and
-    a clock a little off (±90 s), all deterministic in ``seed``."""
+    a clock a little off (±90 s), all deterministic in ``seed``. ``options`` go to every
+    :class:`SimulatedMeter` and override those defaults (``history=timedelta(days=40)``
+    for meters with 40 days of freeze records, ``battery_low=True``, ``reverse=True``)."""
     if not first_address.isdigit() or len(first_address) != 12:
         raise ValueError(f"first_address must be 12 decimal digits, got {first_address!r}")
     rng = random.Random(f"dlt645-sim-site:{seed}")
@@ -950,7 +1099,8 @@ def start_dlt645_sim(
 ) -> PtyBus:
     """``n`` simulated meters on a started :class:`PtyBus` at ``baudrate`` 8E1.
 
-    ``faults`` maps addresses to faults (``{"000000000002": Fault.SILENCE}``). The
+    ``faults`` maps addresses to faults (``{"000000000002": Fault.SILENCE}``);
+    ``meter_options`` go to every meter (:func:`make_meters`: ``history=``, ...). The
     caller stops the bus (or uses it as a context manager); ``bus.port`` is the path.
     """
     meters = make_meters(n, first_address=first_address, seed=seed, clock=clock, **meter_options)
