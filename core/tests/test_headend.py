@@ -294,3 +294,28 @@ def test_heartbeats_are_confirmed_and_recorded_together(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{db}") as store:  # recorded at the latest when the node stops
         (terminal,) = store.terminals()
     assert terminal.heartbeats == 3 and not terminal.online
+
+
+def test_the_head_end_runs_the_sites_alarm_rules_on_what_its_terminals_send(tmp_path: Path) -> None:
+    """The same alarm rules as a concentrator's, on a terminal's class 1 values: a sag on
+    point 3's phase A starts with its first low report and ends with the next normal one."""
+    from meterhub.alarms import BUILTIN_RULE_TYPES, rules_from_config
+
+    db = tmp_path / "head-end.db"
+    rules = rules_from_config({"voltage": {"nominal": 220}}, {t.name: t for t in BUILTIN_RULE_TYPES})
+
+    def values(volts: str) -> data.Instantaneous:
+        return data.Instantaneous(datetime(2026, 12, 3, 10, 0), [None] * 4, [None] * 4, [None] * 4,
+                                  [Decimal(volts), Decimal("220.1"), Decimal("219.8")], [None] * 4, [None] * 4)
+
+    async def scenario() -> None:
+        async with head_end(db, alarms=rules) as node, Terminal(node.port) as terminal:
+            for volts in ("221.0", "187.5", "182.0", "220.5"):
+                await terminal.report(Afn.CLASS1, [data.unit([3], [25], [values(volts)])])
+
+    run(scenario)
+    with open_store(f"sqlite:///{db}") as store:
+        start, end = store.events(kind="pq_voltage_sag")
+    assert start.source == end.source == f"{NAME}/gdw1376.1:3"
+    assert start.data["state"] == "start" and start.data["phase"] == "L1" and start.data["value"] == "187.5"
+    assert end.data["state"] == "end" and end.data["extreme"] == "182.0"

@@ -34,6 +34,8 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from datetime import time
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
 import attrs
@@ -53,12 +55,16 @@ from .model import (
     PARITIES,
     ChannelConfig,
     Collector,
+    FreezeConfig,
     Hop,
     Meter,
+    PrepayConfig,
     Schedule,
     SerialSettings,
     Site,
+    TimeSyncConfig,
     UplinkConfig,
+    local_zone,
 )
 from .quantities import VOCABULARY, resolve
 from .yamlnodes import Node as _Node
@@ -70,16 +76,19 @@ from .yamlnodes import plain as _plain
 from .yamlnodes import read_document, too_large
 from .yamlnodes import shorten as _shorten
 
-__all__ = ["DEFAULT_QUANTITY", "load_site", "parse_duration", "parse_site"]
+__all__ = ["DEFAULT_QUANTITY", "load_alarms", "load_site", "parse_duration", "parse_site"]
 
-TOP_KEYS = ("channels", "meters", "collectors", "schedule", "store", "uplink", "uplinks", "terminal", "profiles")
+TOP_KEYS = (
+    "channels", "meters", "collectors", "schedule", "store", "uplink", "uplinks", "terminal", "profiles",
+    "timezone", "tariffs", "alarms", "freeze", "prepayment", "time_sync",
+)  # fmt: skip
 #: top-level keys with this prefix are free for YAML anchors (docker-compose's convention)
 EXTENSION_PREFIX = "x-"
 SERIAL_KEYS = ("baudrate", "parity", "bytesize", "stopbits")
 CHANNEL_KEYS = ("transport", "port", *SERIAL_KEYS)  # any other key is a transport option
 METER_KEYS = (
     "address", "protocol", "channel", "collector", "quantities", "point", "name",
-    "timeout", "retries", *SERIAL_KEYS, "options", "credential",
+    "timeout", "retries", *SERIAL_KEYS, "options", "credential", "tariff", "prepaid",
 )  # fmt: skip
 COLLECTOR_KEYS = ("channel", "collector", "address", "protocol", "relay_delay")  # any other key is a collector option
 UPLINK_KEYS = ("protocol", "name")  # any other key is the uplink driver's
@@ -88,6 +97,17 @@ LONGEST_RELAY_DELAY = 60.0
 #: Collector and uplink names appear in routes (``bus1/c1/c2``) and outbox queues.
 NAME_SEPARATOR = "/"
 SCHEDULE_KEYS = ("interval", "retries", "backoff_initial", "backoff_max")
+FREEZE_KEYS = ("daily", "monthly_day", "quantities", "profile", "backfill_days")
+PROFILE_KEYS = ("interval", "quantities")
+PREPAY_KEYS = ("disconnect", "reconnect", "credential", "opening_balance")
+TIME_SYNC_KEYS = ("at", "every", "window")
+#: The latest settlement day: every month has it (February's 28th).
+LAST_SETTLEMENT_DAY = 28
+#: How far back a meter's daily freeze records reach (DL/T 645 keeps 62) and so back-filling.
+MAX_BACKFILL_DAYS = 366
+#: The widest broadcast-time window: meters refuse larger corrections (DL/T 645: ±5 min).
+LONGEST_SYNC_WINDOW = 3600.0
+_TIME_OF_DAY = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 
 #: what a meter reads when its ``quantities`` are left out: the billing register
 DEFAULT_QUANTITY = "1-0:1.8.0"
@@ -206,6 +226,28 @@ def parse_site(
     if issues or site is None:
         raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
     return site
+
+
+def load_alarms(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``alarms:`` section of a YAML file (a site file, or a file holding only that
+    section, as a head-end uses), validated by the installed rule types; raise
+    :class:`ConfigError` naming file, line and key of every problem."""
+    filename = os.fspath(path)
+    text = read_document(filename, max_bytes=MAX_SITE_FILE_BYTES, what="an alarms file")
+    issues: list[ConfigIssue] = []
+    root = _compose(text, filename, issues)
+    section: dict[str, Any] = {}
+    if root is not None:
+        builder = _SiteBuilder(filename, issues, {}, {}, {})
+        if root.kind != "map" or root.get("alarms") is None:
+            issues.append(ConfigIssue(filename, root.line, "", "no alarms: section (a mapping of alarm rules)"))
+        else:
+            section = builder.alarms(root, root.get("alarms"))
+    elif not issues:
+        issues.append(ConfigIssue(filename, None, "", "the file is empty: it needs an alarms: section"))
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: i.line or 0))
+    return section
 
 
 def _describe(node: _Node) -> str:
@@ -372,6 +414,13 @@ class _SiteBuilder:
         uplinks = self.uplinks(uplink_node, root.get("uplinks"))
         terminal_node = root.get("terminal")
         terminal = self.text(terminal_node, numbers_ok=True) if terminal_node is not None else None
+        timezone = self.timezone(root.get("timezone"))
+        tariffs, tariff_sources = self.tariffs(root, root.get("tariffs"))
+        self.tariff_refs(meters, root.get("meters"), tariffs)
+        alarms = self.alarms(root, root.get("alarms"))
+        freeze = self.freeze(root.get("freeze"))
+        prepayment = self.prepayment(root.get("prepayment"))
+        time_sync = self.time_sync(root.get("time_sync"))
         return Site(
             channels=channels,
             meters=tuple(meters),
@@ -382,6 +431,13 @@ class _SiteBuilder:
             uplinks=uplinks,
             terminal=terminal or "",
             source=self.filename,
+            timezone=timezone,
+            tariffs=tariffs,
+            tariff_sources=tariff_sources,
+            alarms=alarms,
+            freeze=freeze,
+            prepayment=prepayment,
+            time_sync=time_sync,
         )
 
     # -- uplinks -----------------------------------------------------------------------------
@@ -847,6 +903,8 @@ class _SiteBuilder:
             options=_plain(options_node) if options is not None and options_node is not None else {},
             hops=hops,
             credential=self.text(node.get("credential"), numbers_ok=True) or "",
+            tariff=self.text(node.get("tariff"), numbers_ok=True) or "",
+            prepaid=bool(self.flag(node.get("prepaid"))),
         )
 
     def protocol(self, node: _Node | None) -> str | None:
@@ -948,6 +1006,168 @@ class _SiteBuilder:
             retries=default.retries if retries is None else retries,
             backoff_initial=backoff_initial,
             backoff_max=backoff_max,
+        )
+
+    # -- data services: time zone, tariffs, alarms, freezes, prepayment, time sync --------
+
+    def flag(self, node: _Node | None) -> bool | None:
+        """``true`` or ``false``."""
+        if node is None or node.broken:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, bool):
+            return node.value
+        self.bad(node, f"must be true or false, got {_describe(node)}")
+        return None
+
+    def time_of_day(self, node: _Node | None) -> time | None:
+        """``HH:MM`` local time (as written: YAML 1.1 would read an unquoted 03:00 as 180)."""
+        if node is None or node.broken:
+            return None
+        found = _TIME_OF_DAY.match(node.raw.strip("'\"")) if node.kind == "scalar" else None
+        if found is None or int(found.group(1)) > 23 or int(found.group(2)) > 59:
+            self.bad(node, f"must be a time of day HH:MM such as 00:00, got {_describe(node)}")
+            return None
+        return time(int(found.group(1)), int(found.group(2)))
+
+    def external(self, root: _Node, exc: ValueError) -> None:
+        """An issue from a plugin's or a service's own check, whose message starts with the
+        key path it is about (``tariffs.home.tiers[1].upto: ...``): placed at that key's line."""
+        text = str(exc)
+        path, sep, message = text.partition(": ")
+        if not sep or " " in path:
+            self.issue(root.line, "", text)
+            return
+        self.issue(_locate(root, path), path, message)
+
+    def timezone(self, node: _Node | None) -> str:
+        name = self.text(node) if node is not None else None
+        if not name:
+            return ""
+        try:
+            local_zone(name)
+        except (ValueError, OSError, LookupError):  # ZoneInfoNotFoundError is a KeyError
+            assert node is not None
+            self.bad(node, f"unknown time zone {_shorten(name)}; write an IANA name such as Asia/Shanghai")
+            return ""
+        return name
+
+    def tariffs(self, root: _Node, node: _Node | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        if node is None or self.mapping(node, "a mapping of tariff names to tariffs") is None:
+            return {}, {}
+        from .plugins import get_plugins
+        from .tariffs import tariffs_from_config
+
+        sources = _plain(node)
+        made: dict[str, Any] = {}
+        for name in sources:  # one entry at a time, so every broken tariff is reported
+            try:
+                made.update(tariffs_from_config({name: sources[name]}, get_plugins().tariff_schemes()))
+            except ValueError as exc:
+                self.external(root, exc)
+        return made, sources
+
+    def tariff_refs(self, meters: Iterable[Meter], nodes: _Node | None, tariffs: Mapping[str, Any]) -> None:
+        """Each meter's ``tariff:`` names a tariff; a prepaid meter has one to charge by."""
+        if nodes is None or nodes.kind != "seq":
+            return
+        by_line = {child.line: child for child in nodes.value if child.kind == "map"}
+        for node in by_line.values():
+            tariff_node = node.get("tariff")
+            name = self.text(tariff_node, numbers_ok=True) if tariff_node is not None else None
+            if tariff_node is not None and name and name not in tariffs:
+                self.bad(tariff_node, f"tariff {_shorten(name)} is not defined{_suggest(name, tariffs)}"
+                                      f" ({_known('tariffs', tariffs) if tariffs else 'there is no tariffs: section'})")
+            prepaid = node.get("prepaid")
+            if prepaid is not None and prepaid.value is True and tariff_node is None:
+                self.bad(prepaid, "a prepaid meter needs a tariff: to charge its consumption by")
+
+    def alarms(self, root: _Node, node: _Node | None) -> dict[str, Any]:
+        if node is None or self.mapping(node, "a mapping of alarm rules to their options") is None:
+            return {}
+        from .alarms import rules_from_config
+        from .plugins import get_plugins
+
+        section = _plain(node)
+        try:
+            rules_from_config(section, get_plugins().alarm_rules())
+        except ValueError as exc:
+            self.external(root, exc)
+            return {}
+        return section
+
+    def freeze(self, node: _Node | None) -> FreezeConfig | None:
+        if node is None or self.mapping(node, "a mapping with daily:, monthly_day:, quantities:, profile:") is None:
+            return None
+        self.check_keys(node, FREEZE_KEYS)
+        default = FreezeConfig()
+        daily = self.time_of_day(node.get("daily")) or default.daily
+        day = self.integer(node.get("monthly_day"), 1, LAST_SETTLEMENT_DAY)
+        backfill = self.integer(node.get("backfill_days"), 0, MAX_BACKFILL_DAYS)
+        quantities = self.quantities(node, None) if node.get("quantities") is not None else ()
+        interval = None
+        profile_quantities: tuple[str, ...] = ()
+        profile = node.get("profile")
+        if profile is not None and self.mapping(profile, "a mapping with interval: and quantities:") is not None:
+            self.check_keys(profile, PROFILE_KEYS)
+            if profile.get("interval") is None:
+                self.missing(profile, "interval")
+            interval = self.duration(profile.get("interval"), 86400.0)
+            if interval is not None and 86400 % interval:
+                self.bad(profile.value["interval"], "must divide a day evenly (5m, 15m, 30m, 1h ...)")
+                interval = None
+            if profile.get("quantities") is not None:
+                profile_quantities = self.quantities(profile, None)
+        return FreezeConfig(
+            daily=daily,
+            monthly_day=default.monthly_day if day is None else day,
+            quantities=quantities,
+            profile_interval=interval,
+            profile_quantities=profile_quantities,
+            backfill_days=default.backfill_days if backfill is None else backfill,
+        )
+
+    def prepayment(self, node: _Node | None) -> PrepayConfig | None:
+        if node is None:
+            return None
+        if node.kind == "scalar" and node.value is True:
+            return PrepayConfig()
+        if self.mapping(node, "a mapping with disconnect:, reconnect:, credential:, opening_balance:") is None:
+            return None
+        self.check_keys(node, PREPAY_KEYS)
+        default = PrepayConfig()
+        disconnect = self.flag(node.get("disconnect"))
+        reconnect = self.flag(node.get("reconnect"))
+        credential = self.text(node.get("credential"), numbers_ok=True)
+        opening = default.opening_balance
+        opening_node = node.get("opening_balance")
+        if opening_node is not None and not opening_node.broken:
+            try:
+                opening = Decimal(opening_node.raw.strip("'\"")) if opening_node.kind == "scalar" else Decimal("NaN")
+            except InvalidOperation:
+                opening = Decimal("NaN")
+            if not opening.is_finite() or opening != opening.quantize(Decimal("0.01"), rounding=ROUND_DOWN):
+                self.bad(opening_node, f"must be an amount of money such as 50 or 12.50, got {_describe(opening_node)}")
+                opening = default.opening_balance
+        return PrepayConfig(
+            disconnect=default.disconnect if disconnect is None else disconnect,
+            reconnect=default.reconnect if reconnect is None else reconnect,
+            credential=default.credential if credential is None else credential,
+            opening_balance=opening,
+        )
+
+    def time_sync(self, node: _Node | None) -> TimeSyncConfig | None:
+        if node is None:
+            return None
+        if node.kind == "scalar" and node.value is True:
+            return TimeSyncConfig()
+        if self.mapping(node, "a mapping with at:, every: and window:") is None:
+            return None
+        self.check_keys(node, TIME_SYNC_KEYS)
+        default = TimeSyncConfig()
+        return TimeSyncConfig(
+            at=self.time_of_day(node.get("at")) or default.at,
+            every=self.duration(node.get("every"), LONGEST_SCHEDULE) or default.every,
+            window=self.duration(node.get("window"), LONGEST_SYNC_WINDOW) or default.window,
         )
 
     def store(self, node: _Node | None) -> str:

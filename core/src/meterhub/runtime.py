@@ -28,6 +28,7 @@ from .api import (
     ChannelArchive,
     CommandCredentials,
     Conduit,
+    FrozenReader,
     LateAnswer,
     MeterDriver,
     RouteReporter,
@@ -65,6 +66,8 @@ from .model import (
 from .plugins import Plugins
 from .quantities import VOCABULARY, Quantity, resolve
 from .secrets import SecretStore, default_secrets
+from .services import Services
+from .services import wanted as services_wanted
 from .stats import StatsBook
 from .store import Store
 from .store.writer import StoreWriter
@@ -306,6 +309,8 @@ class Concentrator:
         #: the meter each measuring point had in the site as given: what a kept archive
         #: change replaced (see :meth:`set_meter`)
         self._given_points = {m.point: m.key for m in site.meters if m.point is not None}
+        #: freezes, prepayment, alarms and time sync, when the site asks for any
+        self.services: Services | None = Services.for_site(self) if services_wanted(site) else None
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -318,6 +323,8 @@ class Concentrator:
             writer = StoreWriter(lambda: store, close_store=False)
             await writer.start()
             self._writer = writer
+            if self.services is not None:
+                await self.services.start()
         # The drivers are imported when their registry is first built: here, not in the
         # middle of the first round's first meter (pymodbus alone takes a tenth of a second).
         self.plugins.meter_drivers()
@@ -536,6 +543,8 @@ class Concentrator:
             "seconds": report.duration,
         }
         self.raise_event(Event("round_finished", source="concentrator", data=summary))
+        if self.services is not None:
+            await self.services.after_round()
         await self.flush()
         self._report("round_finished", summary)
         return report
@@ -933,6 +942,8 @@ class Concentrator:
             rnd.book.record(reading)
         self.plugins.call_each("meterhub_readings_collected", readings=list(readings), channel=meter.channel)
         self._update_backoff(meter, readings, rnd)
+        if self.services is not None:
+            await self.services.after_visit(meter, readings)
         ok = sum(1 for r in readings if r.quality is Quality.OK)
         self._report("meter_done", {"meter": meter.label, "address": meter.address, "channel": meter.channel,
                                     "ok": ok, "failed": len(readings) - ok})
@@ -1062,6 +1073,39 @@ class Concentrator:
         await self._finish_meter(index, meter, readings, rnd)
         await self.flush()
         return readings
+
+    async def read_quantities(self, meter: Meter, quantities: Sequence[str]) -> list[Reading]:
+        """Read ``quantities`` of a configured meter now, back-off or not, and return the
+        readings without storing them (a service's own reads: a clock before a time sync)."""
+        if not self._opened:
+            await self.open()
+        ch = self._channels.get(meter.channel)
+        target = attrs.evolve(meter, quantities=tuple(quantities))
+        if ch is None or not await self._open_channel(ch) or ch.channel is None:
+            reason = ch.error if ch is not None else f"channel {meter.channel!r} is not configured"
+            return self._all(target, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
+        rnd = _Round(at=self._clock(), started=utcnow(), book=StatsBook())
+        async with self._lane(ch, meter):
+            visit = _Visit(ch, target, ch.channel.towards(target))
+            return _with_relays(visit, await self._read_meter(visit, -1, rnd, force=True))
+
+    async def read_frozen(self, meter: Meter, back: int) -> Sequence[Measurement]:
+        """The meter's daily freeze record ``back`` records ago, through its driver's
+        :class:`~meterhub.api.FrozenReader` (NotSupported when it has none); raises what
+        the driver raises (MeterTimeout, MeterError, ...) and LinkError for a channel down."""
+        driver = self.plugins.meter_drivers().get(meter.protocol)
+        if not isinstance(driver, FrozenReader):
+            raise NotSupported(f"the {meter.protocol} driver reads no freeze records")
+        ch = self._channels.get(meter.channel)
+        if ch is None or not await self._open_channel(ch) or ch.channel is None:
+            raise LinkError(f"channel {meter.channel} is down: {ch.error if ch is not None else 'not configured'}")
+        async with self._lane(ch, meter):
+            return await driver.read_frozen(ch.channel.towards(meter), meter, back, self._timeout(driver, meter, ch))
+
+    async def store_readings(self, readings: Sequence[Reading]) -> None:
+        """Store readings a service made (frozen values, profile points), durably and
+        queued for the uplinks like the round's own."""
+        await self._store_readings(readings)
 
     # -- the meter archive -----------------------------------------------------------------
 

@@ -123,12 +123,15 @@ def _zone(name: str | None) -> Any:
 @click.option("--http-token-entry", default="head-end-api", show_default=True, metavar="NAME",
               help="The secret-store entry whose token field the HTTP API's writes must bring (Bearer).")
 @click.option("--http-auth-reads", is_flag=True, help="The HTTP API's reads need the token too.")
+@click.option("--alarms", "alarms_file", default=None, metavar="FILE",
+              help="Run these alarm rules (a YAML file's alarms: section; a site file works) on the values the "
+                   "terminals send, as a concentrator runs them on its meters.")
 @click.option("-v", "--verbose", count=True, help="-v: each login, report and request; -vv: debug.")
 @click.pass_context
 def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None, allow_any: bool, node: str | None,
                 zone: str | None, realtime_s: float, frozen_days: int, frozen_months: int, heartbeat_s: float,
                 login_s: float, max_connections: int, max_damaged: int, max_frames_s: float, http_listen: str | None,
-                http_token_entry: str, http_auth_reads: bool, verbose: int) -> None:
+                http_token_entry: str, http_auth_reads: bool, alarms_file: str | None, verbose: int) -> None:
     """The master station: accepts concentrators (Q/GDW 1376.1 over TCP), checks each login
     against the allowlist, stores their reports and scheduled reads, and carries out the
     requests and commands queued for the terminals it holds. Several nodes may share one
@@ -156,10 +159,17 @@ def headend_cmd(ctx: click.Context, listen: str, db: str, allow_file: str | None
             raise Failure(f"--http is HOST:PORT, e.g. 10.0.0.5:8080; got {http_listen!r}", EXIT_USAGE) from None
         http = {"host": http_host, "port": http_port, "token_entry": http_token_entry, "auth_reads": http_auth_reads}
     allow = read_allow_file(allow_file) if allow_file else []
+    rules: list[Any] = []
+    if alarms_file is not None:
+        from ..alarms import rules_from_config
+        from ..config import load_alarms
+
+        with _user_errors():
+            rules = rules_from_config(load_alarms(alarms_file), _plugins().alarm_rules())
     options = {"node": node, "zone": _zone(zone), "allow": allow, "allow_any": allow_any, "realtime_s": realtime_s,
                "frozen_days": frozen_days, "frozen_months": frozen_months, "heartbeat_s": heartbeat_s,
                "login_s": login_s, "max_connections": max_connections, "max_damaged": max_damaged,
-               "max_frames_s": max_frames_s}
+               "max_frames_s": max_frames_s, "alarms": rules}
     with _user_errors():
         try:
             asyncio.run(_serve(store_url(db), host, port, options, http))

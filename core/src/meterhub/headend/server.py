@@ -38,13 +38,17 @@ import attrs
 
 from ..commands import run_command
 from ..errors import CommandRefused, MeterhubError
+from ..alarms import AlarmEngine, MeterView, Rule
 from ..model import (
     Command,
     CommandRecord,
     CommandState,
     Event,
+    Meter,
+    Reading,
     RequestRecord,
     RequestState,
+    meter_key,
     utcnow,
 )
 from ..protocols import gdw1376_1_data as data
@@ -182,6 +186,7 @@ class HeadEnd(MasterStation):
         frozen_months: int = DEFAULT_FROZEN_MONTHS,
         archive_span: int = DEFAULT_ARCHIVE_SPAN,
         request_poll_s: float = DEFAULT_REQUEST_POLL_S,
+        alarms: Sequence[Rule] = (),
         **station: Any,
     ) -> None:
         super().__init__(**station)
@@ -203,6 +208,8 @@ class HeadEnd(MasterStation):
         self.frozen_months = frozen_months
         self.archive_span = archive_span
         self.request_poll_s = request_poll_s
+        #: the same alarm rules a concentrator runs, on the values its terminals send
+        self.alarms = AlarmEngine(alarms) if alarms else None
         self._schedules: dict[TerminalId, _Schedule] = {}
         #: (due time, tie-break, terminal, its schedule): when a terminal's schedule is looked at
         self._due_heap: list[tuple[float, int, TerminalId, _Schedule]] = []
@@ -307,11 +314,30 @@ class HeadEnd(MasterStation):
             else:
                 readings.extend(readings_of(item, terminal=name, zone=self.zone, received=now))
         new = await self.writer.add_readings(readings) if readings else 0
+        events += self._alarms(name, readings, now)
         for event in events:
             await self.writer.add_event(event)
         log.debug("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
                   len(events))
         return new
+
+    def _alarms(self, terminal: str, readings: Sequence[Reading], now: datetime) -> list[Event]:
+        """The alarm rules' events for the current values of each measuring point a report
+        carried (frozen values are history, not a visit). A point is named like a meter of
+        the terminal: ``TERMINAL/gdw1376.1:POINT``."""
+        if self.alarms is None:
+            return []
+        by_point: dict[tuple[str, str], list[Reading]] = {}
+        for reading in readings:
+            if reading.period is None:
+                by_point.setdefault((reading.protocol, reading.meter), []).append(reading)
+        found: list[Event] = []
+        for (protocol, point), values in by_point.items():
+            meter = Meter(address=point, protocol=protocol, channel="",
+                          quantities=tuple(dict.fromkeys(r.quantity for r in values)))
+            view = MeterView(f"{terminal}/{meter_key('', protocol, point)}", meter, tuple(values), now, self.zone)
+            found += self.alarms.check(view)
+        return found
 
     # --- requests queued in the store ---------------------------------------------------------
 
