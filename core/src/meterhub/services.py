@@ -177,12 +177,14 @@ class Services:
             return
         state = dict(self._freezes.get(meter.key) or {})
         last = _parse(state.get("daily"))
-        limit = config.backfill_days if last is not None or self._reads_records(meter) else 1
-        due = freezes.daily_boundaries(last, now, config.daily, self.zone, limit=max(limit, 1))
+        records = self._reads_records(meter)
+        if last is None and records:  # a new meter: its records back as far as back-filling goes
+            last = now - timedelta(days=config.backfill_days)
+        due = freezes.daily_boundaries(last, now, config.daily, self.zone, limit=max(config.backfill_days, 1))
         stored: list[Reading] = []
         if due and any(r.quality is Quality.OK for r in readings):  # an unreachable meter: next visit
-            if self._reads_records(meter):
-                frozen, done = await self._from_records(meter, quantities, due, now)
+            if records:
+                frozen, done = await self._from_records(meter, quantities, due, now, first="daily" not in state)
             else:
                 frozen, done = self._from_reading(meter, readings, quantities, due, now)
             stored += frozen
@@ -212,9 +214,11 @@ class Services:
         )
 
     async def _from_records(self, meter: Meter, quantities: Sequence[str], due: Sequence[datetime],
-                            now: datetime) -> tuple[list[Reading], datetime | None]:
+                            now: datetime, *, first: bool) -> tuple[list[Reading], datetime | None]:
         """The meter's own freeze records for the ``due`` boundaries, newest first, until
-        one is older than the oldest wanted or the meter keeps no more."""
+        one is older than the oldest wanted or the meter keeps no more. Boundaries without
+        a record are reported missed, except on a meter's ``first`` visit, where they only
+        predate its records."""
         from .api import FrozenReader
 
         driver = self.host.plugins.meter_drivers()[meter.protocol]
@@ -241,6 +245,9 @@ class Services:
                         found.append(self._frozen(meter, m, m.quantity, boundary, record_at, detail, m.unit))
             if record_at < min(due) - freezes.RECORD_SLACK or not wanted_left:
                 break
+        if wanted_left and first:
+            found_times = [r.timestamp for r in found]
+            wanted_left = {b for b in wanted_left if found_times and b > min(found_times)}
         if wanted_left:
             missed = sorted(wanted_left)
             self.host.raise_event(Event("freeze_missed", source=meter.key, severity="warning", data={
@@ -397,8 +404,8 @@ class Services:
                 if drift is None:
                     continue
                 after = await self._drift(meter)
-                data = {"meter": meter.address, "channel": channel, "drift_before": f"{drift:.0f}",
-                        "drift_after": None if after is None else f"{after:.0f}", "command": command.id}
+                data = {"meter": meter.address, "channel": channel, "drift_before": str(round(drift)),
+                        "drift_after": None if after is None else str(round(after)), "command": command.id}
                 if abs(drift) > window:
                     self.host.raise_event(Event("clock_beyond_sync", source=meter.key, severity="alarm", data={
                         **data, "window": f"{window:.0f}",

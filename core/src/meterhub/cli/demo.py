@@ -24,8 +24,14 @@ DEMO_MIXED = {"modbus": "profile=eastron-sdm630", "cjt188": "meter_type=10", "mb
 @click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between rounds (with --rounds > 1).")
 @click.option("--faults/--no-faults", default=True, show_default=True,
               help="Put a noisy and a silent meter on the second bus to show how failures are handled.")
-def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool) -> None:
+@click.option("--services", is_flag=True,
+              help="Show the data services instead: a month of freezes turned into a bill, a prepaid meter cut off "
+                   "and restored, an alarm for each injected fault, a time sync (about half a minute).")
+def demo_cmd(count: int, db: str, rounds: int, interval: float, faults: bool, services: bool) -> None:
     """Read simulated meters over the real RS485 path, store and print the readings."""
+    if services:
+        _services_demo(db)
+        return
     from ..simsite import MeterSpec, site_text, start_bus
 
     plugins = _plugins()
@@ -73,3 +79,27 @@ def _protocol_counts(entries: Sequence[Mapping[str, Any]]) -> str:
     for entry in entries:
         counts[entry["protocol"]] = counts.get(entry["protocol"], 0) + 1
     return ", ".join(f"{n} {p}" for p, n in counts.items())
+
+
+def _services_demo(db: str) -> None:
+    """``meterhub demo --services``: see :mod:`meterhub.simservices`."""
+    from ..simservices import HOME, PREPAID, alarm_lines, services_demo
+
+    plugins = _plugins()
+    _transport(plugins, DEFAULT_TRANSPORT)
+    click.echo(f"simulated site: 6 DL/T 645 meters and a CJ/T 188 water meter on one bus; storing in {db}", err=True)
+    with _user_errors():
+        result = services_demo(db, plugins=plugins, progress=lambda text: click.echo(text, err=True))
+    for step in result.steps:
+        click.echo(f"\n{step.title}")
+        click.echo("\n".join(alarm_lines(step.events)) or "  (nothing to report)")
+        click.echo(f"  prepaid meter {PREPAID}: relay {'open (supply cut)' if step.prepaid_relay_open else 'closed'}")
+    click.echo("")
+    if result.bill is not None:
+        click.echo(result.bill.render())
+    else:
+        click.echo(f"no bill for {result.period}: {result.bill_error}")
+    click.echo(f"\ntry: meterhub bill --db {db} --meter {HOME} --period {result.period}\n"
+               f"     meterhub events --db {db} --severity warning\n"
+               f"     meterhub prepay ledger --db {db} --meter {PREPAID}\n"
+               f"     meterhub commands --db {db}", err=True)
