@@ -62,6 +62,7 @@ def site_for(bus: dict[str, Any], db: Path, extra: str) -> Site:
                              "options": {"meter_type": "10"}, "quantities": ["water_volume"]}),
         "tariffs:",
         "  home: {commodity: electricity, price: \"0.5\"}",
+        "  water: {commodity: water, price: \"3.45\"}",
         f"store: sqlite:///{db}",
         extra,
     ])
@@ -153,3 +154,20 @@ def test_a_prepaid_meter_is_charged_from_where_the_last_run_left_off(bus: dict[s
 def store_quality(site: Site) -> list[Any]:
     with open_store(site.store) as store:
         return [r for r in store.readings() if r.quality is not Quality.OK]
+
+
+def test_a_prepaid_water_meter_has_its_valve_closed_and_opened_again(bus: dict[str, Any], tmp_path: Path) -> None:
+    """CJ/T 188 valve control (write A017) through the command path, no credentials needed."""
+    site = site_for(bus, tmp_path / "m.db", "prepayment: true")  # an opening balance of 0
+    site = attrs.evolve(site, meters=tuple(attrs.evolve(m, prepaid=True, tariff="water") if m.address == WATER else m
+                                           for m in site.meters))
+    water = next(m for m in site.meters if m.address == WATER)
+    valve = bus["meters"][WATER]
+    with open_store(site.store) as store:
+        one_round(site, store)
+        closed = not valve.valve_open
+        store.add_event(prepay.recharge_event(water.key, WATER, Decimal(10)))
+        one_round(site, store)
+        commands = [(c.command.name, dict(c.command.args), c.state.value) for c in store.commands(meter=WATER)]
+    assert closed and valve.valve_open
+    assert commands == [("valve", {"action": "close"}, "answered"), ("valve", {"action": "open"}, "answered")]
