@@ -35,6 +35,7 @@ from .model import (
     Meter,
     OutboxItem,
     Reading,
+    Schedule,
     SerialSettings,
     UplinkConfig,
 )
@@ -539,6 +540,13 @@ class Terminal(Protocol):
         """The meter archive: measuring point number -> meter, for meters that have one."""
         ...
 
+    def meters(self) -> Sequence[Meter]:
+        """Every configured meter, measuring point or not, in the site file's order."""
+        ...
+
+    #: the site's reading schedule (how often a value is renewed: a dashboard's expiry)
+    schedule: Schedule
+
     async def latest(self, point: int | None = None) -> list[Reading]:
         """The newest good reading of every quantity (of one point, or of all)."""
         ...
@@ -567,9 +575,9 @@ class Terminal(Protocol):
         like the concentrator's events. Returns at once; the store writes it."""
         ...
 
-    async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
-        """Carry out a command on a point's meter through the command path every origin
-        uses (policy hooks, credentials from the secret store, the audit trail); raise
+    async def execute(self, point: int | Meter, command: Command) -> Mapping[str, Any]:
+        """Carry out a command on a point's meter (or on one of :meth:`meters`, given
+        itself) through the command path every origin uses (policy hooks, credentials from the secret store, the audit trail); raise
         CommandRefused with the reason when it is refused, with nothing sent."""
         ...
 

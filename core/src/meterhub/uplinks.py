@@ -27,6 +27,7 @@ from .model import (
     Origin,
     OutboxItem,
     Reading,
+    Schedule,
     UplinkConfig,
 )
 from .stats import meter_key
@@ -70,6 +71,13 @@ class ConcentratorTerminal:
     def points(self) -> Mapping[int, Meter]:
         return {m.point: m for m in self._c.site.meters if m.point is not None}
 
+    def meters(self) -> Sequence[Meter]:
+        return tuple(self._c.site.meters)
+
+    @property
+    def schedule(self) -> Schedule:
+        return self._c.site.schedule
+
     async def latest(self, point: int | None = None) -> list[Reading]:
         meters = [self._meter(point)] if point is not None else list(self.points().values())
         wanted = {m.key for m in meters}
@@ -95,8 +103,10 @@ class ConcentratorTerminal:
     def raise_event(self, event: Event) -> None:
         self._c.raise_event(event)
 
-    async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
-        meter = self._meter(point)
+    async def execute(self, point: int | Meter, command: Command) -> Mapping[str, Any]:
+        meter = point if isinstance(point, Meter) else self._meter(point)
+        if isinstance(point, Meter) and point not in self._c.site.meters:
+            raise KeyError(f"meter {point.label} on channel {point.channel} is not one of this site's")
         command = attrs.evolve(command, meter=meter.address, protocol=meter.protocol, channel=meter.channel,
                                origin=Origin.UPLINK, issuer=command.issuer or self.name)
         return await self._c.execute(meter, command)

@@ -19,6 +19,7 @@ returns, so tests control time and get the same numbers every run.
 from __future__ import annotations
 
 import cmath
+import functools
 import logging
 import math
 import random
@@ -148,6 +149,24 @@ PHASE_LOST_BELOW = NOMINAL_VOLTAGE / 2
 ALL_ENERGY_BLOCK = 0x00FFFF00
 
 _ENERGY_ITEM = data.DataItem(0, "energy", "XXXXXX.XX", "kWh", signed=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _minute_table(periods: tuple[tuple[time, int], ...]) -> tuple[int, ...] | None:
+    """Tariff index (0..3) by minute of the day for ``periods``, or None when one starts off
+    a whole minute; shared by every meter with the same periods (32 meters on a bus must not
+    each spend milliseconds building it while their answers are due)."""
+    if not all(start.second == 0 and start.microsecond == 0 for start, _ in periods):
+        return None
+    table = []
+    for minute in range(24 * 60):
+        now = time(minute // 60, minute % 60)
+        current = periods[-1][1]
+        for start, tariff in periods:
+            if now >= start:
+                current = tariff
+        table.append(current - 1)
+    return tuple(table)
 
 
 class _NoData(Exception):
@@ -400,9 +419,7 @@ class SimulatedMeter:
         period starts on a whole minute (integrating a long history asks it every minute)."""
         periods = self.tariff_periods
         if self._tariff_cache is None or self._tariff_cache[0] is not periods:
-            whole = all(start.second == 0 and start.microsecond == 0 for start, _ in periods)
-            table = [self.tariff_at(datetime.combine(_EPOCH, time(m // 60, m % 60))) - 1 for m in range(24 * 60)] if whole else None
-            self._tariff_cache = (periods, table)
+            self._tariff_cache = (periods, _minute_table(periods))
         table = self._tariff_cache[1]
         if table is None:
             return self.tariff_at(meter_time) - 1
