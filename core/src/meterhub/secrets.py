@@ -37,10 +37,11 @@ from .yamlnodes import compose_yaml, line_at, too_large
 SECRET_FIELDS = frozenset({"password", "passwd", "passphrase", "pin", "key", "secret", "token"})
 #: Fields an entry may carry that are part of a credential but not secret: the DL/T 645
 #: privilege level (PA) that a password belongs to, and the operator code (C0..C3), which
-#: says who acted (the meter logs it with each change) and proves nothing by itself. They
-#: come from the secret store with the password and are refused in a command's arguments,
-#: but they are not masked where they show.
-PUBLIC_CREDENTIAL_FIELDS = frozenset({"level", "operator"})
+#: says who acted (the meter logs it with each change) and proves nothing by itself, and
+#: the user name a password belongs to (an MQTT broker's login). They come from the secret
+#: store with the password and are refused in a command's arguments, but they are not
+#: masked where they show.
+PUBLIC_CREDENTIAL_FIELDS = frozenset({"level", "operator", "username"})
 #: Every field a credential entry may hand a driver (sources that cannot list an entry's
 #: fields, the environment and the keyring, look for these).
 CREDENTIAL_FIELDS = SECRET_FIELDS | PUBLIC_CREDENTIAL_FIELDS
