@@ -368,6 +368,17 @@ class FrozenReader(Protocol):
 
 
 @runtime_checkable
+class DeviceIdentity(Protocol):
+    """A driver that knows a configured meter's make and model (a Modbus meter's device
+    profile), so dashboards and master stations can name the device, not just its protocol."""
+
+    def device_identity(self, meter: Meter) -> Mapping[str, str]:
+        """``{"manufacturer": ..., "model": ...}`` of ``meter``; empty (or without a key)
+        where it is not known. Never raises for a meter the driver accepted."""
+        ...
+
+
+@runtime_checkable
 class MeterValidator(Protocol):
     """A driver that checks a configured meter beyond its address (a Modbus profile that
     exists and has the quantities asked for)."""

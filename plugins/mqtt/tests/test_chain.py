@@ -139,6 +139,8 @@ def test_a_broker_outage_between_rounds_loses_no_reading(tmp_path, meters, broke
             assert await runner.drain(DRAIN_S), "the outbox was not delivered after the broker came back"
             assert runner.failures.get("mqtt", 0) == 0  # the uplink reconnected by itself
             readings = [*first.readings, *second.readings]
+            (lost,) = await conc.store_call(lambda store: store.events(kind="uplink_disconnected"))
+            assert lost.source == "mqtt" and lost.data["broker"] == f"{mqtt.address[0]}:{mqtt.address[1]}"
         expected = {(r.meter, r.quantity, r.timestamp.isoformat(), r.quality.value) for r in readings}
         assert len(expected) == 2 * METERS * len(QUANTITIES)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from meterhub.model import Meter
 from meterhub.quantities import Quantity, Vocabulary, resolve
-from meterhub_mqtt import topics
+from meterhub_mqtt import discovery, topics
 from meterhub_mqtt.discovery import (
     check_payload,
     discovery_messages,
@@ -210,9 +210,15 @@ def test_a_registered_profile_names_vendor_and_model():
     assert device["name"] == "modbus 2"
 
 
-def test_a_shipped_profile_is_named_by_its_vendor_model_name():
+def test_a_shipped_profile_names_the_vendor_and_model_its_driver_knows():
     device = _sensor("energy_import", "modbus-1")["device"]
-    assert (device["manufacturer"], device["model"]) == ("Eastron", "SDM630")
+    # meterhub-rs485's Modbus driver offers DeviceIdentity: the profile's own vendor: and model:
+    assert (device["manufacturer"], device["model"]) == ("Eastron", "SDM630-Modbus V2")
+
+
+def test_without_a_driver_that_knows_it_the_profiles_name_is_split():
+    meter = next(m for m in METERS if m.options.get("profile") == "eastron-sdm630")
+    assert discovery._maker(meter, PROFILES, drivers={}) == ("Eastron", "SDM630")
 
 
 def test_a_sensor_reads_the_state_attributes_and_last_will_topics():

@@ -432,3 +432,15 @@ def test_the_shortest_text_of_a_float32_is_the_same_float32(value):
 def test_a_float64_reads_back_as_its_repr(value):
     assert decode_point(_point("f64"), encode_raw("f64", value)) == Decimal(repr(value))
     assert math.isfinite(float(decode_point(_point("f64"), encode_raw("f64", value))))
+
+
+def test_the_driver_names_a_meters_vendor_and_model_from_its_profile():
+    from meterhub.api import DeviceIdentity
+    from meterhub.model import Meter
+    from meterhub_rs485.modbus import ModbusDriver
+
+    driver = ModbusDriver()
+    assert isinstance(driver, DeviceIdentity)
+    meter = Meter("1", "modbus", "bus1", options={"profile": "eastron-sdm630"})
+    assert driver.device_identity(meter) == {"manufacturer": "Eastron", "model": "SDM630-Modbus V2"}
+    assert driver.device_identity(Meter("1", "modbus", "bus1", options={"profile": "nosuch"})) == {}

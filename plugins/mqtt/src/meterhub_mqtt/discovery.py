@@ -397,10 +397,23 @@ def meter_device(meter: Meter, *, site: str, meter_id: str,
     }
 
 
-def _maker(meter: Meter, profiles: Mapping[tuple[str, str], Mapping[str, Any]] | None) -> tuple[str, str]:
-    """Vendor and model of ``meter``: from its profile's ``vendor:``/``model:`` when the
-    profile was registered through the profile hook; else from the profile's name, which
-    profiles spell ``vendor-model`` (``eastron-sdm630``); else the protocol."""
+def _maker(meter: Meter, profiles: Mapping[tuple[str, str], Mapping[str, Any]] | None,
+           drivers: Mapping[str, Any] | None = None) -> tuple[str, str]:
+    """Vendor and model of ``meter``: what its driver says (:class:`meterhub.api.DeviceIdentity`:
+    a Modbus profile's ``vendor:``/``model:``); else from a profile registered through the
+    profile hook; else from the profile's name, which profiles spell ``vendor-model``
+    (``eastron-sdm630``); else the protocol. ``drivers``: the installed ones unless given."""
+    from meterhub.api import DeviceIdentity
+    from meterhub.plugins import get_plugins
+
+    if drivers is None:  # the installed drivers know the models of the meters they read
+        drivers = get_plugins().meter_drivers()
+    driver = drivers.get(meter.protocol)
+    if isinstance(driver, DeviceIdentity):
+        identity = driver.device_identity(meter)
+        if identity.get("manufacturer") or identity.get("model"):
+            return (identity.get("manufacturer") or PROTOCOL_MAKERS.get(meter.protocol, f"{meter.protocol} meter"),
+                    identity.get("model") or meter.protocol)
     name = str(meter.options.get("profile") or "")
     if name:
         if profiles is None:

@@ -351,10 +351,10 @@ class MqttUplink:
                         raise BrokerRefused(f"broker {self.settings.host}:{self.settings.port} refused the "
                                             f"connection: {exc}") from None
                     failures += 1
-                    self._lost(exc, failures)
+                    self._lost(exc, failures, was_connected=connected is not None)
                 except aiomqtt.MqttError as exc:
                     failures += 1
-                    self._lost(exc, failures)
+                    self._lost(exc, failures, was_connected=connected is not None)
                 if connected is not None and loop.time() - connected >= HEALTHY_S:
                     failures = 1  # it was working: this is a new outage, not the same one going on
                 initial, maximum = self._reconnect
@@ -363,7 +363,17 @@ class MqttUplink:
             for task in self._commands:
                 task.cancel()
 
-    def _lost(self, exc: Exception, failures: int) -> None:
+    def _lost(self, exc: Exception, failures: int, *, was_connected: bool) -> None:
+        """A connection attempt failed or a connection ended: logged each time; an
+        ``uplink_disconnected`` event when a working connection was lost (not for each
+        failed attempt of an outage), so the outage is on record and reaches the other uplinks."""
+        if was_connected:
+            from meterhub.model import Event
+
+            self.terminal.raise_event(Event("uplink_disconnected", source=self.terminal.name, severity="warning",
+                                            data={"uplink": self.terminal.name, "protocol": "mqtt",
+                                                  "broker": f"{self.settings.host}:{self.settings.port}",
+                                                  "reason": str(exc) or type(exc).__name__}))
         log.warning("mqtt uplink %s: no connection to %s:%d (%s); trying again (attempt %d)", self.terminal.name,
                     self.settings.host, self.settings.port, str(exc) or type(exc).__name__, failures + 1)
 

@@ -482,6 +482,14 @@ class ModbusDriver:
     def _known(self) -> str:
         return ", ".join(sorted(self.profiles)) or "none"
 
+    def device_identity(self, meter: Meter) -> Mapping[str, str]:
+        """Vendor and model from the meter's profile (:class:`meterhub.api.DeviceIdentity`)."""
+        try:
+            profile = self.profile_for(meter)
+        except NotSupported:
+            return {}
+        return {key: value for key, value in (("manufacturer", profile.vendor), ("model", profile.model)) if value}
+
     # -- the MeterDriver contract ----------------------------------------------------
 
     def normalize_address(self, address: str) -> str:
