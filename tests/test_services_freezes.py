@@ -171,3 +171,28 @@ def test_a_prepaid_water_meter_has_its_valve_closed_and_opened_again(bus: dict[s
         commands = [(c.command.name, dict(c.command.args), c.state.value) for c in store.commands(meter=WATER)]
     assert closed and valve.valve_open
     assert commands == [("valve", {"action": "close"}, "answered"), ("valve", {"action": "open"}, "answered")]
+
+
+def test_a_prepaid_relay_closed_behind_the_concentrators_back_is_tripped_again(
+        bus: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The meter's own status word 3 is believed over what was commanded: a relay that is
+    closed while the balance is 0 (bridged by hand) raises supply_mismatch and is tripped."""
+    monkeypatch.setenv("METERHUB_DLT645_PASSWORD", "02000000")
+    monkeypatch.setenv("METERHUB_DLT645_OPERATOR", "00000001")
+    monkeypatch.setenv("METERHUB_DISABLE_PLUGINS", "acme")  # the vendor example's policy wants confirm: true
+    site = site_for(bus, tmp_path / "m.db", "prepayment: true")
+    site = attrs.evolve(site, meters=tuple(
+        attrs.evolve(m, prepaid=True, quantities=(*m.quantities, "0-0:96.5.3")) if m.address == METER else m
+        for m in site.meters))
+    relay = bus["meters"][METER]
+    with open_store(site.store) as store:
+        one_round(site, store)  # balance 0: tripped
+        tripped = relay.relay_open
+        relay.relay_open = False  # bridged
+        one_round(site, store)
+        mismatch = store.events(kind="supply_mismatch")
+        trips = [c for c in store.commands(meter=METER) if dict(c.command.args) == {"action": "trip"}]
+    assert tripped and relay.relay_open
+    (event,) = mismatch
+    assert (event.data["commanded"], event.data["meter_says"]) == ("off", "on")
+    assert [c.state.value for c in trips] == ["answered", "answered"]

@@ -45,3 +45,23 @@ def test_a_site_asks_for_services_only_when_it_configures_one() -> None:
     assert not services.wanted(Site(meters=(meter,)))
     assert services.wanted(Site(meters=(meter,), time_sync=TimeSyncConfig()))
     assert services.wanted(Site(meters=(meter,), alarms={"offline": True}))
+
+
+def _reading(quantity: str, value: object, quality: str = "ok") -> object:
+    from meterhub.model import Quality, Reading
+
+    return Reading("000000000001", quantity, value, "", datetime(2026, 12, 3, tzinfo=UTC), quality=Quality(quality))
+
+
+def test_the_supply_as_the_meter_itself_says() -> None:
+    from decimal import Decimal
+
+    word3, valve = services.STATUS_WORD_3, services.VALVE_STATE
+    assert services.supply_seen([_reading(word3, Decimal(0x50))]) is False  # bit 4: relay open (captured 0050h)
+    assert services.supply_seen([_reading(word3, Decimal(0))]) is True
+    assert services.supply_seen([_reading(word3, "0050")]) is False
+    assert services.supply_seen([_reading(valve, "closed")]) is False
+    assert services.supply_seen([_reading(valve, "open")]) is True
+    assert services.supply_seen([_reading(valve, "abnormal")]) is None
+    assert services.supply_seen([_reading(word3, None, "timeout")]) is None
+    assert services.supply_seen([]) is None

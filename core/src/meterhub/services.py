@@ -83,6 +83,40 @@ def _registers(readings: Sequence[Reading], quantities: Sequence[str]) -> dict[s
             if r.quality is Quality.OK and r.period is None and r.quantity in quantities and isinstance(r.value, Decimal)}
 
 
+#: DL/T 645 running status word 3 (04 00 05 03), bit 4: the relay is open [V: 0050h open].
+STATUS_WORD_3 = "0-0:96.5.3"
+RELAY_OPEN_BIT = 1 << 4
+#: CJ/T 188 ST D1 D0 as meterhub reads it: "open", "closed" or "abnormal".
+VALVE_STATE = "0-0:96.3.10"
+
+
+def supply_seen(readings: Sequence[Reading]) -> bool | None:
+    """Whether the meter itself says its supply is on (relay closed, valve open), from its
+    status word 3 or valve state read this visit; None when it said neither."""
+    for reading in readings:
+        if reading.quality is not Quality.OK:
+            continue
+        if reading.quantity == STATUS_WORD_3:
+            word = _word(reading.value)
+            if word is not None:
+                return not word & RELAY_OPEN_BIT
+        if reading.quantity == VALVE_STATE and reading.value in ("open", "closed"):
+            return reading.value == "open"
+    return None
+
+
+def _word(value: object) -> int | None:
+    """A status word as read: a whole Decimal (the DL/T 645 driver's) or hex text."""
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value, 16)
+        except ValueError:
+            return None
+    return None
+
+
 def _year_to_date(state: Mapping[str, Any], month_start: Mapping[str, Decimal]) -> Decimal:
     """What a prepaid meter consumed this year before the month (annual tiers), by the one
     total register both the year's and the month's start hold."""
@@ -334,7 +368,15 @@ class Services:
             state["at"] = _iso(now)
         balance: Decimal = await self.host.store_call(
             lambda store: prepay.balance(store, meter.key, opening=config.opening_balance))
-        decision = prepay.decide(balance, supply_on=state.get("supply", "on") == "on", config=config)
+        commanded_on = state.get("supply", "on") == "on"
+        actual_on = supply_seen(readings)
+        if actual_on is not None and actual_on != commanded_on:
+            # the meter says otherwise: a relay closed by hand, a trip that did not take
+            self.host.raise_event(Event("supply_mismatch", source=meter.key, severity="alarm", data={
+                "meter": meter.address, "commanded": "on" if commanded_on else "off",
+                "meter_says": "on" if actual_on else "off", "balance": str(balance)}))
+        supply_on = commanded_on if actual_on is None else actual_on
+        decision = prepay.decide(balance, supply_on=supply_on, config=config)
         if decision is not None and registers:  # only a meter that just answered is sent a command
             command = prepay.supply_command(meter, decision, config)
             try:
