@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -267,9 +267,20 @@ class MemoryTerminal:
         self.executed: list[Any] = []
         self._next = 1
         self._queued = asyncio.Event()
+        self.kept: dict[str, Any] = {}  #: what the uplink kept with keep_settings (the store's, across restarts)
 
     def meters(self) -> Sequence[Meter]:
         return self._meters
+
+    async def settings(self) -> dict[str, Any]:
+        return dict(self.kept)
+
+    async def keep_settings(self, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            if value is None:
+                self.kept.pop(key, None)
+            else:
+                self.kept[key] = value
 
     def set_meters(self, meters: Sequence[Meter]) -> None:
         """The site's meters change (as a master station's set_meter changes them)."""

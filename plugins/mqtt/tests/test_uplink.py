@@ -542,3 +542,28 @@ def test_discovery_follows_a_change_of_the_sites_meters(mosquitto, memory_termin
         assert json.loads(sub.last(second_config))["state_topic"] == "meterhub/moving/000000000002/energy_import/state"
 
     asyncio.run(main())
+
+
+def test_a_restart_removes_the_sensors_of_meters_gone_while_it_was_down(mosquitto, memory_terminal, subscribe):
+    """The topics it published are kept in the uplink's settings: the next run, with a
+    meter taken off the site meanwhile, empties that meter's retained configs."""
+    second = Meter(address="000000000002", protocol="dlt645", channel="bus1", quantities=("1-0:1.8.0",), point=2)
+    terminal = memory_terminal([METER, second])
+    node = "homeassistant/sensor/meterhub_restart"
+    second_config = f"{node}/000000000002_energy_import/config"
+
+    async def main() -> None:
+        async with subscribe(mosquitto, [f"{node}/#"]) as sub:
+            async with running(uplink(mosquitto, terminal, "restart", discovery=True)):
+                assert await sub.wait_for(lambda s: bool(s.on(second_config)))
+                for _ in range(200):  # kept once the broker acknowledged them all
+                    if second_config in terminal.kept.get("discovered", ()):
+                        break
+                    await asyncio.sleep(0.02)
+            assert second_config in terminal.kept["discovered"]
+            terminal.set_meters([METER])  # taken off while meterhub was stopped
+            async with running(uplink(mosquitto, terminal, "restart", discovery=True)):
+                assert await sub.wait_for(lambda s: s.last(second_config) == "")
+        assert second_config not in terminal.kept["discovered"]
+
+    asyncio.run(main())

@@ -88,6 +88,8 @@ CREDENTIAL_FIELDS = ("username", "password")
 #: like to (0x88 server unavailable, 0x89 server busy, 0x9F connection rate exceeded).
 TRANSIENT_CONNACK = frozenset({3, 0x88, 0x89, 0x9F})
 
+#: The uplink's setting (Terminal.keep_settings) listing the discovery topics it published.
+DISCOVERED_KEY = "discovered"
 OPTIONS = ("server", "site", "topic_prefix", "client_id", "keepalive", "credential", "tls", "discovery",
            "discovery_prefix", "commands", "retain")
 TLS_OPTIONS = ("ca", "cert", "key", "insecure")
@@ -323,7 +325,9 @@ class MqttUplink:
         self._reconnect = reconnect
         self.connections = 0  #: connections made so far (a test sees a reconnection)
         self._commands: set[asyncio.Task[None]] = set()
-        self._discovered: frozenset[str] = frozenset()  #: discovery topics published (retained)
+        #: discovery topics published (retained), kept in the uplink's settings; None until
+        #: read back from there, so a restart still removes the sensors of meters gone meanwhile
+        self._discovered: frozenset[str] | None = None
         self._discovered_meters: tuple[Meter, ...] = ()  #: the meters they describe
 
     @property
@@ -425,12 +429,18 @@ class MqttUplink:
         for each sensor published before that is gone (Home Assistant then removes it)."""
         if not self.settings.discovery:
             return
+        if self._discovered is None:
+            kept = (await self.terminal.settings()).get(DISCOVERED_KEY) or []
+            self._discovered = frozenset(str(topic) for topic in kept)
         meters = tuple(self.terminal.meters())
         messages = discovery_for(self.settings, self.terminal, meter_ids(meters))
-        gone = self._discovered - {topic for topic, _ in messages}
+        published = frozenset(topic for topic, _ in messages)
+        gone = self._discovered - published
         await _publish_all(client, [*(Message(topic, payload, retain=True) for topic, payload in messages),
                                     *(Message(topic, "", retain=True) for topic in sorted(gone))])
-        self._discovered = frozenset(topic for topic, _ in messages)
+        if published != self._discovered:
+            await self.terminal.keep_settings({DISCOVERED_KEY: sorted(published)})
+        self._discovered = published
         self._discovered_meters = meters
 
     async def _deliver(self, client: aiomqtt.Client) -> None:
