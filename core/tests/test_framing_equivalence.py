@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from meterhub.errors import ChecksumError, FrameError
@@ -407,7 +407,11 @@ def test_held_damaged_frames_are_the_old_ones_less_those_inside_a_frame(spec, la
     reference = _reference_of(spec.make(), RecordingReference)
     want_feeds = feed_each(reference, [stream])
     want = (_without_contained_errors(reference.judged), reference.skipped, reference.pending)
-    assert want[2] == 0
+    # The property is about streams the last frame settles. A drawn stream can end in a
+    # candidate that takes the last frame's first byte, so the last frame is never seen
+    # and bytes stay pending (found by hypothesis for Modbus: 11 03 06 AE 41 56 52 43 40
+    # 49 AD 30 84 08 13, then the last frame): no counterexample, another stream.
+    assume(want[2] == 0)
     for chunks in chunkings(data, stream):
         assert overall(feed_each(spec.make(), chunks)) == want
     # and the frames themselves are the same, in the same order
