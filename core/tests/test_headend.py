@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from meterhub.headend.server import HeadEnd, point_units
 from meterhub.model import Event, HeadEndRequest, Reading, RequestState
@@ -319,3 +320,26 @@ def test_the_head_end_runs_the_sites_alarm_rules_on_what_its_terminals_send(tmp_
     assert start.source == end.source == f"{NAME}/gdw1376.1:3"
     assert start.data["state"] == "start" and start.data["phase"] == "L1" and start.data["value"] == "187.5"
     assert end.data["state"] == "end" and end.data["extreme"] == "182.0"
+
+
+def test_a_restarted_head_end_does_not_raise_a_condition_that_is_still_on_again(tmp_path: Path) -> None:
+    """The rules' memory is kept in the store: a sag that began before the node restarted
+    ends after it, once, and is not started twice."""
+    from meterhub.alarms import BUILTIN_RULE_TYPES, rules_from_config
+
+    db = tmp_path / "head-end.db"
+    low = data.Instantaneous(datetime(2026, 12, 3, 10, 0), [None] * 4, [None] * 4, [None] * 4,
+                             [Decimal("187.5"), None, None], [None] * 4, [None] * 4)
+    normal = attrs.evolve(low, voltage=(Decimal("221.0"), None, None))
+
+    async def visit(value: data.Instantaneous) -> None:
+        rules = rules_from_config({"voltage": {"nominal": 220}}, {t.name: t for t in BUILTIN_RULE_TYPES})
+        async with head_end(db, alarms=rules, node="node-a") as node, Terminal(node.port) as terminal:
+            await terminal.report(Afn.CLASS1, [data.unit([3], [25], [value])])
+
+    run(lambda: visit(low))
+    run(lambda: visit(low))  # restarted: the sag goes on
+    run(lambda: visit(normal))
+    with open_store(f"sqlite:///{db}") as store:
+        states = [e.data["state"] for e in store.events(kind="pq_voltage_sag")]
+    assert states == ["start", "end"]

@@ -231,6 +231,10 @@ class HeadEnd(MasterStation):
         stale = await self.writer.call(lambda store: store.terminals_offline(self.node))
         if stale:
             log.info("node %s: %d terminal(s) it held before a restart marked offline", self.node, stale)
+        if self.alarms is not None:  # conditions still on when the node stopped are not raised again
+            kept = await self.writer.call(lambda store: store.settings(self._alarm_scope))
+            if kept.get("memory"):
+                self.alarms.restore(kept["memory"])
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve_requests(), name="head-end requests"),
                        loop.create_task(self._run_schedules(), name="head-end schedules"),
@@ -317,9 +321,18 @@ class HeadEnd(MasterStation):
         events += self._alarms(name, readings, now)
         for event in events:
             await self.writer.add_event(event)
+        if self.alarms is not None and readings:
+            memory = self.alarms.memory()
+            await self.writer.call(lambda store: store.put_settings(self._alarm_scope, {"memory": memory}))
         log.debug("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
                   len(events))
         return new
+
+    @property
+    def _alarm_scope(self) -> str:
+        """Where this node keeps its alarm rules' memory (per node: a terminal held by
+        another node after a move starts that node's memory afresh)."""
+        return f"head-end/{self.node}/alarms"
 
     def _alarms(self, terminal: str, readings: Sequence[Reading], now: datetime) -> list[Event]:
         """The alarm rules' events for the current values of each measuring point a report
