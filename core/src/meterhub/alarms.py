@@ -422,6 +422,25 @@ class ReverseEnergyRule:
         return []
 
 
+def _each_register(view: MeterView, memory: dict[str, Any], quantities: Iterable[str],
+                   judge: Callable[[MeterView, str, Decimal, dict[str, Any]], list[Event]]) -> list[Event]:
+    """``judge`` each of ``quantities`` this visit read a value of, with its own memory."""
+    values = current_values(view)
+    events: list[Event] = []
+    for quantity in quantities:
+        value = as_decimal(values.get(quantity))
+        if value is not None:
+            events.extend(judge(view, quantity, value, memory.setdefault(quantity, {})))
+    return events
+
+
+def _baseline(state: dict[str, Any], value: Decimal, at: datetime) -> None:
+    """Start a register's consumption history afresh at ``value``, read at ``at``."""
+    state.clear()
+    state.update(value=decimal_text(value), at=at.isoformat(), base=decimal_text(value), base_at=at.isoformat(),
+                 intervals=0)
+
+
 @attrs.frozen
 class ConsumptionJumpRule:
     """``consumption_jump`` when a total register's rate (advance per hour) since the last
@@ -439,19 +458,12 @@ class ConsumptionJumpRule:
     min: Decimal
 
     def check(self, view: MeterView, memory: dict[str, Any]) -> list[Event]:
-        values = current_values(view)
-        events: list[Event] = []
-        for quantity in TOTAL_REGISTERS:
-            value = as_decimal(values.get(quantity))
-            if value is not None:
-                events.extend(self._register(view, quantity, value, memory.setdefault(quantity, {})))
-        return events
+        return _each_register(view, memory, TOTAL_REGISTERS, self._register)
 
     def _register(self, view: MeterView, quantity: str, value: Decimal, state: dict[str, Any]) -> list[Event]:
         last, last_at = as_decimal(state.get("value")), _load_time(state.get("at"))
         if last is None or last_at is None:
-            state.clear()
-            state.update(value=decimal_text(value), at=view.at.isoformat(), base=decimal_text(value), base_at=view.at.isoformat(), intervals=0)
+            _baseline(state, value, view.at)
             return []
         hours = Decimal(seconds_text(view.at - last_at)) / 3600
         if hours <= 0:
@@ -462,8 +474,7 @@ class ConsumptionJumpRule:
             if state.get("jumping"):
                 events.append(alarm(view, self.name, "consumption_jump_cleared", "info", quantity=quantity))
             events.append(alarm(view, self.name, "register_backwards", "alarm", quantity=quantity, previous=last, value=value))
-            state.clear()
-            state.update(value=decimal_text(value), at=view.at.isoformat(), base=decimal_text(value), base_at=view.at.isoformat(), intervals=0)
+            _baseline(state, value, view.at)
             return events
         intervals = int(state.get("intervals", 0))
         rate = advance / hours
@@ -495,13 +506,7 @@ class ContinuousFlowRule:
     min_flow: Decimal
 
     def check(self, view: MeterView, memory: dict[str, Any]) -> list[Event]:
-        values = current_values(view)
-        events: list[Event] = []
-        for quantity in FLOW_REGISTERS:
-            value = as_decimal(values.get(quantity))
-            if value is not None:
-                events.extend(self._register(view, quantity, value, memory.setdefault(quantity, {})))
-        return events
+        return _each_register(view, memory, FLOW_REGISTERS, self._register)
 
     def _register(self, view: MeterView, quantity: str, value: Decimal, state: dict[str, Any]) -> list[Event]:
         last, last_at = as_decimal(state.get("value")), _load_time(state.get("at"))

@@ -18,15 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
-from decimal import (
-    Context,
-    Decimal,
-    Inexact,
-    InvalidOperation,
-    Overflow,
-    Rounded,
-    localcontext,
-)
+from decimal import Decimal, InvalidOperation, localcontext
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,7 +26,7 @@ import attrs
 
 from .errors import NotSupported
 from .model import Command, Event, Meter, Origin, PrepayConfig, utcnow
-from .tariffs import Bill, Consumption, Tariff, bill, consumption_from_registers
+from .tariffs import CENT, EXACT, Bill, Consumption, Tariff, bill, consumption_from_registers
 
 if TYPE_CHECKING:
     from .store import Store
@@ -46,9 +38,6 @@ KINDS = (RECHARGE, CHARGE)
 #: A recharge must stay below this (exclusive): a DL/T 645 meter's remaining-amount register
 #: (00 90 02 00, XXXXXX.XX) holds at most 999999.99, and a figure this large is a typo.
 MAX_RECHARGE = Decimal(1000000)
-CENT = Decimal("0.01")
-#: sums of money are exact: a result that would need rounding raises instead
-_EXACT = Context(prec=80, traps=[InvalidOperation, Inexact, Rounded, Overflow])
 
 #: Protocols whose supply is a relay (DL/T 645 relay control, 1Ch) and those where it is a valve (CJ/T 188).
 RELAY_PROTOCOLS = frozenset({"dlt645", "dlt645-1997"})
@@ -104,7 +93,7 @@ def ledger_sources(store: Store) -> list[str]:
 
 def balance(store: Store, source: str, *, opening: Decimal = Decimal(0)) -> Decimal:
     """The balance of the meter keyed ``source``: ``opening`` + Σ recharges − Σ charges, exact."""
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         return opening + sum((entry.signed for entry in ledger(store, source)), Decimal(0))
 
 
@@ -204,7 +193,7 @@ def charge(
     fixed = _bill(tariff, meter, period, nothing, year_to_date_before).total
     bill_before = _bill(tariff, meter, period, before, year_to_date_before).total
     bill_after = _bill(tariff, meter, period, after, year_to_date_before).total
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         amount = bill_after - bill_before
         variable_before, variable_after = bill_before - fixed, bill_after - fixed
     unit, currency = tariff.unit, tariff.currency

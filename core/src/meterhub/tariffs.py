@@ -121,8 +121,9 @@ COMMODITY_REGISTERS = {
     "heat": ("6-0:1.0.0",),
 }
 
-#: exact arithmetic: any result that would need rounding raises instead
-_EXACT = Context(prec=80, traps=[InvalidOperation, Inexact, Rounded, Overflow])
+#: exact arithmetic: any result that would need rounding raises instead (sums of money
+#: elsewhere, prepay's, use it too)
+EXACT = Context(prec=80, traps=[InvalidOperation, Inexact, Rounded, Overflow])
 #: the one place rounding happens: a line's amount to the currency's minor unit
 _ROUNDING = Context(prec=80, rounding=ROUND_HALF_UP, traps=[InvalidOperation, Overflow])
 CENT = Decimal("0.01")
@@ -320,7 +321,7 @@ class Consumption:
         if self.total < 0 or any(q < 0 for q in self.by_period.values()):
             raise ValueError("consumption cannot be negative")
         if self.by_period:
-            with localcontext(_EXACT):
+            with localcontext(EXACT):
                 attributed = sum(self.by_period.values(), Decimal(0))
                 if attributed + self.unattributed != self.total:
                     raise ValueError(
@@ -336,7 +337,7 @@ def _resolution(*values: Decimal) -> Decimal:
 
 
 def _advance(obis: str, start: Decimal, end: Decimal, rollover: Decimal | None) -> Decimal:
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         if end >= start:
             return end - start
         if rollover is None:
@@ -386,7 +387,7 @@ def consumption_from_registers(
     by_period = {ENERGY_TOU[obis]: _advance(obis, start[obis], end[obis], rollover) for obis in tou}
     values = [start[o] for o in (total_obis, *tou)] + [end[o] for o in (total_obis, *tou)]
     step = _number(resolution, "resolution") if resolution is not None else _resolution(*values)
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         difference = total - sum(by_period.values(), Decimal(0))
         tolerance = step * len(tou)
     if abs(difference) > tolerance:
@@ -498,7 +499,7 @@ def _month_of(period: str) -> int:
 
 
 def _line(description: str, quantity: Decimal, unit: str, price: Decimal, basis: str) -> BillLine:
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         exact = quantity * price
     return BillLine(description, quantity, unit, price, exact.quantize(CENT, context=_ROUNDING), basis)
 
@@ -507,7 +508,7 @@ def _tier_portions(tiers: tuple[Tier, ...], before: Decimal, quantity: Decimal) 
     """(tier index, quantity in it, its lower bound, its upper bound) for consumption
     occupying ``before``..``before + quantity`` of the basis."""
     portions = []
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         low, high = before, before + quantity
         floor = Decimal(0)
         for i, tier in enumerate(tiers):
@@ -595,7 +596,7 @@ def bill(
         lines.append(_line(tariff.commodity, consumption.total, unit, price, basis))
     where = "this year" if tariff.tier_basis == "annual" else "this month"
     if tariff.tier_basis == "annual":
-        with localcontext(_EXACT):
+        with localcontext(EXACT):
             place = f"; {before:f} {unit} before this month, {before + consumption.total:f} after"
     else:
         place = ""
@@ -613,7 +614,7 @@ def bill(
             lines.append(_line(f"tier {i + 1} surcharge", part, unit, tier.adder, basis))
     for charge in tariff.fixed:
         lines.append(_line(charge.description, Decimal(1), "bill", charge.amount, f"fixed, {charge.amount:f} {currency} per bill"))
-    with localcontext(_EXACT):
+    with localcontext(EXACT):
         total = sum((line.amount for line in lines), Decimal(0))
     return Bill(meter, period, tariff, tuple(lines), total)
 
