@@ -246,8 +246,7 @@ class Plugins:
         """Meter protocol drivers by protocol name, each given the device profiles
         registered for its protocol (through its ``add_profile``)."""
         first = "meterhub_register_meter_drivers" not in self._registries
-        reg = self._registry("meterhub_register_meter_drivers", lambda d: d.name, lambda d: d)
-        drivers = {name: r.value for name, r in reg.items()}
+        drivers = self._by("meterhub_register_meter_drivers", "name")
         if first:
             self._hand_out_profiles(drivers)
         return drivers
@@ -277,30 +276,31 @@ class Plugins:
                 info = self._info[r.plugin]
                 self._fail(r.plugin, info.distribution, info.version, problem)
 
+    def _by(self, hook_name: str, attribute: str) -> dict[str, Any]:
+        """What the plugins registered through ``hook_name``, by each thing's ``attribute``
+        (its ``name``, a simulator's ``protocol``)."""
+        reg = self._registry(hook_name, lambda thing: getattr(thing, attribute), lambda thing: thing)
+        return {name: r.value for name, r in reg.items()}
+
     def transports(self) -> Mapping[str, Any]:
         """Transports by name (``rs485``, ...)."""
-        reg = self._registry("meterhub_register_transports", lambda t: t.name, lambda t: t)
-        return {name: r.value for name, r in reg.items()}
+        return self._by("meterhub_register_transports", "name")
 
     def simulators(self) -> Mapping[str, Any]:
         """Meter simulators by protocol name."""
-        reg = self._registry("meterhub_register_simulators", lambda sim: sim.protocol, lambda sim: sim)
-        return {name: r.value for name, r in reg.items()}
+        return self._by("meterhub_register_simulators", "protocol")
 
     def uplinks(self) -> Mapping[str, Any]:
         """Uplink drivers (:class:`meterhub.api.UplinkDriver`) by protocol name."""
-        reg = self._registry("meterhub_register_uplinks", lambda driver: driver.name, lambda driver: driver)
-        return {name: r.value for name, r in reg.items()}
+        return self._by("meterhub_register_uplinks", "name")
 
     def alarm_rules(self) -> Mapping[str, Any]:
         """Alarm rule types (:class:`meterhub.alarms.RuleType`) by the ``alarms:`` key they take."""
-        reg = self._registry("meterhub_register_alarm_rules", lambda rule: rule.name, lambda rule: rule)
-        return {name: r.value for name, r in reg.items()}
+        return self._by("meterhub_register_alarm_rules", "name")
 
     def tariff_schemes(self) -> Mapping[str, Any]:
         """Tariff schemes (:class:`meterhub.tariffs.TariffScheme`) by the ``scheme:`` name they take."""
-        reg = self._registry("meterhub_register_tariff_schemes", lambda scheme: scheme.name, lambda scheme: scheme)
-        return {name: r.value for name, r in reg.items()}
+        return self._by("meterhub_register_tariff_schemes", "name")
 
     def profiles(self) -> Mapping[tuple[str, str], Mapping[str, Any]]:
         """Device profiles keyed by ``(protocol, name)``."""
