@@ -1059,17 +1059,7 @@ class Concentrator:
         """Read every quantity of one configured meter now, outside the rounds (back-off
         or not): the readings are stored and observers told, as in a round."""
         index = self.site.meters.index(meter)
-        if not self._opened:
-            await self.open()
-        rnd = _Round(at=self._clock(), started=utcnow(), book=StatsBook())
-        ch = self._channels.get(meter.channel)
-        if ch is None or not await self._open_channel(ch) or ch.channel is None:
-            reason = ch.error if ch is not None else f"channel {meter.channel!r} is not configured"
-            readings = self._all(meter, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
-        else:
-            async with self._lane(ch, meter):
-                visit = _Visit(ch, meter, ch.channel.towards(meter))
-                readings = _with_relays(visit, await self._read_meter(visit, index, rnd, force=True))
+        readings, rnd = await self._read_now(meter, index)
         await self._finish_meter(index, meter, readings, rnd)
         await self.flush()
         return readings
@@ -1077,17 +1067,21 @@ class Concentrator:
     async def read_quantities(self, meter: Meter, quantities: Sequence[str]) -> list[Reading]:
         """Read ``quantities`` of a configured meter now, back-off or not, and return the
         readings without storing them (a service's own reads: a clock before a time sync)."""
+        readings, _rnd = await self._read_now(attrs.evolve(meter, quantities=tuple(quantities)), -1)
+        return readings
+
+    async def _read_now(self, meter: Meter, index: int) -> tuple[list[Reading], _Round]:
+        """Read ``meter`` at once, back-off or not, holding its lane; nothing stored yet."""
         if not self._opened:
             await self.open()
+        rnd = _Round(at=self._clock(), started=utcnow(), book=StatsBook())
         ch = self._channels.get(meter.channel)
-        target = attrs.evolve(meter, quantities=tuple(quantities))
         if ch is None or not await self._open_channel(ch) or ch.channel is None:
             reason = ch.error if ch is not None else f"channel {meter.channel!r} is not configured"
-            return self._all(target, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}")
-        rnd = _Round(at=self._clock(), started=utcnow(), book=StatsBook())
+            return self._all(meter, Quality.LINK_ERROR, f"channel {meter.channel} is down: {reason}"), rnd
         async with self._lane(ch, meter):
-            visit = _Visit(ch, target, ch.channel.towards(target))
-            return _with_relays(visit, await self._read_meter(visit, -1, rnd, force=True))
+            visit = _Visit(ch, meter, ch.channel.towards(meter))
+            return _with_relays(visit, await self._read_meter(visit, index, rnd, force=True)), rnd
 
     async def read_frozen(self, meter: Meter, back: int) -> Sequence[Measurement]:
         """The meter's daily freeze record ``back`` records ago, through its driver's
