@@ -136,3 +136,12 @@ def test_a_meter_without_freeze_records_is_frozen_by_the_concentrator(ran: dict[
     assert frozen.data_time is not None and frozen.data_time > boundary  # when it really was read
     late = frozen.data_time - boundary > timedelta(minutes=15)
     assert frozen.detail.startswith("back-filled: read ") == late
+
+
+def test_no_value_is_stored_for_the_dead_meter_nor_for_a_quantity_a_meter_was_not_asked(ran: dict[str, Any]) -> None:
+    store = ran["store"]
+    assert not [r for r in store.readings(meter=simservices.DEAD) if r.quality is Quality.OK]
+    asked = {m.address: set(m.quantities) for m in ran["site"].meters if m.address != simservices.DEAD}
+    for address, quantities in asked.items():
+        current = [r for r in store.readings(meter=address) if r.quality is Quality.OK and r.period is None]
+        assert current and {r.quantity for r in current} <= quantities, address
