@@ -240,6 +240,52 @@ def test_an_answer_that_begins_after_the_deadline_is_late():
     assert TIMEOUT < late.began <= late.after
 
 
+def test_a_silent_meter_is_given_up_on_when_its_answer_should_have_begun():
+    """A long answer's timeout covers its wire time; ``answer_within`` is when it must begin."""
+    async def scenario() -> tuple[float, str]:
+        link = ScriptLink(lambda req: [])
+        bus = HalfDuplexChannel("b", link)
+        started = time.monotonic()
+        with pytest.raises(MeterTimeout) as caught:
+            await bus.transact(b"<A>", ToyDecoder(), timeout=50 * TIMEOUT, answer_within=TIMEOUT)
+        return time.monotonic() - started, str(caught.value)
+
+    took, message = asyncio.run(scenario())
+    assert took < 10 * TIMEOUT  # not the 5 s the whole answer may take
+    assert f"{TIMEOUT:.3f} s" in message
+
+
+def test_a_long_answer_that_began_within_answer_within_is_heard_to_its_end():
+    async def scenario() -> str:
+        # begins in time, then arrives in pieces well past answer_within but within timeout
+        link = ScriptLink(lambda req: [(0.5 * TIMEOUT, b"<AA"), (1.5 * TIMEOUT, b"AA"), (2.5 * TIMEOUT, b"AA>")])
+        bus = HalfDuplexChannel("b", link)
+        exchange = await bus.transact(b"<AAAAAA>", ToyDecoder(), timeout=5 * TIMEOUT, answer_within=TIMEOUT)
+        return exchange.frame
+
+    assert asyncio.run(scenario()) == "AAAAAA"
+
+
+def test_a_long_answer_that_came_damaged_ends_the_wait_once_it_is_over():
+    """Past ``answer_within`` only a frame under way is heard out: after a whole answer with
+    a bad checksum no other is coming, and the error is raised then, not at the timeout."""
+    async def scenario() -> float:
+        link = ScriptLink(lambda req: [(0.5 * TIMEOUT, b"<!AA"), (1.5 * TIMEOUT, b"AA>")])
+        bus = HalfDuplexChannel("b", link)
+        started = time.monotonic()
+        with pytest.raises(ChecksumError):
+            await bus.transact(b"<AAAA>", ToyDecoder(), timeout=50 * TIMEOUT, answer_within=TIMEOUT)
+        return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 10 * TIMEOUT
+
+
+def test_an_answer_within_longer_than_the_timeout_is_refused():
+    bus = HalfDuplexChannel("b", ScriptLink(lambda req: []))
+    with pytest.raises(ValueError, match="answer_within"):
+        asyncio.run(bus.transact(b"<A>", ToyDecoder(), timeout=TIMEOUT, answer_within=2 * TIMEOUT))
+
+
 # --- answers that look alike (a Modbus read names no register) --------------------------------
 
 

@@ -175,6 +175,7 @@ class Conduit(Protocol):
         guard: bool = True,
         gap: float | None = None,
         wake_up: int = 0,
+        answer_within: float | None = None,
     ) -> Exchange:
         """Send ``request``; return the first decoded frame that ``accept`` takes. Raise
         MeterTimeout (nothing began by ``timeout``), ChecksumError, UnexpectedReply,
@@ -185,7 +186,10 @@ class Conduit(Protocol):
         of 3.5 characters (Modbus RTU's, always safe), 0 for self-delimiting frames
         (:func:`meterhub.timing.line_quiet`). ``wake_up``: how many characters at the head of
         ``request`` only wake the receiver (FEh): they may overlap the last talker's
-        turnaround. A medium that does not share a line may ignore both."""
+        turnaround. A medium that does not share a line may ignore both. ``answer_within``
+        (at most ``timeout``): the answer must have begun by then, for long answers whose
+        ``timeout`` covers their wire time (an IEC 62056-21 readout); None = ``timeout``. A
+        medium that delivers whole answers (a carrier module) may treat it as the timeout."""
         ...
 
     async def send(

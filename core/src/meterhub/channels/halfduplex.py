@@ -365,6 +365,7 @@ class HalfDuplexChannel:
         target: str | None = None,
         gap: float | None = None,
         wake_up: int = 0,
+        answer_within: float | None = None,
     ) -> Exchange:
         """Send ``request`` and return the first decoded frame that ``accept`` takes and no
         earlier unanswered request claims (module docstring).
@@ -385,8 +386,16 @@ class HalfDuplexChannel:
         and the meter's own earlier requests claim first; :meth:`towards` fills it in.
         ``gap`` is the silence the request's protocol needs before it, ``wake_up`` the
         characters at its head that may overlap the last talker's turnaround (see
-        :func:`meterhub.timing.line_quiet`).
+        :func:`meterhub.timing.line_quiet`). ``answer_within`` (at most ``timeout``) is how
+        long after the start of the request the answer must have begun, for answers whose
+        length makes ``timeout`` long (an IEC 62056-21 readout of up to 8 KiB: a silent meter
+        is given up on after the reaction time, not after the wire time of a whole readout);
+        past it, only a frame under way is heard out (a readout that came with a bad
+        checksum ends the wait: no other is coming). It is also the lateness the guard after
+        an unanswered request allows for.
         """
+        if answer_within is not None and not 0 < answer_within <= timeout:
+            raise ValueError(f"answer_within must be within (0, timeout={timeout}], not {answer_within}")
         async with self._held():
             used = await self._prepare(settings, timeout, gap, wake_up)
             if request != self._repeated:
@@ -394,6 +403,9 @@ class HalfDuplexChannel:
             start = time.monotonic()
             sent_at = await self._send(request, used)
             deadline = start + timeout
+            # By then the answer has begun, or it is not coming: however long an answer may
+            # take, the transaction ends there unless a frame is under way.
+            begun_by = start + answer_within if answer_within is not None else deadline
             # An answer that began in time is in time: one under way at the deadline is
             # heard to its end (while bytes keep coming, at most a longest frame longer).
             overtime = deadline + timing.frame_time(LONGEST_FRAME_BYTES, used)
@@ -406,10 +418,10 @@ class HalfDuplexChannel:
             try:
                 while True:
                     now = time.monotonic()
-                    remaining = deadline - now
+                    if now >= begun_by and not decoder.pending:
+                        break
+                    remaining = (deadline if decoder.pending else begun_by) - now
                     if remaining <= 0:
-                        if not decoder.pending:
-                            break
                         remaining = min(last_rx + pause, overtime) - now
                         if remaining <= 0:
                             break
@@ -438,9 +450,9 @@ class HalfDuplexChannel:
                 self._known_end = answered_at is not None and not decoder.pending
                 if self._trace and rx:
                     self._trace(WireRecord("rx", bytes(rx), rx_started))
-                self._after(request, decoder, accept, start, sent_at, timeout, answered_at, target,
+                self._after(request, decoder, accept, start, sent_at, answer_within or timeout, answered_at, target,
                             guard and not any(isinstance(e, ChecksumError) for e in rejected))
-            raise transaction_error(rejected, decoder, timeout)
+            raise transaction_error(rejected, decoder, timeout if decoder.pending else answer_within or timeout)
 
     def _after(
         self, request: bytes, decoder: StreamDecoder, accept: Callable[[Any], bool], start: float, sent_at: float,
@@ -492,9 +504,11 @@ class _Towards:
         guard: bool = True,
         gap: float | None = None,
         wake_up: int = 0,
+        answer_within: float | None = None,
     ) -> Exchange:
         return await self.channel.transact(request, decoder, timeout=timeout, accept=accept, settings=settings,
-                                           guard=guard, target=self.target, gap=gap, wake_up=wake_up)
+                                           guard=guard, target=self.target, gap=gap, wake_up=wake_up,
+                                           answer_within=answer_within)
 
     async def send(
         self, request: bytes, *, settings: SerialSettings | None = None, gap: float | None = None, wake_up: int = 0,

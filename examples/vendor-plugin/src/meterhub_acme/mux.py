@@ -486,9 +486,11 @@ class _Towards:
         guard: bool = True,
         gap: float | None = None,
         wake_up: int = 0,
+        answer_within: float | None = None,
     ) -> Exchange:
         """``gap`` and ``wake_up`` are not ours to keep: the MX4 times each of its RS485
-        ports itself."""
+        ports itself, and delivers whole answers, so ``answer_within`` does not shorten the
+        wait."""
         return await self.channel.transact(self._port(settings), self.target, request, decoder, timeout=timeout,
                                            accept=accept, guard=guard)
 

@@ -128,9 +128,13 @@ class Iec62056Driver:
             else:
                 say(f"{ident.manufacturer} {ident.identification}: mode A, reading out at 300 Bd")
             at = SerialSettings(rate, 7, "E", 1)
-            wait = iec.BAUD_SWITCH_WAIT_S + iec.REACTION_MAX_S + timing.frame_time(MAX_READOUT_BYTES, at)
+            # The readout must begin within the reaction time after the switch; the whole of
+            # it may take the wire time of MAX_READOUT_BYTES (34 s at 2400 Bd, 4.5 min in
+            # mode A): a silent meter is given up on after the first, not the second.
+            begins = iec.BAUD_SWITCH_WAIT_S + iec.REACTION_MAX_S + timing.frame_time(64, at)
             exchange = await bus.transact(
-                b"", iec.StreamDecoder(rule), timeout=wait, settings=at, gap=0,
+                b"", iec.StreamDecoder(rule), settings=at, gap=0,
+                timeout=begins + timing.frame_time(MAX_READOUT_BYTES, at), answer_within=begins,
                 accept=lambda frame: isinstance(frame, (iec.DataMessage, iec.ErrorMessage)),
             )
         if isinstance(exchange.frame, iec.ErrorMessage):

@@ -768,10 +768,12 @@ class NodeConduit:
         guard: bool = True,
         gap: float | None = None,
         wake_up: int = 0,
+        answer_within: float | None = None,
     ) -> Exchange:
         """Carry the request through the module (the UART's format is the channel's:
         ``settings``, ``gap`` and ``wake_up`` concern a meter's own line and are the
-        collector's or the meter's module's business)."""
+        collector's or the meter's module's business; the module delivers whole answers, so
+        ``answer_within`` does not shorten the wait: ``timeout`` is what the node is given)."""
         meter = self.meter
         if meter is None:
             raise NotAttempted("a carrier module reads configured meters only: scanning goes through its route "
