@@ -299,6 +299,75 @@ def test_a_recharge_while_charges_are_written_is_never_lost(store_url: str) -> N
         assert prepay.balance(store, KEY) == D("45.00")  # 60 × 1.00 − 60 × 0.25
 
 
+# --- the running balance a visit keeps (prepay.tally) -----------------------------------------
+
+
+def test_a_tally_reads_only_the_last_hour_and_keeps_the_sum_of_what_is_older(store_url: str) -> None:
+    t0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+    with open_store(store_url) as store:
+        store.add_event(prepay.recharge_event(KEY, ADDRESS, D(100), at=t0))
+        store.add_event(prepay.charge_event(KEY, ADDRESS, booked("1.25"), at=t0 + timedelta(minutes=30)))
+        total, kept = prepay.tally(store, KEY, prepay.Tally(), now=t0 + timedelta(minutes=45))
+        assert (total, kept) == (D("98.75"), prepay.Tally(t0 - timedelta(minutes=15), D(0)))
+        store.add_event(prepay.charge_event(KEY, ADDRESS, booked("0.50"), at=t0 + timedelta(hours=2)))
+        total, kept = prepay.tally(store, KEY, kept, now=t0 + timedelta(hours=2, minutes=15))
+        assert (total, kept) == (D("98.25"), prepay.Tally(t0 + timedelta(hours=1, minutes=15), D("98.75")))
+        # what is kept is not read again: an entry older than the tally (never written so
+        # late in a real store) is not counted, which proves the older ones were not re-read
+        store.add_event(prepay.recharge_event(KEY, ADDRESS, D(7), at=t0))
+        total, _ = prepay.tally(store, KEY, kept, now=t0 + timedelta(hours=2, minutes=20))
+        assert total == D("98.25")
+        assert prepay.balance(store, KEY) == D("105.25")  # the ledger itself has it
+
+
+def test_a_tally_is_not_moved_back_by_a_clock_that_steps_back(store_url: str) -> None:
+    t0 = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+    with open_store(store_url) as store:
+        store.add_event(prepay.recharge_event(KEY, ADDRESS, D(10), at=t0))
+        store.add_event(prepay.charge_event(KEY, ADDRESS, booked("1"), at=t0 + timedelta(hours=3)))
+        total, kept = prepay.tally(store, KEY, prepay.Tally(), now=t0 + timedelta(hours=5))
+        again, kept_again = prepay.tally(store, KEY, kept, now=t0 + timedelta(hours=2))
+    assert total == again == D(9) and kept_again == kept == prepay.Tally(t0 + timedelta(hours=4), D(9))
+
+
+@pytest.mark.parametrize("data", [None, {}, {"upto": "yesterday", "total": "1"}, {"upto": "2026-12-05T08:00:00",
+                                  "total": "1"}, {"upto": "2026-12-05T08:00:00+00:00", "total": "NaN"},
+                                  {"upto": "2026-12-05T08:00:00+00:00"}, {"total": "5"}])
+def test_a_kept_tally_that_cannot_be_read_starts_afresh(data) -> None:
+    assert prepay.Tally.from_json(data) == prepay.Tally()
+
+
+def test_a_tally_survives_its_json() -> None:
+    kept = prepay.Tally(datetime(2026, 12, 5, 8, 0, tzinfo=UTC), D("12.345"))
+    assert prepay.Tally.from_json(kept.to_json()) == kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 5000), st.integers(0, 600), st.integers(0, 3599)),
+                max_size=25),
+       st.lists(st.integers(0, 600), min_size=1, max_size=12))
+def test_a_tally_always_equals_the_whole_ledger_when_entries_are_written_within_the_hour(entries, visits) -> None:
+    """Entries stamped at minute m and written up to 59 min 59 s later, visits at random
+    minutes: the running sum a visit keeps always equals the sum of the ledger as written."""
+    import tempfile
+
+    t0 = datetime(2026, 12, 5, 0, 0, tzinfo=UTC)
+    writes = sorted(((t0 + timedelta(minutes=m, seconds=delay), t0 + timedelta(minutes=m), kind, cents)
+                     for kind, cents, m, delay in entries), key=lambda w: w[0])
+    with tempfile.TemporaryDirectory() as tmp, open_store(f"sqlite:///{tmp}/t.db") as store:
+        kept, done = prepay.Tally(), 0
+        for minute in sorted(visits):
+            now = t0 + timedelta(minutes=minute)
+            while done < len(writes) and writes[done][0] <= now:
+                _, stamp, is_recharge, cents = writes[done]
+                amount = D(cents) / 100
+                store.add_event(prepay.recharge_event(KEY, ADDRESS, amount, at=stamp) if is_recharge
+                                else prepay.charge_event(KEY, ADDRESS, booked(str(amount)), at=stamp))
+                done += 1
+            total, kept = prepay.tally(store, KEY, kept, now=now)
+            assert total == prepay.balance(store, KEY)
+
+
 def test_charge_event_keeps_every_figure_as_exact_text() -> None:
     c = charge_of(TIERED, total("5190.25"), total("5210.25"), total("5000.25"))
     event = prepay.charge_event(KEY, ADDRESS, c, at=UNTIL)

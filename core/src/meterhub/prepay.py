@@ -4,9 +4,11 @@ consumption costs, and when the supply is cut or restored.
 The ledger lives in the store as events (``prepay_recharge``, ``prepay_charge``) whose
 ``source`` is the meter's key (``channel/protocol:address``). Nothing ever reads, changes
 and writes back a balance: the balance is the opening balance plus every recharge minus
-every charge, summed exactly each time it is needed. So a recharge written by
-``meterhub prepay recharge`` while ``meterhub run`` charges the same meter in another
-process can never be lost.
+every charge, summed exactly. So a recharge written by ``meterhub prepay recharge`` while
+``meterhub run`` charges the same meter in another process can never be lost. At each
+visit ``meterhub run`` reads only the entries of the last hour and keeps the sum of the
+older ones (:func:`tally`): a year of 15-minute charges is 35,000 entries, which summed
+whole took 0.6 s per meter and visit.
 
 Charges are exact against the monthly bill. A charge prices the month-to-date consumption
 before and after the stretch and takes the difference (:func:`charge`), so tiers and
@@ -17,7 +19,7 @@ its bill without the fixed charges, to the cent.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal, InvalidOperation, localcontext
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -81,9 +83,11 @@ def _entry(event: Event) -> Entry:
     return Entry(event.kind, amount, event.timestamp, event.data)
 
 
-def ledger(store: Store, source: str) -> list[Entry]:
-    """The ledger of the meter keyed ``source`` (``channel/protocol:address``), oldest first."""
-    return [_entry(event) for event in store.events(source=source) if event.kind in KINDS]
+def ledger(store: Store, source: str, *, since: datetime | None = None) -> list[Entry]:
+    """The ledger of the meter keyed ``source`` (``channel/protocol:address``), oldest first;
+    ``since`` (inclusive): only the entries stamped then or later."""
+    events = [event for kind in KINDS for event in store.events(kind=kind, source=source, since=since)]
+    return [_entry(event) for event in sorted(events, key=lambda event: event.timestamp)]
 
 
 def ledger_sources(store: Store) -> list[str]:
@@ -95,6 +99,50 @@ def balance(store: Store, source: str, *, opening: Decimal = Decimal(0)) -> Deci
     """The balance of the meter keyed ``source``: ``opening`` + Σ recharges − Σ charges, exact."""
     with localcontext(EXACT):
         return opening + sum((entry.signed for entry in ledger(store, source)), Decimal(0))
+
+
+#: How far back :func:`tally` re-reads the ledger at every visit. An entry is stamped when it
+#: is made and written at once; one written more than this after its stamp (a recharge that
+#: waited an hour for the store) would be missed by the running sum, never by the ledger.
+SETTLE = timedelta(hours=1)
+
+
+@attrs.frozen
+class Tally:
+    """The sum (recharges − charges, without the opening balance) of every ledger entry of a
+    meter stamped before ``upto``; ``upto`` None: nothing summed yet."""
+
+    upto: datetime | None = None
+    total: Decimal = Decimal(0)
+
+    def to_json(self) -> dict[str, str]:
+        return {"upto": self.upto.isoformat() if self.upto else "", "total": str(self.total)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> Tally:
+        """A kept tally; anything unreadable is a fresh one (the whole ledger is summed again)."""
+        try:
+            upto = datetime.fromisoformat(data["upto"]) if data and data.get("upto") else None
+            total = Decimal(data["total"]) if data and upto else Decimal(0)
+        except (KeyError, TypeError, ValueError, InvalidOperation):
+            return cls()
+        if (upto is not None and upto.tzinfo is None) or not total.is_finite():
+            return cls()
+        return cls(upto, total)
+
+
+def tally(store: Store, source: str, kept: Tally, *, now: datetime) -> tuple[Decimal, Tally]:
+    """The sum of the meter's whole ledger (what :func:`balance` adds to the opening balance),
+    reading only the entries stamped from ``kept.upto`` on, and the tally to keep for the
+    next call: the entries older than :data:`SETTLE` before ``now`` folded in."""
+    entries = ledger(store, source, since=kept.upto)
+    upto = now - SETTLE
+    with localcontext(EXACT):
+        total = kept.total + sum((entry.signed for entry in entries), Decimal(0))
+        settled = kept.total + sum((entry.signed for entry in entries if entry.at < upto), Decimal(0))
+    if kept.upto is not None and upto <= kept.upto:  # not an hour on, or the clock went back
+        return total, kept
+    return total, Tally(upto, settled)
 
 
 def check_amount(amount: Any, what: str = "a recharge") -> Decimal:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Protocol
 
 import attrs
@@ -44,7 +44,7 @@ from .model import (
 )
 from .plugins import Plugins
 from .store import Store
-from .tariffs import ENERGY_TOU, TOTAL_REGISTERS
+from .tariffs import ENERGY_TOU, EXACT, TOTAL_REGISTERS
 
 log = logging.getLogger(__name__)
 
@@ -366,8 +366,11 @@ class Services:
         if registers:
             state["registers"] = {q: str(v) for q, v in registers.items()}
             state["at"] = _iso(now)
-        balance: Decimal = await self.host.store_call(
-            lambda store: prepay.balance(store, meter.key, opening=config.opening_balance))
+        kept = prepay.Tally.from_json(state.get("tally"))
+        total, kept = await self.host.store_call(lambda store: prepay.tally(store, meter.key, kept, now=now))
+        state["tally"] = kept.to_json()
+        with localcontext(EXACT):
+            balance = config.opening_balance + total
         commanded_on = state.get("supply", "on") == "on"
         actual_on = supply_seen(readings)
         if actual_on is not None and actual_on != commanded_on:
