@@ -38,6 +38,7 @@ from .model import (
     Origin,
     Quality,
     Reading,
+    SerialSettings,
     Site,
     local_zone,
     utcnow,
@@ -419,28 +420,34 @@ class Services:
         return last is None or now - last >= timedelta(seconds=config.every) - timedelta(hours=1)
 
     async def time_sync(self) -> list[Event]:
-        """Broadcast the time on every channel with DL/T 645 meters wired to it, each meter's
-        drift read before and after; a meter whose clock is beyond the broadcast window is
-        not corrected (meters refuse it) and raises ``clock_beyond_sync``. Returns the
-        ``time_sync`` events raised (one per meter)."""
+        """Broadcast the time on every channel with DL/T 645 meters, once per character
+        format its meters use (a mixed-rate bus gets one broadcast per rate), each meter's
+        drift read before and after. Meters behind collectors are included: a collector
+        passes a broadcast on (a carrier module sends it to every node), and the drift read
+        after says whether it did. A meter whose clock is beyond the broadcast window is not
+        corrected (meters refuse it) and raises ``clock_beyond_sync``. Returns the
+        ``time_sync`` events raised (one per meter that answered)."""
         config = self.site.time_sync
         window = config.window if config is not None else 300.0
-        by_channel: dict[str, list[Meter]] = {}
+        by_line: dict[tuple[str, SerialSettings | None], list[Meter]] = {}
         for meter in self.site.meters:
-            if meter.protocol in BROADCAST_PROTOCOLS and not meter.hops:
-                by_channel.setdefault(meter.channel, []).append(meter)
+            if meter.protocol in BROADCAST_PROTOCOLS:
+                channel = self.site.channels.get(meter.channel)
+                own = meter.settings if channel is None or meter.settings != channel.settings else None
+                by_line.setdefault((meter.channel, own), []).append(meter)
         raised: list[Event] = []
-        for channel, meters in by_channel.items():
+        for (channel, _settings), meters in by_line.items():
             before = {m.key: await self._drift(m) for m in meters}
             reachable = [m for m in meters if before[m.key] is not None]
             if not reachable:
                 continue
+            sender = min(reachable, key=lambda m: len(m.hops))  # one wired to the channel, where there is one
             sent_at = datetime.now(self.zone).replace(tzinfo=None)
-            command = Command(meter=reachable[0].address, protocol=reachable[0].protocol, name="time_sync",
+            command = Command(meter=sender.address, protocol=sender.protocol, name="time_sync",
                               args={"time": sent_at.isoformat(timespec="seconds"), "broadcast": True},
                               origin=Origin.SCHEDULE, issuer="time-sync")
             try:
-                await self.host.execute(reachable[0], command)
+                await self.host.execute(sender, command)
             except MeterhubError as exc:
                 log.warning("time sync of channel %s failed: %s", channel, exc)
                 continue

@@ -1,6 +1,6 @@
 """The concentrator's scheduled time sync on a carrier channel: the DL/T 645 broadcast time
-goes to every node through the module (1376.2 AFN 05 F3), each clock read before and after
-over the carrier (13 F1)."""
+goes to every node through the module (1376.2 AFN 05 F3), meters behind collectors too, each
+clock read before and after over the carrier (13 F1)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ from meterhub_plc.sim import ModuleSim
 
 
 def test_a_broadcast_through_the_module_sets_every_meters_clock(tmp_path: Path) -> None:
-    net = CarrierNetwork.build(meters=3, collectors=0, meters_per_collector=0, seed=11, hop_latency=0.005,
+    # three carrier meters and two behind a collector (which passes the broadcast on)
+    net = CarrierNetwork.build(meters=3, collectors=1, meters_per_collector=2, seed=11, hop_latency=0.005,
                                turnaround=0.002)
-    fast, slow, _ = net.meter_addresses()
+    fast, slow, _, behind, _ = net.meter_addresses()
     net.meter(fast).clock_offset = timedelta(seconds=120)
     net.meter(slow).clock_offset = timedelta(seconds=-75)
+    net.meter(behind).clock_offset = timedelta(seconds=90)
     plugins = Plugins()
     with ModuleSim(net, baudrate=9600) as sim:
         text = site_text(net, sim.path, 9600) + f"store: sqlite:///{tmp_path / 'plc.db'}\ntime_sync: true\n"
@@ -38,5 +40,6 @@ def test_a_broadcast_through_the_module_sets_every_meters_clock(tmp_path: Path) 
     drift = {e.data["meter"]: (int(e.data["drift_before"]), int(e.data["drift_after"])) for e in events}
     assert set(drift) == set(net.meter_addresses())
     assert 117 <= drift[fast][0] <= 121 and -78 <= drift[slow][0] <= -74  # read over the carrier, to the second
+    assert 87 <= drift[behind][0] <= 91  # through the collector too
     assert all(abs(after) <= 2 for _, after in drift.values())
     assert all(abs(net.meter(a).clock_offset.total_seconds()) <= 2 for a in net.meter_addresses())
