@@ -738,6 +738,28 @@ def test_engine_with_every_builtin_skips_values_it_cannot_parse() -> None:
         assert engine.check(visit(T0 + hour * HOUR, *garbage)) == []
 
 
+def test_engine_memory_of_some_meters_and_their_restore_leave_the_others_alone() -> None:
+    """A master station keeps one terminal's memory at a time: ``of`` picks its meters."""
+    def of_water(source: str) -> bool:
+        return source == WATER.key
+
+    engine = AlarmEngine([make("offline", rounds=1), Flaky("flaky", [True])])
+    engine.check(visit(T0, failed("1-0:1.8.0")))  # electricity: offline raised, flaky failing
+    engine.check(visit(T0, failed("8-0:1.0.0", meter=WATER), meter=WATER))
+    water = json.loads(json.dumps(engine.memory(of=of_water)))
+    assert {name: set(states) for name, states in water["rules"].items()} == {"offline": {WATER.key}, "flaky": set()}
+    assert water["failed"] == {"flaky": [WATER.key]}
+    # another node knew only the electricity meter; it takes the water meter's memory up
+    other = AlarmEngine([make("offline", rounds=1), Flaky("flaky", [True])])
+    other.check(visit(T0, failed("1-0:1.8.0")))
+    other.restore(water, of=of_water)
+    assert other.memory() == engine.memory()
+    # and a restore of nothing for the water meter forgets it, keeping the electricity meter's
+    other.restore({}, of=of_water)
+    assert set(other.memory()["rules"]["offline"]) == {ELECTRICITY.key}
+    assert other.memory()["failed"] == {"flaky": [ELECTRICITY.key]}
+
+
 def test_engine_restore_refuses_what_is_not_a_snapshot() -> None:
     with pytest.raises(ValueError, match="not an alarm memory snapshot"):
         AlarmEngine([make("offline")]).restore({"rules": ["offline"]})

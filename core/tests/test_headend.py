@@ -343,3 +343,30 @@ def test_a_restarted_head_end_does_not_raise_a_condition_that_is_still_on_again(
     with open_store(f"sqlite:///{db}") as store:
         states = [e.data["state"] for e in store.events(kind="pq_voltage_sag")]
     assert states == ["start", "end"]
+
+
+def test_a_terminal_that_moves_to_another_node_takes_its_alarm_memory_along(tmp_path: Path) -> None:
+    """The memory is kept per terminal: node B, taking the terminal over while a sag is on,
+    neither starts it again nor misses its end; node A, taking it back, knows it has ended."""
+    from meterhub.alarms import BUILTIN_RULE_TYPES, rules_from_config
+
+    db = tmp_path / "head-end.db"
+    low = data.Instantaneous(datetime(2026, 12, 3, 10, 0), [None] * 4, [None] * 4, [None] * 4,
+                             [Decimal("187.5"), None, None], [None] * 4, [None] * 4)
+    normal = attrs.evolve(low, voltage=(Decimal("221.0"), None, None))
+
+    async def both() -> None:
+        def rules() -> Any:
+            return rules_from_config({"voltage": {"nominal": 220}}, {t.name: t for t in BUILTIN_RULE_TYPES})
+
+        async with head_end(db, alarms=rules(), node="node-a") as a, head_end(db, alarms=rules(), node="node-b") as b:
+            for node, value in ((a, low), (b, low), (b, normal), (a, low), (a, normal)):
+                async with Terminal(node.port) as terminal:
+                    await terminal.report(Afn.CLASS1, [data.unit([3], [25], [value])])
+
+    run(both)
+    with open_store(f"sqlite:///{db}") as store:
+        states = [e.data["state"] for e in store.events(kind="pq_voltage_sag")]
+        kept = store.settings(f"head-end/alarms/{NAME}")["memory"]["rules"]
+    assert states == ["start", "end", "start", "end"]
+    assert {source for memory in kept.values() for source in memory} == {f"{NAME}/gdw1376.1:3"}

@@ -952,25 +952,39 @@ class AlarmEngine:
             events.extend(produced)
         return events
 
-    def memory(self) -> dict[str, Any]:
-        """A JSON-able snapshot of every rule's memory and of the rules reported failing."""
+    def memory(self, of: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """A JSON-able snapshot of every rule's memory and of the rules reported failing;
+        ``of``: only the meters (sources) it takes (a master station keeps one terminal's)."""
+        def kept(source: str) -> bool:
+            return of is None or of(source)
+
         return {
             "version": self.SNAPSHOT_VERSION,
-            "rules": copy.deepcopy(self._memory),
-            "failed": {name: sorted(sources) for name, sources in self._failed.items() if sources},
+            "rules": {name: {source: copy.deepcopy(state) for source, state in states.items() if kept(source)}
+                      for name, states in self._memory.items()},
+            "failed": {name: found for name, sources in self._failed.items()
+                       if (found := sorted(s for s in sources if kept(s)))},
         }
 
-    def restore(self, memory: Mapping[str, Any]) -> None:
+    def restore(self, memory: Mapping[str, Any], of: Callable[[str], bool] | None = None) -> None:
         """Memories from a :meth:`memory` snapshot (after a restart). Rules the snapshot does
-        not know start afresh; entries of rules no longer configured are dropped."""
+        not know start afresh; entries of rules no longer configured are dropped. ``of``:
+        only the meters (sources) it takes are replaced by the snapshot's, the others kept."""
         if not isinstance(memory, Mapping) or not isinstance(memory.get("rules", {}), Mapping):
             raise ValueError("not an alarm memory snapshot")
+
+        def replaced(source: str) -> bool:
+            return of is None or of(source)
+
         rules = memory.get("rules", {})
         failed = memory.get("failed", {}) if isinstance(memory.get("failed", {}), Mapping) else {}
         for name in self._memory:
             saved = rules.get(name, {})
-            self._memory[name] = {
-                str(source): copy.deepcopy(dict(state)) for source, state in saved.items() if isinstance(state, Mapping)
-            } if isinstance(saved, Mapping) else {}
+            states = {source: state for source, state in self._memory[name].items() if not replaced(source)}
+            if isinstance(saved, Mapping):
+                states.update({str(source): copy.deepcopy(dict(state)) for source, state in saved.items()
+                               if isinstance(state, Mapping) and replaced(str(source))})
+            self._memory[name] = states
             sources = failed.get(name, [])
-            self._failed[name] = {str(s) for s in sources} if isinstance(sources, list) else set()
+            self._failed[name] = {s for s in self._failed[name] if not replaced(s)} | (
+                {str(s) for s in sources if replaced(str(s))} if isinstance(sources, list) else set())

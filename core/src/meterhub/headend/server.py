@@ -162,6 +162,19 @@ class _Schedule:
     next_frozen: float = 0.0
 
 
+def _alarm_scope(terminal: str) -> str:
+    """Where the alarm rules' memory of a terminal's points is kept in the store: per
+    terminal, so the node that holds it next (after a restart or a move) takes it up, and
+    a report writes that terminal's memory only."""
+    return f"head-end/alarms/{terminal}"
+
+
+def _points_of(terminal: str) -> Callable[[str], bool]:
+    """Whether an alarm source (``TERMINAL/gdw1376.1:POINT``) is one of ``terminal``'s points."""
+    prefix = f"{terminal}/"
+    return lambda source: source.startswith(prefix)
+
+
 class HeadEnd(MasterStation):
     """A master station node that stores what it gets (see the module docstring).
 
@@ -231,10 +244,6 @@ class HeadEnd(MasterStation):
         stale = await self.writer.call(lambda store: store.terminals_offline(self.node))
         if stale:
             log.info("node %s: %d terminal(s) it held before a restart marked offline", self.node, stale)
-        if self.alarms is not None:  # conditions still on when the node stopped are not raised again
-            kept = await self.writer.call(lambda store: store.settings(self._alarm_scope))
-            if kept.get("memory"):
-                self.alarms.restore(kept["memory"])
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self._serve_requests(), name="head-end requests"),
                        loop.create_task(self._run_schedules(), name="head-end schedules"),
@@ -274,6 +283,11 @@ class HeadEnd(MasterStation):
         await self.writer.call(lambda store: store.terminal_seen(name, node=self.node, peer=peer, at=now, login=True,
                                                                  heartbeat=heartbeat))
         self._hold(name, True)
+        if self.alarms is not None:
+            # what the rules remember of this terminal's points, wherever it was last held: a
+            # condition still on when it left (a node restart, a move) is not raised again
+            kept = await self.writer.call(lambda store: store.settings(_alarm_scope(name)))
+            self.alarms.restore(kept.get("memory") or {}, of=_points_of(name))
         schedule = self._schedules[terminal] = _Schedule()  # learn its archive, read it, back-fill its freezes
         self._due(terminal, schedule, asyncio.get_running_loop().time())
 
@@ -322,17 +336,11 @@ class HeadEnd(MasterStation):
         for event in events:
             await self.writer.add_event(event)
         if self.alarms is not None and readings:
-            memory = self.alarms.memory()
-            await self.writer.call(lambda store: store.put_settings(self._alarm_scope, {"memory": memory}))
+            memory = self.alarms.memory(of=_points_of(name))
+            await self.writer.call(lambda store: store.put_settings(_alarm_scope(name), {"memory": memory}))
         log.debug("%s: %d item(s): %d reading(s), %d new; %d event(s)", name, len(found), len(readings), new,
                   len(events))
         return new
-
-    @property
-    def _alarm_scope(self) -> str:
-        """Where this node keeps its alarm rules' memory (per node: a terminal held by
-        another node after a move starts that node's memory afresh)."""
-        return f"head-end/{self.node}/alarms"
 
     def _alarms(self, terminal: str, readings: Sequence[Reading], now: datetime) -> list[Event]:
         """The alarm rules' events for the current values of each measuring point a report
