@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, time, tzinfo
 from decimal import Decimal
 from types import MappingProxyType
@@ -438,6 +438,24 @@ def local_zone(name: str = "") -> tzinfo:
     assert zone is not None
     return zone
 
+
+def place_meter(meters: Sequence[Meter], point: int, meter: Meter | None) -> tuple[tuple[Meter, ...], Meter | None]:
+    """``meters`` with ``meter`` at measuring point ``point`` (replacing the point's meter,
+    else added last), or with the point's meter taken out (``meter`` None); and the meter
+    that was there. ValueError for taking out a point that has no meter. Checks nothing
+    else: the caller says whether ``meter`` may go there."""
+    placed = list(meters)
+    at = next((i for i, m in enumerate(placed) if m.point == point), None)
+    old = placed[at] if at is not None else None
+    if meter is None:
+        if at is None:
+            raise ValueError(f"measuring point {point} has no meter")
+        del placed[at]
+    elif at is None:
+        placed.append(meter)
+    else:
+        placed[at] = meter
+    return tuple(placed), old
 
 @attrs.frozen
 class Site:

@@ -61,6 +61,7 @@ from .model import (
     RoundReport,
     Site,
     meter_key,
+    place_meter,
     utcnow,
 )
 from .plugins import Plugins
@@ -1111,19 +1112,9 @@ class Concentrator:
         address another point's meter already has."""
         if isinstance(point, bool) or not isinstance(point, int) or not MIN_POINT <= point <= MAX_POINT:
             raise ValueError(f"measuring point must be {MIN_POINT}..{MAX_POINT}, got {point!r}")
-        meters = list(self.site.meters)
-        at = next((i for i, m in enumerate(meters) if m.point == point), None)
-        old = meters[at] if at is not None else None
-        if meter is None:
-            if at is None:
-                raise ValueError(f"measuring point {point} has no meter")
-            del meters[at]
-        else:
-            meter = self._archive_entry(point, meter, [m for m in meters if m.point != point])
-            if at is None:
-                meters.append(meter)
-            else:
-                meters[at] = meter
+        if meter is not None:
+            meter = self._archive_entry(point, meter, [m for m in self.site.meters if m.point != point])
+        meters, old = place_meter(self.site.meters, point, meter)
         kept = {str(point): {"meter": _archive_record(meter), "given": self._given_points.get(point)}}
         await self.store_call(lambda store: store.put_settings(ARCHIVE_SETTINGS, kept))
         self.site = attrs.evolve(self.site, meters=tuple(meters))

@@ -131,15 +131,20 @@ class ConcentratorTerminal:
         return await self._c.store_call(lambda store: store.ack(self.name, wanted))
 
     async def wait_outbox(self, timeout: float | None = None) -> bool:
-        # Not wait_for alone: with a timeout of 0 it gives up before looking at the event.
-        if not self._queued.is_set():
-            try:
-                await asyncio.wait_for(self._queued.wait(), timeout)
-            except TimeoutError:
-                return False
-        self._queued.clear()
-        return True
+        return await take_news(self._queued, timeout)
 
+
+async def take_news(flag: asyncio.Event, timeout: float | None) -> bool:
+    """:meth:`~meterhub.api.Terminal.wait_outbox` over ``flag`` (set when something is
+    queued): True at once if it is set, else once it is within ``timeout``; cleared. Not
+    ``wait_for`` alone: with a timeout of 0 it gives up before looking at the flag."""
+    if not flag.is_set():
+        try:
+            await asyncio.wait_for(flag.wait(), timeout)
+        except TimeoutError:
+            return False
+    flag.clear()
+    return True
 
 def _cancelling() -> bool:
     """Whether the running task was asked to cancel (by :meth:`UplinkRunner.stop`), unlike a

@@ -8,17 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Self
 
 import attrs
 import pytest
-from meterhub.errors import CommandRefused
 from meterhub.model import Command, Event, Meter, OutboxItem, Reading, UplinkConfig
 from meterhub.protocols import gdw1376_1 as g
 from meterhub.protocols import gdw1376_1_data as d
+from meterhub.testing import MemoryTerminal
 from meterhub_gprs import uplink as up
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,97 +48,18 @@ def reading(quantity: str, value: str, *, meter: str = "000000000001", when: dat
                    period=period, data_time=data_time)
 
 
-class FakeTerminal:
-    """A :class:`meterhub.api.Terminal` over lists; records what it was asked to do."""
+#: The site the tests' terminal serves: two DL/T 645 meters on bus1, at points 1 and 2.
+METERS = (Meter("000000000001", "dlt645", "bus1", point=1), Meter("000000000002", "dlt645", "bus1", point=2))
 
-    def __init__(self) -> None:
-        self.name = "master"
-        self.terminal = "t1"
-        self.meters = {1: Meter("000000000001", "dlt645", "bus1", point=1),
-                       2: Meter("000000000002", "dlt645", "bus1", point=2)}
-        self.readings: list[Reading] = []
-        self.stored_events: list[Event] = []
-        self.raised: list[Event] = []  #: the uplink's own events
-        self.queue: list[OutboxItem] = []
-        self.acked: list[int] = []
-        self.executed: list[tuple[int, Command]] = []
-        self.set_meters: list[tuple[int, Meter | None]] = []
-        self.refuse = False
-        self.local: list[Command] = []  #: commands on the terminal itself, as they passed the policy
-        self.kept: dict[str, Any] = {}  #: the uplink's kept settings
-        self._news = asyncio.Event()
 
-    def points(self) -> Mapping[int, Meter]:
-        return dict(self.meters)
+def memory_terminal(meters: Sequence[Meter] = METERS) -> MemoryTerminal:
+    """The concentrator's terminal, in memory (:class:`meterhub.testing.MemoryTerminal`)."""
+    return MemoryTerminal(meters, name="master", terminal="t1")
 
-    def _of(self, point: int) -> list[Reading]:
-        meter = self.meters[point]
-        return [r for r in self.readings if r.meter == meter.address]
 
-    async def latest(self, point: int | None = None) -> list[Reading]:
-        return [r for r in self._of(point) if r.period is None]
-
-    async def frozen(self, point: int, *, period: int | None = None) -> list[Reading]:
-        found = [r for r in self._of(point) if r.period is not None and (period is None or r.period == period)]
-        return sorted(found, key=lambda r: r.data_time or r.timestamp, reverse=True)
-
-    async def read_now(self, point: int) -> list[Reading]:
-        return await self.latest(point)
-
-    async def set_meter(self, point: int, meter: Meter | None) -> None:
-        self.set_meters.append((point, meter))
-
-    async def events(self, *, since: datetime | None = None, limit: int | None = None) -> list[Event]:
-        return list(self.stored_events)
-
-    def raise_event(self, event: Event) -> None:
-        self.raised.append(event)
-
-    async def execute(self, point: int, command: Command) -> Mapping[str, Any]:
-        if self.refuse:
-            raise CommandRefused("policy says no")
-        self.executed.append((point, command))
-        return {"ok": True}
-
-    async def command(self, command: Command,
-                      carry: Callable[[Command], Awaitable[Mapping[str, Any]]]) -> Mapping[str, Any]:
-        if self.refuse:
-            raise CommandRefused("policy says no")
-        self.local.append(command)
-        return await carry(command)
-
-    async def settings(self) -> dict[str, Any]:
-        return dict(self.kept)
-
-    async def keep_settings(self, values: Mapping[str, Any]) -> None:
-        for key, value in values.items():
-            if value is None:
-                self.kept.pop(key, None)
-            else:
-                self.kept[key] = value
-
-    def enqueue(self, item: Reading | Event) -> int:
-        ident = len(self.queue) + len(self.acked) + 1
-        self.queue.append(OutboxItem(ident, self.name, item, T0))
-        self._news.set()
-        return ident
-
-    async def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        return self.queue[:limit]
-
-    async def ack(self, ids: Collection[int]) -> int:
-        before = len(self.queue)
-        self.queue = [i for i in self.queue if i.id not in ids]
-        self.acked.extend(ids)
-        return before - len(self.queue)
-
-    async def wait_outbox(self, timeout: float | None = None) -> bool:
-        try:
-            await asyncio.wait_for(self._news.wait(), timeout)
-        except TimeoutError:
-            return False
-        self._news.clear()
-        return True
+def refuse(command: Command) -> str:
+    """A command policy that refuses everything."""
+    return "policy says no"
 
 
 # --- the master station ---------------------------------------------------------------------
@@ -244,9 +165,9 @@ class Master:
 
 
 @contextlib.asynccontextmanager
-async def session(terminal: FakeTerminal | None = None, *, confirm_timeout: float = 0.5,
-                  **options: Any) -> AsyncIterator[tuple[Master, up.Gdw1376Uplink, FakeTerminal]]:
-    terminal = terminal or FakeTerminal()
+async def session(terminal: MemoryTerminal | None = None, *, confirm_timeout: float = 0.5,
+                  **options: Any) -> AsyncIterator[tuple[Master, up.Gdw1376Uplink, MemoryTerminal]]:
+    terminal = terminal or memory_terminal()
     async with Master() as master:
         config = {"server": f"127.0.0.1:{master.port}", "area_code": AREA, "terminal_address": TERMINAL,
                   "heartbeat_s": 60, "password": PW.hex(), **options}
@@ -352,7 +273,7 @@ def test_login_unconfirmed_is_tried_three_times_then_reconnects():
         async with Master() as master:
             master.confirm_link = False
             config = {"server": f"127.0.0.1:{master.port}", "area_code": AREA, "terminal_address": TERMINAL}
-            uplink = up.Gdw1376Uplink(up.settings(config), FakeTerminal(), confirm_timeout=0.05)
+            uplink = up.Gdw1376Uplink(up.settings(config), memory_terminal(), confirm_timeout=0.05)
             task = asyncio.get_running_loop().create_task(uplink.run())
             for _ in range(100):
                 if master.connections >= 2:
@@ -371,7 +292,7 @@ def test_login_unconfirmed_is_tried_three_times_then_reconnects():
 
 
 def test_f129_answer_is_the_stored_reading_exactly():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.readings = [reading("1-0:1.8.0", "12345.67"), reading("1-0:1.8.1", "100.01"),
                          reading("1-0:1.8.2", "200.02"), reading("1-0:1.8.3", "300.03"), reading("1-0:1.8.4", "0")]
 
@@ -387,7 +308,7 @@ def test_f129_answer_is_the_stored_reading_exactly():
 
 
 def test_quantities_without_a_reading_are_sent_as_no_data():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.readings = [reading("1-0:1.8.0", "5.5"), reading("1-0:32.7.0", "229.9", unit="V")]
 
     async def scenario():
@@ -404,7 +325,7 @@ def test_quantities_without_a_reading_are_sent_as_no_data():
 
 
 def test_a_point_without_a_meter_or_data_is_denied():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.readings = [reading("1-0:1.8.0", "5.5")]
 
     async def scenario():
@@ -441,7 +362,7 @@ def test_terminal_clock_follows_a_clock_set():
 
 
 def test_daily_frozen_energy_comes_from_frozen_readings_only():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     day = date(2026, 2, 27)
     frozen_at = datetime(2026, 2, 27, 23, 59).astimezone(UTC)  # local 23:59 on the day, stored in UTC
     midnight = datetime(2026, 2, 27, 0, 0).astimezone(UTC)  # closes 26 February
@@ -527,8 +448,8 @@ def test_permit_close_is_dlt645s_close_permitted():
 
 
 def test_a_refused_command_is_a_deny():
-    terminal = FakeTerminal()
-    terminal.refuse = True
+    terminal = memory_terminal()
+    terminal.policy = refuse
 
     async def scenario():
         async with session(terminal) as (master, _uplink, _terminal):
@@ -588,7 +509,7 @@ def test_frames_for_another_terminal_are_ignored():
 
 
 def test_events_are_answered_as_erc_records():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.stored_events = [
         Event("meter_dead", source="bus1/dlt645:000000000002", timestamp=T0),
         Event("round_finished", source="concentrator", timestamp=T0),  # no ERC: not counted
@@ -609,14 +530,14 @@ def test_events_are_answered_as_erc_records():
 
 
 def test_outbox_is_acked_only_after_the_masters_confirm():
-    terminal = FakeTerminal()
-    ids = [terminal.enqueue(reading("1-0:1.8.0", "42.42")), terminal.enqueue(reading("1-0:32.7.0", "230", unit="V"))]
+    terminal = memory_terminal()
+    ids = terminal.enqueue(reading("1-0:1.8.0", "42.42"), reading("1-0:32.7.0", "230", unit="V"))
 
     async def scenario():
         async with session(terminal) as (master, _uplink, _terminal):
             report = await master.next(lambda f: f.prm and f.afn == g.Afn.CLASS1)
             for _ in range(100):
-                if not terminal.queue:
+                if not terminal.waiting:
                     break
                 await asyncio.sleep(0.02)
             return report
@@ -628,20 +549,20 @@ def test_outbox_is_acked_only_after_the_masters_confirm():
 
 
 def test_unconfirmed_reports_stay_queued_and_are_sent_again_after_a_reconnect():
-    terminal = FakeTerminal()
-    ident = terminal.enqueue(reading("1-0:1.8.0", "7.07"))
+    terminal = memory_terminal()
+    (ident,) = terminal.enqueue(reading("1-0:1.8.0", "7.07"))
 
     async def scenario():
         async with session(terminal) as (master, _uplink, _terminal):
             master.confirm_reports = False
             first = await master.next(lambda f: f.prm and f.afn == g.Afn.CLASS1)
             await asyncio.sleep(0.2)
-            still = [i.id for i in terminal.queue]
+            still = [i.id for i in terminal.waiting]
             master.confirm_reports = True
             await master.hang_up()
             second = await master.next(lambda f: f.prm and f.afn == g.Afn.CLASS1)
             for _ in range(100):
-                if not terminal.queue:
+                if not terminal.waiting:
                     break
                 await asyncio.sleep(0.02)
             return first, still, second, master.connections
@@ -653,14 +574,14 @@ def test_unconfirmed_reports_stay_queued_and_are_sent_again_after_a_reconnect():
 
 
 def test_forbidden_reporting_holds_the_outbox():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
 
     async def scenario():
         async with session(terminal) as (master, _uplink, _terminal):
             answer = await master.ask(master.request(g.Afn.CONTROL, [d.unit([0], [37])]))
             terminal.enqueue(reading("1-0:1.8.0", "1"))
             await asyncio.sleep(0.3)
-            held = len(terminal.queue)
+            held = len(terminal.waiting)
             await master.ask(master.request(g.Afn.CONTROL, [d.unit([0], [29])]))
             report = await master.next(lambda f: f.prm and f.afn == g.Afn.CLASS1)
             return answer, held, report
@@ -670,8 +591,7 @@ def test_forbidden_reporting_holds_the_outbox():
 
 
 def test_long_answers_are_split_with_fir_fin_and_consecutive_rseq():
-    terminal = FakeTerminal()
-    terminal.meters = {p: Meter(f"{p:012d}", "dlt645", "bus1", point=p) for p in range(1, 9)}
+    terminal = memory_terminal([Meter(f"{p:012d}", "dlt645", "bus1", point=p) for p in range(1, 9)])
     terminal.readings = [reading("1-0:1.8.0", "1.5", meter=f"{p:012d}") for p in range(1, 9)]
 
     async def scenario():
@@ -712,7 +632,7 @@ def test_a_good_section_passes_and_makes_an_uplink():
     config = UplinkConfig("m", "gdw1376.1", {"transport": "tcp", "server": "127.0.0.1:4001", "area_code": "3201",
                                             "terminal_address": 1, "heartbeat_s": 60, "password": "master-pw"})
     assert driver.validate(config) == []
-    assert isinstance(driver.create(config, FakeTerminal()), up.Gdw1376Uplink)
+    assert isinstance(driver.create(config, memory_terminal()), up.Gdw1376Uplink)
 
 
 def test_password_from_the_secret_store():
@@ -792,7 +712,7 @@ def test_meter_archive_query_lists_the_points():
 
 
 def test_f33_carries_the_active_tariffs_and_no_data_for_reactive():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.readings = [reading("1-0:1.8.0", "10.5"), reading("1-0:1.8.1", "4.25"), reading("1-0:1.8.2", "6.25")]
 
     async def scenario():
@@ -805,14 +725,14 @@ def test_f33_carries_the_active_tariffs_and_no_data_for_reactive():
 
 
 def test_a_slow_command_does_not_hold_up_the_heartbeats():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     slow = asyncio.Event()
 
-    async def execute(point, command):
+    async def answer(meter, command):  # a meter that takes its time
         await slow.wait()
         return {"ok": True}
 
-    terminal.execute = execute  # type: ignore[method-assign]
+    terminal.answer = answer
 
     async def scenario():
         async with session(terminal, heartbeat_s=0.1, confirm_timeout=0.2) as (master, _uplink, _terminal):
@@ -827,7 +747,7 @@ def test_a_slow_command_does_not_hold_up_the_heartbeats():
 
 
 def test_monthly_frozen_energy_for_the_month_asked():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     frozen_at = datetime(2026, 2, 1, 0, 0)  # local: the end of January is stamped 1 February 00:00
     stamped = frozen_at.astimezone(UTC)
     terminal.readings = [reading("1-0:1.8.0", "800.25", period=1, data_time=stamped),
@@ -849,7 +769,7 @@ def test_gprs_transport_brings_the_modem_up_with_the_sections_settings():
     config = {"transport": "gprs", "server": "10.0.0.1:4001", "area_code": "3201", "terminal_address": 1,
               "port": "/dev/ttyUSB2", "apn": "cmnet", "baudrate": 9600, "pin": "1234", "mode": "transparent"}
     assert up._problems(config) == []
-    connector = up.Gdw1376Uplink(up.settings(config), FakeTerminal())._connect_with()
+    connector = up.Gdw1376Uplink(up.settings(config), memory_terminal())._connect_with()
     assert isinstance(connector, ModemConnector)
     assert (connector.url, connector.apn, connector.server, connector.baudrate, connector.pin, connector.mode) == (
         "/dev/ttyUSB2", "cmnet", ("10.0.0.1", 4001), 9600, "1234", "transparent")
@@ -860,7 +780,7 @@ def test_an_unreachable_master_is_retried_and_logged_once(caplog):
         async with Master() as master:
             port = master.port
         config = {"server": f"127.0.0.1:{port}", "area_code": AREA, "terminal_address": TERMINAL}
-        uplink = up.Gdw1376Uplink(up.settings(config), FakeTerminal())
+        uplink = up.Gdw1376Uplink(up.settings(config), memory_terminal())
         task = asyncio.get_running_loop().create_task(uplink.run())
         await asyncio.sleep(0.8)  # back-off 0.05 s doubling to 0.2 s: several tries
         task.cancel()
@@ -876,7 +796,7 @@ def test_an_unreachable_master_is_retried_and_logged_once(caplog):
 
 
 def test_a_failing_terminal_ends_the_run_for_the_runner_to_restart():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
 
     async def broken(limit: int = 100):
         raise RuntimeError("store is gone")
@@ -902,7 +822,7 @@ def _f129_totals(frames: list[tuple[int, list[g.DataUnit], list[int]]]) -> list[
 
 def _offline_uplink() -> up.Gdw1376Uplink:
     config = {"server": "127.0.0.1:9", "area_code": AREA, "terminal_address": TERMINAL}
-    return up.Gdw1376Uplink(up.settings(config), FakeTerminal())
+    return up.Gdw1376Uplink(up.settings(config), memory_terminal())
 
 
 def test_two_visits_in_one_minute_are_two_reports_never_one_mixed():
@@ -936,15 +856,15 @@ def test_a_clock_set_is_a_command_on_the_terminal_and_is_kept():
             return terminal, uplink.clock_offset
 
     terminal, offset = run(scenario())
-    (command,) = terminal.local
+    (command,) = terminal.commands
     assert command.name == "set_clock" and command.args == {"time": "2030-01-02T03:04:05"}
     assert command.meter == "" and command.issuer.startswith("gdw1376.1 master")
     assert terminal.kept["clock_offset_s"] == {"value": offset.total_seconds(), "given": 0.0}
 
 
 def test_a_refused_clock_set_is_denied_and_changes_nothing():
-    terminal = FakeTerminal()
-    terminal.refuse = True
+    terminal = memory_terminal()
+    terminal.policy = refuse
 
     async def scenario():
         async with session(terminal) as (master, uplink, _terminal):
@@ -959,7 +879,7 @@ def test_a_refused_clock_set_is_denied_and_changes_nothing():
 
 
 def test_settings_the_master_made_outlive_a_restart():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
 
     async def scenario():
         async with session(terminal) as (master, _uplink, _terminal):
@@ -971,11 +891,11 @@ def test_settings_the_master_made_outlive_a_restart():
             return uplink.heartbeat_s, uplink.reporting
 
     assert run(scenario()) == (300, False)
-    assert [c.name for c in terminal.local] == ["set_heartbeat", "set_active_reporting"]
+    assert [c.name for c in terminal.commands] == ["set_heartbeat", "set_active_reporting"]
 
 
 def test_a_setting_the_site_file_changed_since_is_dropped_for_the_files():
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.kept["heartbeat_s"] = {"value": 300.0, "given": 120.0}  # the file said 120 s then; it says 60 now
     terminal.kept["apn"] = {"value": "cmiot", "given": ""}
 
@@ -989,7 +909,7 @@ def test_a_setting_the_site_file_changed_since_is_dropped_for_the_files():
 
 
 def test_a_kept_setting_that_cannot_be_used_is_dropped(caplog):
-    terminal = FakeTerminal()
+    terminal = memory_terminal()
     terminal.kept["heartbeat_s"] = {"value": "soon", "given": 60.0}
 
     async def scenario():
@@ -1018,7 +938,7 @@ def test_the_meter_archive_set_is_one_command_with_its_records():
         async with session() as (master, _uplink, terminal):
             record = d.MeterRecord(1, 2, 1, None, d.MeterProtocol.DLT645_2007, "000000000009")
             await master.ask(master.request(g.Afn.SET, [d.unit([0], [10], [d.MeterArchive([record])])]))
-            return terminal.local
+            return terminal.commands
 
     (command,) = run(scenario())
     assert command.name == "set_meter_archive"
@@ -1026,15 +946,15 @@ def test_the_meter_archive_set_is_one_command_with_its_records():
 
 
 def test_a_report_the_master_keeps_denying_is_given_up_and_the_rest_goes_on():
-    terminal = FakeTerminal()
-    refused = terminal.enqueue(reading("1-0:1.8.0", "6.66", meter="000000000001"))
-    fine = terminal.enqueue(reading("1-0:1.8.0", "7.77", meter="000000000002"))
+    terminal = memory_terminal()
+    refused, fine = terminal.enqueue(reading("1-0:1.8.0", "6.66", meter="000000000001"),
+                                     reading("1-0:1.8.0", "7.77", meter="000000000002"))
 
     async def scenario():
         async with session(terminal, confirm_timeout=0.05) as (master, _uplink, _terminal):
             master.deny = lambda frame: frame.afn == g.Afn.CLASS1 and d.units(frame)[0].points == (1,)
             for _ in range(200):
-                if not terminal.queue:
+                if not terminal.waiting:
                     break
                 await asyncio.sleep(0.02)
             sent = []
@@ -1046,14 +966,16 @@ def test_a_report_the_master_keeps_denying_is_given_up_and_the_rest_goes_on():
 
     sent = run(scenario())
     assert sent.count((1,)) == up.DENIED_TRIES and sent[-1] == (2,)
-    assert sorted(terminal.acked) == [refused, fine]
     (event,) = [e for e in terminal.raised if e.kind == "uplink_report_denied"]
     assert event.data["outbox_ids"] == [refused] and event.data["units"] == ["pn 1 F129"]
+    # the event is queued for the uplink too, as the concentrator's are: 1376.1 has no ERC for it
+    (denial,) = [i.id for i in terminal.queued if i.item is event]
+    assert sorted(terminal.acked) == [refused, fine, denial]
 
 
 def test_a_report_denied_once_then_confirmed_is_not_given_up():
-    terminal = FakeTerminal()
-    ident = terminal.enqueue(reading("1-0:1.8.0", "6.66"))
+    terminal = memory_terminal()
+    (ident,) = terminal.enqueue(reading("1-0:1.8.0", "6.66"))
     denials = []
 
     def deny_once(frame):
@@ -1066,7 +988,7 @@ def test_a_report_denied_once_then_confirmed_is_not_given_up():
         async with session(terminal, confirm_timeout=0.05) as (master, _uplink, _terminal):
             master.deny = deny_once
             for _ in range(200):
-                if not terminal.queue:
+                if not terminal.waiting:
                     break
                 await asyncio.sleep(0.02)
 

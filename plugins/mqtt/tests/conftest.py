@@ -1,5 +1,5 @@
 """A real Mosquitto broker for the tests, a subscriber that records what reaches it, and an
-in-memory terminal for the uplink's own tests.
+in-memory terminal (meterhub.testing's) for the uplink's own tests.
 
 The broker runs on a free loopback port with a configuration of its own; where Mosquitto
 is not installed the tests that need it skip (``apt-get install mosquitto``), unless
@@ -15,14 +15,14 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-from meterhub.model import Event, Meter, OutboxItem, Reading, Schedule
+from meterhub.model import Meter, Schedule
+from meterhub.testing import MemoryTerminal
 
 REQUIRE_SERVERS = "METERHUB_REQUIRE_SERVERS"
 #: Where Debian installs the broker (not on a user's PATH).
@@ -252,77 +252,12 @@ def subscribe() -> Callable[..., Any]:
 # --- a terminal in memory ----------------------------------------------------------------------------
 
 
-class MemoryTerminal:
-    """The part of :class:`meterhub.api.Terminal` the mqtt uplink uses, over a list: what
-    is queued is offered until acknowledged, like the store's outbox."""
-
-    def __init__(self, meters: Sequence[Meter], *, terminal: str = "", name: str = "mqtt",
-                 schedule: Schedule = Schedule(interval=60.0)) -> None:
-        self.name = name
-        self.terminal = terminal
-        self.schedule = schedule
-        self._meters = tuple(meters)
-        self.items: list[OutboxItem] = []
-        self.acked: list[int] = []
-        self.executed: list[Any] = []
-        self._next = 1
-        self._queued = asyncio.Event()
-        self.kept: dict[str, Any] = {}  #: what the uplink kept with keep_settings (the store's, across restarts)
-
-    def meters(self) -> Sequence[Meter]:
-        return self._meters
-
-    async def settings(self) -> dict[str, Any]:
-        return dict(self.kept)
-
-    async def keep_settings(self, values: Mapping[str, Any]) -> None:
-        for key, value in values.items():
-            if value is None:
-                self.kept.pop(key, None)
-            else:
-                self.kept[key] = value
-
-    def set_meters(self, meters: Sequence[Meter]) -> None:
-        """The site's meters change (as a master station's set_meter changes them)."""
-        self._meters = tuple(meters)
-        self._queued.set()
-
-    def points(self) -> dict[int, Meter]:
-        return {m.point: m for m in self._meters if m.point is not None}
-
-    def queue(self, *things: Reading | Event) -> list[int]:
-        ids = []
-        for thing in things:
-            self.items.append(OutboxItem(self._next, self.name, thing, datetime.now(UTC)))
-            ids.append(self._next)
-            self._next += 1
-        self._queued.set()
-        return ids
-
-    async def outbox(self, limit: int = 100) -> list[OutboxItem]:
-        return self.items[:limit]
-
-    async def ack(self, ids: Any) -> int:
-        wanted = set(ids)
-        before = len(self.items)
-        self.items = [i for i in self.items if i.id not in wanted]
-        self.acked += sorted(wanted)
-        return before - len(self.items)
-
-    async def wait_outbox(self, timeout: float | None = None) -> bool:
-        if not self._queued.is_set():
-            try:
-                await asyncio.wait_for(self._queued.wait(), timeout)
-            except TimeoutError:
-                return False
-        self._queued.clear()
-        return True
-
-    async def execute(self, point: Any, command: Any) -> dict[str, Any]:
-        self.executed.append((point, command))
-        return {"done": True}
-
-
 @pytest.fixture
-def memory_terminal() -> type[MemoryTerminal]:
-    return MemoryTerminal
+def memory_terminal() -> Callable[[Sequence[Meter]], MemoryTerminal]:
+    """``memory_terminal(meters)``: a :class:`meterhub.testing.MemoryTerminal` for an uplink
+    named ``mqtt``, on a site read every minute."""
+
+    def make(meters: Sequence[Meter]) -> MemoryTerminal:
+        return MemoryTerminal(meters, name="mqtt", schedule=Schedule(interval=60.0))
+
+    return make

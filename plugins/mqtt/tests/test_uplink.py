@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from meterhub.errors import CredentialNotFound
-from meterhub.model import Event, Meter, Quality, Reading, UplinkConfig
+from meterhub.model import Command, Event, Meter, Quality, Reading, UplinkConfig
 from meterhub_mqtt.uplink import BrokerRefused, MqttUplink, MqttUplinkDriver, reconnect_delay, settings_for
 
 ADDRESS = "000000000001"
@@ -145,7 +145,7 @@ def test_a_good_reading_publishes_its_exact_decimal_and_attributes(mosquitto, me
 
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/exact/#"]) as sub, running(uplink(mosquitto, terminal, "exact")):
-            ids = terminal.queue(reading(Decimal("1234.560")))
+            ids = terminal.enqueue(reading(Decimal("1234.560")))
             state = f"meterhub/exact/{ADDRESS}/energy_import/state"
             attributes = f"meterhub/exact/{ADDRESS}/energy_import/attributes"
             assert await sub.wait_for(lambda s: s.on(state) and s.on(attributes))
@@ -165,7 +165,7 @@ def test_a_failed_reading_publishes_its_quality_never_a_number(mosquitto, memory
 
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/failed/#"]) as sub, running(uplink(mosquitto, terminal, "failed")):
-            terminal.queue(reading(None, quality=Quality.TIMEOUT))
+            terminal.enqueue(reading(None, quality=Quality.TIMEOUT))
             attributes = f"meterhub/failed/{ADDRESS}/energy_import/attributes"
             assert await sub.wait_for(lambda s: s.on(attributes))
         assert sub.last(f"meterhub/failed/{ADDRESS}/energy_import/state") == "timeout"
@@ -180,7 +180,7 @@ def test_states_are_retained_for_a_subscriber_that_comes_later(mosquitto, memory
 
     async def main() -> None:
         async with running(uplink(mosquitto, terminal, "late")):
-            ids = terminal.queue(reading(Decimal("7.5")), reading(Decimal("0.25"), quantity="1-0:1.7.0"))
+            ids = terminal.enqueue(reading(Decimal("7.5")), reading(Decimal("0.25"), quantity="1-0:1.7.0"))
             assert await until(lambda: terminal.acked == ids)
         async with subscribe(mosquitto, ["meterhub/late/#"]) as sub:
             assert await sub.wait_for(lambda s: len(s.messages) >= 5)  # 2 states, 2 attributes, status
@@ -197,7 +197,7 @@ def test_retain_false_sends_states_unretained(mosquitto, memory_terminal, subscr
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/plain/#"]) as sub, \
                 running(uplink(mosquitto, terminal, "plain", retain=False)):
-            terminal.queue(reading(Decimal("3")))
+            terminal.enqueue(reading(Decimal("3")))
             state = f"meterhub/plain/{ADDRESS}/energy_import/state"
             assert await sub.wait_for(lambda s: s.on(state))
         async with subscribe(mosquitto, ["meterhub/plain/#"]) as later:
@@ -215,7 +215,7 @@ def test_a_frozen_value_goes_to_its_frozen_topic_not_the_state(mosquitto, memory
 
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/frozen/#"]) as sub, running(uplink(mosquitto, terminal, "frozen")):
-            ids = terminal.queue(reading(Decimal("1200.01"), period=1, data_time=boundary),
+            ids = terminal.enqueue(reading(Decimal("1200.01"), period=1, data_time=boundary),
                                  reading(Decimal("1234.56")))
             assert await until(lambda: terminal.acked == ids)
             assert await sub.wait_for(lambda s: s.on(f"meterhub/frozen/{ADDRESS}/energy_import/state"))
@@ -234,7 +234,7 @@ def test_events_go_to_the_events_topic_unretained(mosquitto, memory_terminal, su
 
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/ev/events"]) as sub, running(uplink(mosquitto, terminal, "ev")):
-            (item,) = terminal.queue(event)
+            (item,) = terminal.enqueue(event)
             assert await sub.wait_for(lambda s: s.on("meterhub/ev/events"))
         (message,) = sub.on("meterhub/ev/events")
         assert not message.retain
@@ -252,7 +252,7 @@ def test_a_meter_sharing_its_address_is_named_with_its_protocol(mosquitto, memor
     async def main() -> None:
         async with subscribe(mosquitto, ["meterhub/twins/+/+/state"]) as sub, \
                 running(uplink(mosquitto, terminal, "twins")):
-            terminal.queue(reading(Decimal("1")), Reading(ADDRESS, "1-0:1.8.0", Decimal("2"), "kWh", AT,
+            terminal.enqueue(reading(Decimal("1")), Reading(ADDRESS, "1-0:1.8.0", Decimal("2"), "kWh", AT,
                                                           channel="bus1", protocol="modbus"))
             assert await sub.wait_for(lambda s: len(s.messages) == 2)
         assert {m.topic: m.payload for m in sub.messages} == {
@@ -280,20 +280,12 @@ def test_it_says_online_and_offline_when_stopped(mosquitto, memory_terminal, sub
 
 WILL_SCRIPT = """
 import asyncio, sys
-from meterhub.model import Schedule, UplinkConfig
+from meterhub.model import UplinkConfig
+from meterhub.testing import MemoryTerminal
 from meterhub_mqtt.uplink import MqttUplinkDriver
 
-class Terminal:
-    name, terminal, schedule = "mqtt", "", Schedule()
-    def meters(self): return ()
-    async def outbox(self, limit=100): return []
-    async def ack(self, ids): return 0
-    async def wait_outbox(self, timeout=None):
-        await asyncio.sleep(timeout)
-        return False
-
 config = UplinkConfig("mqtt", "mqtt", {"server": sys.argv[1], "site": "will", "discovery": False})
-asyncio.run(MqttUplinkDriver().create(config, Terminal()).run())
+asyncio.run(MqttUplinkDriver().create(config, MemoryTerminal(name="mqtt")).run())
 """
 
 
@@ -329,7 +321,7 @@ def test_it_connects_with_credentials_from_the_secret_store(password_broker, mem
     async def main() -> None:
         async with subscribe(password_broker.address, ["meterhub/auth/#"], username="hub", password="s3cret") as sub, \
                 running(uplink(password_broker.address, terminal, "auth", credential="mqtt-home")):
-            terminal.queue(reading(Decimal("42.0")))
+            terminal.enqueue(reading(Decimal("42.0")))
             assert await sub.wait_for(lambda s: s.on(f"meterhub/auth/{ADDRESS}/energy_import/state"))
         assert sub.last(f"meterhub/auth/{ADDRESS}/energy_import/state") == "42.0"
 
@@ -361,7 +353,7 @@ def test_it_connects_over_tls_checking_the_brokers_certificate(tls_broker, memor
     async def main() -> None:
         async with subscribe(mqtt.address, ["meterhub/tls/#"], tls_context=checked) as sub, \
                 running(uplink(mqtt.address, terminal, "tls", tls={"ca": str(ca)})) as task:
-            terminal.queue(reading(Decimal("0.001")))
+            terminal.enqueue(reading(Decimal("0.001")))
             assert await sub.wait_for(lambda s: s.on(f"meterhub/tls/{ADDRESS}/energy_import/state") or task.done())
         assert sub.last(f"meterhub/tls/{ADDRESS}/energy_import/state") == "0.001"
 
@@ -421,12 +413,11 @@ def test_a_bad_command_message_is_refused_not_executed(mosquitto, memory_termina
 def test_a_command_the_meter_cannot_carry_out_is_answered_failed(mosquitto, memory_terminal, subscribe):
     from meterhub.errors import NotSupported
 
-    class Refusing(memory_terminal):
-        async def execute(self, point: Any, command: Any) -> dict[str, Any]:
-            self.executed.append((point, command))
-            raise NotSupported(f"dlt645 has no command {command.name!r}")
+    async def cannot(meter: Meter, command: Command) -> dict[str, Any]:
+        raise NotSupported(f"{meter.protocol} has no command {command.name!r}")
 
-    terminal = Refusing([METER])
+    terminal = memory_terminal([METER])
+    terminal.answer = cannot  # the meter has the command sent and answers that it has no such command
     topic = f"meterhub/nosuch/{ADDRESS}/command/warp"
 
     async def main() -> None:
@@ -509,7 +500,7 @@ def test_items_are_acknowledged_only_after_the_brokers_puback(memory_terminal):
 
     async def main() -> None:
         address = await broker.start()
-        ids = terminal.queue(reading(Decimal("5")))
+        ids = terminal.enqueue(reading(Decimal("5")))
         async with running(uplink(address, terminal, "silent")):
             # online, then the reading's state and attributes: all sent, none confirmed
             assert await until(lambda: len(broker.published) >= 1)
@@ -537,7 +528,8 @@ def test_discovery_follows_a_change_of_the_sites_meters(mosquitto, memory_termin
         async with subscribe(mosquitto, [f"{node}/#"]) as sub, \
                 running(uplink(mosquitto, terminal, "moving", discovery=True)):
             assert await sub.wait_for(lambda s: s.on(first_config))
-            terminal.set_meters([second])  # the first meter taken off, another put on
+            await terminal.set_meter(1, None)  # the first meter taken off, another put on
+            await terminal.set_meter(2, second)
             assert await sub.wait_for(lambda s: s.on(second_config) and s.last(first_config) == "")
         assert json.loads(sub.last(second_config))["state_topic"] == "meterhub/moving/000000000002/energy_import/state"
 
@@ -561,7 +553,7 @@ def test_a_restart_removes_the_sensors_of_meters_gone_while_it_was_down(mosquitt
                         break
                     await asyncio.sleep(0.02)
             assert second_config in terminal.kept["discovered"]
-            terminal.set_meters([METER])  # taken off while meterhub was stopped
+            await terminal.set_meter(2, None)  # taken off while meterhub was stopped
             async with running(uplink(mosquitto, terminal, "restart", discovery=True)):
                 assert await sub.wait_for(lambda s: s.last(second_config) == "")
                 for _ in range(200):
