@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from meterhub import freezes
 
@@ -85,3 +87,44 @@ def test_lateness_words() -> None:
     assert freezes.lateness(boundary, boundary + timedelta(hours=5, minutes=12)) == "read 5 h 12 min after the boundary"
     assert freezes.lateness(boundary, boundary + timedelta(days=2, minutes=3)) == "read 2 d 3 min after the boundary"
     assert freezes.lateness(boundary, boundary + timedelta(hours=3)) == "read 3 h after the boundary"
+
+
+# --- the machine's zone, with its daylight-saving rules -----------------------------------
+
+
+@pytest.fixture
+def machine_zone(monkeypatch):
+    """Set the machine's zone (TZ) for local_zone(""); the run's own zone afterwards."""
+    import os
+    import time as clock
+
+    original = os.environ.get("TZ")
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        clock.tzset()
+
+    yield set_zone
+    if original is None:
+        monkeypatch.delenv("TZ", raising=False)
+    else:
+        monkeypatch.setenv("TZ", original)
+    clock.tzset()
+
+
+def test_the_machines_zone_keeps_its_daylight_saving_rules(machine_zone) -> None:
+    """A site without ``timezone:`` in Berlin: the freeze before the spring change is at
+    local midnight, 23:00 UTC, not 22:00 as today's fixed summer offset would put it."""
+    from meterhub.model import local_zone
+
+    machine_zone("Europe/Berlin")
+    zone = local_zone("")
+    assert freezes.boundary_on(date(2026, 3, 28), time(0, 0), zone) == datetime(2026, 3, 27, 23, 0, tzinfo=UTC)
+    assert freezes.boundary_on(date(2026, 3, 30), time(0, 0), zone) == datetime(2026, 3, 29, 22, 0, tzinfo=UTC)
+
+
+def test_a_posix_zone_without_a_name_is_its_offset(machine_zone) -> None:
+    from meterhub.model import local_zone
+
+    machine_zone("CST-8")
+    assert local_zone("").utcoffset(datetime(2026, 12, 3)) == timedelta(hours=8)

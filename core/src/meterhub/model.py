@@ -429,14 +429,22 @@ class TimeSyncConfig:
 
 
 def local_zone(name: str = "") -> tzinfo:
-    """The time zone named ``name`` (IANA, ``Asia/Shanghai``), or the machine's own for ""."""
+    """The time zone named ``name`` (IANA, ``Asia/Shanghai``), or the machine's own for "",
+    with its daylight-saving rules (tzlocal reads ``TZ`` and the system's setting): a
+    fixed offset would put every freeze boundary before a DST change an hour off. Where the
+    machine's zone has no IANA name (``TZ=CST-8``), its current offset."""
     if name:
         from zoneinfo import ZoneInfo
 
         return ZoneInfo(name)
-    zone = datetime.now().astimezone().tzinfo
-    assert zone is not None
-    return zone
+    try:
+        import tzlocal
+
+        return tzlocal.reload_localzone()  # as it is now: TZ may have changed since the last look
+    except Exception:  # noqa: BLE001 - a POSIX TZ string or no zone configured: the offset in force
+        zone = datetime.now().astimezone().tzinfo
+        assert zone is not None
+        return zone
 
 
 def place_meter(meters: Sequence[Meter], point: int, meter: Meter | None) -> tuple[tuple[Meter, ...], Meter | None]:

@@ -221,13 +221,13 @@ class Services:
             if records:
                 frozen, done = await self._from_records(meter, quantities, due, now, first="daily" not in state)
             else:
-                frozen, done = self._from_reading(meter, readings, quantities, due, now)
+                frozen, done = self._from_reading(meter, readings, quantities, due)
             stored += frozen
             if done is not None:
                 state["daily"] = _iso(done)
         if config.profile_interval:
             profile_quantities = tuple(q for q in (config.profile_quantities or quantities) if q in meter.quantities)
-            stored += self._profile(meter, readings, profile_quantities, state, now)
+            stored += self._profile(meter, readings, profile_quantities, state)
         if stored:
             await self.host.store_readings(stored)
         if state != self._freezes.get(meter.key):
@@ -280,6 +280,11 @@ class Services:
                         found.append(self._frozen(meter, m, m.quantity, boundary, record_at, detail, m.unit))
             if record_at < min(due) - freezes.RECORD_SLACK or not wanted_left:
                 break
+        # a boundary just passed that the meter has not recorded yet: its clock may be a
+        # little behind ours. Neither missed nor done: the next visit looks again.
+        pending = {b for b in wanted_left if now - b < freezes.RECORD_SLACK}
+        wanted_left -= pending
+        done = max((b for b in due if b not in pending), default=None)
         if wanted_left and first:
             found_times = [r.timestamp for r in found]
             wanted_left = {b for b in wanted_left if found_times and b > min(found_times)}
@@ -288,16 +293,19 @@ class Services:
             self.host.raise_event(Event("freeze_missed", source=meter.key, severity="warning", data={
                 "meter": meter.address, "boundaries": [_iso(b) for b in missed],
                 "reason": "the meter keeps no freeze record for them"}))
-        return found, max(due)
+        return found, done
 
     def _from_reading(self, meter: Meter, readings: Sequence[Reading], quantities: Sequence[str],
-                      due: Sequence[datetime], now: datetime) -> tuple[list[Reading], datetime | None]:
-        """The values just read stand for the latest boundary passed; older ones are missed."""
+                      due: Sequence[datetime]) -> tuple[list[Reading], datetime | None]:
+        """The values just read stand for the latest boundary passed before they were read
+        (one passed while the visit went on is the next visit's); older ones are missed."""
         values = _registers(readings, quantities)
         if not values:
             return [], None  # nothing read: try again at the next visit
-        missed, latest = freezes.split_missed(due)
-        assert latest is not None
+        read_at = min(r.timestamp for r in values.values())
+        missed, latest = freezes.split_missed(b for b in due if b <= read_at)
+        if latest is None:
+            return [], None
         if missed:
             self.host.raise_event(Event("freeze_missed", source=meter.key, severity="warning", data={
                 "meter": meter.address, "boundaries": [_iso(b) for b in missed],
@@ -310,7 +318,7 @@ class Services:
         return found, latest
 
     def _profile(self, meter: Meter, readings: Sequence[Reading], quantities: Sequence[str],
-                 state: dict[str, Any], now: datetime) -> list[Reading]:
+                 state: dict[str, Any]) -> list[Reading]:
         config = self.site.freeze
         assert config is not None and config.profile_interval
         values = _registers(readings, quantities)
@@ -318,7 +326,8 @@ class Services:
             return []
         interval = timedelta(seconds=config.profile_interval)
         last = _parse(state.get("profile"))
-        due = freezes.profile_boundaries(last, now, config.profile_interval)
+        # a point stands for a boundary passed before its values were read, never one after
+        due = freezes.profile_boundaries(last, min(r.timestamp for r in values.values()), config.profile_interval)
         points = []
         for boundary in due:
             if any(r.timestamp - boundary > interval for r in values.values()):
