@@ -120,3 +120,4 @@ def parse_json(text: str) -> Any:
     import json
 
     return json.loads(text, parse_float=decimal.Decimal)
+

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from meterhub.protocols import cjt188_sim, dlt645_sim
 from meterhub.runtime import Concentrator
 from meterhub.simulator import PtyBus
 from meterhub.store import open_store
+from meterhub.testing import clear_of_midnight
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -45,7 +46,8 @@ def bus() -> Iterator[dict[str, Any]]:
     for m in meters.values():
         m.settings = SETTINGS
     pty = PtyBus(list(meters.values()), settings=SETTINGS, seed=3, turnaround=(0.02, 0.03)).start()
-    yield {"port": pty.port, "meters": meters, "shift": shift}
+    today = clear_of_midnight(datetime.now)  # the machine's zone: the site names none
+    yield {"port": pty.port, "meters": meters, "shift": shift, "today": today}
     pty.stop()
 
 
@@ -78,19 +80,19 @@ def one_round(site: Site, store: Any) -> None:
     asyncio.run(go())
 
 
-def midnight(days_ago: int) -> datetime:
-    """Local midnight (the machine's zone: the site names none) ``days_ago`` days back, in UTC."""
-    today = datetime.now().astimezone()
-    day = today.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days_ago)
-    return day.astimezone(UTC)
+def midnight(today: date, days_ago: int) -> datetime:
+    """Local midnight (the machine's zone, with its DST rules: the site names none)
+    ``days_ago`` days before ``today``, in UTC."""
+    return datetime.combine(today - timedelta(days=days_ago), time(0)).astimezone(UTC)
 
 
 def test_missed_days_come_from_the_meters_records_or_are_reported_missed(bus: dict[str, Any], tmp_path: Path) -> None:
     site = site_for(bus, tmp_path / "m.db", "freeze: {daily: \"00:00\"}")
+    today = bus["today"]
     with open_store(site.store) as store:
         # the concentrator last froze both meters three days ago (then it was down)
         keys = {m.address: m.key for m in site.meters}
-        store.put_settings(services.FREEZE_SCOPE, {key: {"daily": midnight(3).isoformat()} for key in keys.values()})
+        store.put_settings(services.FREEZE_SCOPE, {key: {"daily": midnight(today, 3).isoformat()} for key in keys.values()})
         one_round(site, store)
         frozen = [r for r in store.readings(meter=METER) if r.period == 1 and r.quantity == "1-0:1.8.0"]
         water = [r for r in store.readings(meter=WATER) if r.period == 1]
@@ -98,13 +100,13 @@ def test_missed_days_come_from_the_meters_records_or_are_reported_missed(bus: di
     records = {at: forward[0] for at, forward, _ in bus["meters"][METER].daily_freezes()}
     # the DL/T 645 meter: each missed day from its own record, the exact frozen value
     assert [(r.timestamp, r.value) for r in frozen] == [
-        (midnight(n), records[midnight(n).astimezone().replace(tzinfo=None)]) for n in (2, 1, 0)]
+        (midnight(today, n), records[midnight(today, n).astimezone().replace(tzinfo=None)]) for n in (2, 1, 0)]
     assert all(r.detail.startswith("back-filled from the meter's freeze record") for r in frozen[:2])
     # the water meter keeps no records: only today's boundary, the older two reported missed
-    assert [r.timestamp for r in water] == [midnight(0)]
-    assert water[0].data_time is not None and water[0].data_time > midnight(0)
+    assert [r.timestamp for r in water] == [midnight(today, 0)]
+    assert water[0].data_time is not None and water[0].data_time > midnight(today, 0)
     (event,) = missed
-    assert event.source == keys[WATER] and event.data["boundaries"] == [midnight(2).isoformat(), midnight(1).isoformat()]
+    assert event.source == keys[WATER] and event.data["boundaries"] == [midnight(today, 2).isoformat(), midnight(today, 1).isoformat()]
 
 
 def test_the_next_visit_freezes_nothing_twice(bus: dict[str, Any], tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from meterhub.model import CommandState, Quality, local_zone
 from meterhub.plugins import Plugins
 from meterhub.store import open_store
 from meterhub.tariffs import bill, consumption_from_registers
+from meterhub.testing import clear_of_midnight
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,12 +37,13 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     mp.setenv("METERHUB_DISABLE_PLUGINS", "acme")  # the vendor example's policy wants confirm: true
     plugins = Plugins()
     db = Path(tmp_path_factory.mktemp("services")) / "site.db"
-    with simservices.start_services_sim() as sim:
+    today = clear_of_midnight(simservices.site_clock)  # the rounds must not straddle the site's midnight
+    with simservices.start_services_sim(today=today) as sim:
         site = parse_site(sim.site_yaml(f"sqlite:///{db}"), filename="<test>", drivers=plugins.meter_drivers(),
                           transports=plugins.transports())
         with open_store(site.store) as store:
             steps = asyncio.run(simservices.run_services_demo(site, sim, store, plugins=plugins))
-            yield {"site": site, "sim": sim, "store": store, "steps": steps}
+            yield {"site": site, "sim": sim, "store": store, "steps": steps, "today": today}
     mp.undo()
 
 
@@ -49,7 +51,7 @@ def kinds(ran: dict[str, Any], source_address: str) -> set[str]:
     return {e.kind for step in ran["steps"] for e in step.events if e.source.endswith(":" + source_address)}
 
 
-def local_midnight(day: datetime) -> datetime:
+def local_midnight(day: date | datetime) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=ZONE).astimezone(UTC)
 
 
@@ -58,9 +60,9 @@ def test_the_month_is_back_filled_from_the_meters_own_freeze_records(ran: dict[s
     records = {at: forward for at, forward, _ in sim_meter.daily_freezes()}
     frozen = [r for r in ran["store"].readings(meter=simservices.HOME) if r.period == 1]
     by_day = {(r.timestamp, r.quantity): r for r in frozen}
-    month_start = datetime.strptime(simservices.last_full_month(simservices.site_clock().date()), "%Y-%m")
+    month_start = datetime.strptime(simservices.last_full_month(ran["today"]), "%Y-%m")
     day = month_start
-    while day <= simservices.site_clock().replace(hour=0, minute=0, second=0, microsecond=0):
+    while day.date() <= ran["today"]:
         values = records[day]  # the meter froze at its own midnight: the exact value, not a later one
         for quantity, value in zip(ENERGY, values, strict=True):
             reading = by_day[(local_midnight(day), quantity)]
@@ -70,7 +72,7 @@ def test_the_month_is_back_filled_from_the_meters_own_freeze_records(ran: dict[s
 
 
 def test_last_months_bill_is_the_tariff_applied_to_the_meters_own_freezes(ran: dict[str, Any]) -> None:
-    period = simservices.last_full_month(simservices.site_clock().date())
+    period = simservices.last_full_month(ran["today"])
     start = datetime.strptime(period, "%Y-%m")
     end = (start + timedelta(days=32)).replace(day=1)
     records = {at: forward for at, forward, _ in ran["sim"].meters[simservices.HOME].daily_freezes()}
@@ -131,7 +133,7 @@ def test_time_sync_corrects_a_clock_within_the_window_and_flags_one_beyond(ran: 
 
 def test_a_meter_without_freeze_records_is_frozen_by_the_concentrator(ran: dict[str, Any]) -> None:
     (frozen,) = [r for r in ran["store"].readings(meter=simservices.WATER) if r.period == 1]
-    boundary = local_midnight(simservices.site_clock())
+    boundary = local_midnight(ran["today"])
     assert frozen.timestamp == boundary and frozen.quantity == "8-0:1.0.0"
     assert frozen.data_time is not None and frozen.data_time > boundary  # when it really was read
     late = frozen.data_time - boundary > timedelta(minutes=15)

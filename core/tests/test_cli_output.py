@@ -5,6 +5,7 @@ counts that tell failures from back-offs, scan progress from the wire trace, --s
 from __future__ import annotations
 
 import io
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -105,13 +106,17 @@ def test_scan_progress_draws_its_counts_on_the_console_it_is_given():
 
 
 def test_since_takes_a_date_as_local_midnight(monkeypatch):
+    original = os.environ.get("TZ")
     monkeypatch.setenv("TZ", "CST-8")  # POSIX for UTC+8 (Beijing), no tz database needed
     time.tzset()
     try:
         assert parse_since("2026-12-02") == datetime(2026, 12, 1, 16, 0, tzinfo=timezone.utc)
         assert parse_since("2026-12-02T17:22:20") == datetime(2026, 12, 2, 9, 22, 20, tzinfo=timezone.utc)
-    finally:
-        monkeypatch.delenv("TZ")
+    finally:  # the zone the run started with, for the C library too (monkeypatch restores only the variable)
+        if original is None:
+            monkeypatch.delenv("TZ")
+        else:
+            monkeypatch.setenv("TZ", original)
         time.tzset()
 
 

@@ -21,7 +21,7 @@ from meterhub.protocols.gdw1376_1 import Afn, DataUnit, Frame
 from meterhub.secrets import EnvSecrets
 from meterhub.store import open_store
 from meterhub.store.writer import StoreWriter
-from meterhub.testing import gdw1376
+from meterhub.testing import clear_of_midnight, gdw1376
 from meterhub.testing.gdw1376 import ScriptedTerminal, until
 
 pytestmark = pytest.mark.timeout(60)
@@ -133,7 +133,8 @@ def test_a_request_reaches_the_terminal_through_the_node_that_holds_it(tmp_path:
 
 def test_a_returning_terminal_gets_its_missing_daily_freezes_back_filled(tmp_path: Path) -> None:
     db = tmp_path / "head-end.db"
-    today = datetime.now(ZONE).date()
+    # the scenario must not straddle the terminal's midnight (what it is asked depends on the day)
+    today = clear_of_midnight(lambda: datetime.now(ZONE).replace(tzinfo=None), timedelta(seconds=30))
     have = today - timedelta(days=2)  # stored already: not asked again
     with open_store(f"sqlite:///{db}") as store:
         closing = datetime(have.year, have.month, have.day, tzinfo=ZONE) + timedelta(days=1)
@@ -186,8 +187,9 @@ def test_missing_monthly_freezes_are_back_filled_for_the_months_asked(tmp_path: 
             await until(lambda: len(asked) >= 2, "the back-fill")
             await asyncio.sleep(0.2)
 
+    # the scenario must not straddle the terminal's midnight (what it is asked depends on the day)
+    today = clear_of_midnight(lambda: datetime.now(ZONE).replace(tzinfo=None), timedelta(seconds=30))
     run(scenario)
-    today = datetime.now(ZONE).date()
     last = (today.replace(day=1) - timedelta(days=1))
     before = (last.replace(day=1) - timedelta(days=1))
     assert asked == [(before.year, before.month), (last.year, last.month)]
