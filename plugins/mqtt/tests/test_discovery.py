@@ -204,6 +204,18 @@ def test_a_meter_device_has_its_address_as_identifier_and_serial_number():
     assert device["manufacturer"] == "DL/T 645-2007 meter"
 
 
+def test_a_bus_position_is_no_serial_number():
+    """A Modbus unit id or an M-Bus primary address says where a meter is on the bus, not
+    which meter it is: no serial number (Home Assistant would show "1")."""
+    assert "serial_number" not in _sensor("energy_import", "2")["device"]
+    from meterhub.model import Meter
+    from meterhub_mqtt.discovery import meter_serial
+
+    assert meter_serial(Meter("5", "mbus", "bus1")) == ""
+    assert meter_serial(Meter("12345678A5110107", "mbus", "bus1")) == "12345678"
+    assert meter_serial(Meter("00000000000301", "cjt188", "bus1")) == "00000000000301"
+
+
 def test_a_registered_profile_names_vendor_and_model():
     device = _sensor("energy_import", "2")["device"]
     assert (device["manufacturer"], device["model"]) == ("ACME", "EM200")

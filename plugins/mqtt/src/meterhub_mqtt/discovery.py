@@ -387,14 +387,33 @@ def meter_device(meter: Meter, *, site: str, meter_id: str,
     if by_key not in identifiers:
         identifiers.append(by_key)
     manufacturer, model = _maker(meter, profiles)
-    return {
+    device = {
         "identifiers": identifiers,
         "name": meter.name or f"{meter.protocol} {meter.address}",
         "manufacturer": manufacturer,
         "model": model,
-        "serial_number": meter.address,
         "via_device": concentrator_identifier(site),
     }
+    serial = meter_serial(meter)
+    if serial:
+        device["serial_number"] = serial
+    return device
+
+
+#: Protocols whose address is the meter's own number, as on its nameplate.
+SERIAL_ADDRESSES = frozenset({"dlt645", "dlt645-1997", "cjt188", "iec62056-21"})
+
+
+def meter_serial(meter: Meter) -> str:
+    """The meter's serial number where its address carries one: the whole address where it
+    is the meter's number (DL/T 645, CJ/T 188, IEC 62056-21), an M-Bus secondary address's
+    identification number (its first 8 digits); "" for a bus position (a Modbus unit id,
+    an M-Bus primary address), which is no serial number."""
+    if meter.protocol in SERIAL_ADDRESSES:
+        return meter.address
+    if meter.protocol == "mbus" and len(meter.address) == 16:
+        return meter.address[:8]
+    return ""
 
 
 def _maker(meter: Meter, profiles: Mapping[tuple[str, str], Mapping[str, Any]] | None,
