@@ -21,7 +21,7 @@ from typing import Any
 from .figures import Figure
 
 #: Scenario modules, in the order they run (the cheap and most telling first).
-SCENARIOS = ("codecs", "footprint", "store", "bus", "plc", "infrared", "uplink", "headend")
+SCENARIOS = ("codecs", "footprint", "store", "bus", "plc", "infrared", "uplink", "headend", "services")
 
 
 def machine() -> dict[str, Any]:
