@@ -6,6 +6,10 @@ to a USB-RS485 adapter. The bus is protocol-independent: it feeds what the maste
 into one stream decoder per protocol, lets each :class:`SimDevice` answer, and puts the
 answers back on the wire paced at the baud rate, after a turnaround, with the wire-level
 faults a real installation shows (silence, noise, truncation, slow answers, collisions).
+
+A :class:`PacedPtyServer` is the serving loop of one simulated device with a state of its
+own (a carrier module, an optical meter): timers relative to the event being handled and
+output paced at the character time, on the same kind of pty.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import bisect
 import enum
 import errno
+import heapq
+import itertools
 import logging
 import math
 import os
@@ -245,6 +251,187 @@ class PtyServer:
                 logger.warning("%s %s: read failed: %s", type(self).__name__, self.path, exc)
             time.sleep(self.POLL_S)
             return b""
+
+
+@attrs.define(slots=True, eq=False)
+class SimTimer:
+    """Something the serving thread of a :class:`PacedPtyServer` does at ``due``
+    (monotonic s), unless ``cancelled`` is set first."""
+
+    due: float
+    action: Callable[[], None]
+    cancelled: bool = False
+
+
+@attrs.frozen
+class PacedChunk:
+    """A piece of output of a :class:`PacedPtyServer`, written when its last character
+    would have left the device's UART."""
+
+    data: bytes
+    ends_frame: bool = False  #: the last chunk of a message (counted in frames_out)
+    tag: Any = None  #: what the subclass attached for :meth:`PacedPtyServer._outgoing`
+
+
+class PacedPtyServer(PtyServer):
+    """A :class:`PtyServer` whose one thread reads the master, runs timers and writes
+    output paced at the character time: the serving loop of a device that answers on its
+    own schedule (a carrier module, an optical meter).
+
+    Each turn of the loop waits (select) until the master is readable, a timer or a chunk
+    is due, or :attr:`POLL_S` has passed; then, with ``self._lock`` held, it hands what
+    the client wrote to :meth:`_receive`, runs the timers that are due (in due order,
+    ties in the order they were set) and writes the chunks that are due. A subclass
+    implements :meth:`_receive` and schedules with :meth:`_after` and :meth:`_emit`,
+    both relative to ``self._now``, the time of the event being handled (set it to a
+    request's end on the wire, ``self._rx_end``, before handling it). An exception in a
+    handler or timer is logged on :attr:`_logger`, and the loop goes on.
+    """
+
+    #: The logger and the name in its messages (a subclass sets its own).
+    _logger: logging.Logger = logger
+    LABEL = "simulator"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames_out = 0  #: messages completely written
+        self.bytes_out = 0  #: bytes written (noise and echo included)
+        self._lock = threading.RLock()
+        self._timers: list[tuple[float, int, SimTimer]] = []  # heap by due time, then order set
+        self._out: list[tuple[float, int, PacedChunk]] = []  # heap by due time, then order queued
+        self._ticket = itertools.count()  # insertion order, for ties in both heaps
+        self._line_free_at = 0.0  # monotonic time the device's last transmission ends
+        self._rx_end = 0.0  # monotonic time what the client wrote ends on the wire
+        self._now = 0.0  # the time of the event being handled (a request's end, a timer's due)
+        self._epoch = 0  # a subclass bumps it where timers set before must no longer act
+
+    # -- the hooks ------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        """What the client wrote (called with the lock held)."""
+        raise NotImplementedError
+
+    def _outgoing(self, chunk: PacedChunk) -> bytes:
+        """The bytes to write for ``chunk`` now (the subclass may damage them)."""
+        return chunk.data
+
+    # -- scheduling (with the lock held) --------------------------------------------------
+
+    def _arrived(self, size: int, now: float, settings: SerialSettings) -> float:
+        """Note ``size`` bytes the client wrote at ``now``: the pty delivers at once what
+        takes its wire time on a real UART, so a request ends when its last character
+        would have arrived. Returns that end (``self._rx_end``)."""
+        self._rx_end = max(self._rx_end, now) + timing.frame_time(size, settings)
+        return self._rx_end
+
+    def _after(self, delay: float, action: Callable[[], None]) -> SimTimer:
+        """Run ``action`` ``delay`` s after the event being handled; cancel the timer
+        returned to keep it from running."""
+        timer = SimTimer(self._now + delay, action)
+        heapq.heappush(self._timers, (timer.due, next(self._ticket), timer))
+        return timer
+
+    def _in_epoch(self, action: Callable[[], None]) -> Callable[[], None]:
+        """``action``, unless ``self._epoch`` has changed by the time it runs."""
+        epoch = self._epoch
+
+        def run() -> None:
+            if epoch == self._epoch:
+                action()
+
+        return run
+
+    def _emit(self, data: bytes, at: float, settings: SerialSettings, *, frame: bool,
+              occupy: bool = True, tag: Any = None) -> float:  # fmt: skip
+        """Queue ``data`` to go out from ``at`` paced at ``settings``, in chunks of about
+        :data:`CHUNK_INTERVAL_S`; returns when its last character has left. ``occupy``:
+        it waits until the line is free and holds it until then (False: it goes out from
+        ``at`` whatever else is sent, as an echo does). ``frame``: it is a message
+        (counted in ``frames_out`` once written)."""
+        start = max(at, self._line_free_at) if occupy else at
+        step = max(1, math.floor(CHUNK_INTERVAL_S / timing.char_time(settings)))
+        for i in range(0, len(data), step):
+            stop = min(i + step, len(data))
+            due = start + timing.frame_time(stop, settings)
+            heapq.heappush(self._out, (due, next(self._ticket), PacedChunk(data[i:stop], frame and stop == len(data), tag)))
+        end = start + timing.frame_time(len(data), settings)
+        if occupy:
+            self._line_free_at = end
+        return end
+
+    # -- the serving thread -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        master = self._master
+        assert master is not None
+        while not self._stop.is_set():
+            with self._lock:
+                wait = self._wait_time()
+            try:
+                readable, _, _ = select.select([master], [], [], wait)
+            except (OSError, ValueError):  # fd closed under us by stop()
+                break
+            data = self.read_master(master) if readable else b""
+            with self._lock:
+                if data:
+                    self._receive(data)
+                self._run_timers()
+                self._write_due(master)
+
+    def _wait_time(self) -> float:
+        now = time.monotonic()
+        wait = self.POLL_S
+        if self._timers:
+            wait = min(wait, self._timers[0][0] - now)
+        if self._out:
+            wait = min(wait, self._out[0][0] - now)
+        return max(0.0, wait)
+
+    def _guarded(self, what: str, subject: object, action: Callable[..., object], *args: object) -> None:
+        """``action(*args)``; an exception is logged ("``what`` ``subject`` failed"), not raised."""
+        try:
+            action(*args)
+        except Exception:  # deliberate: a handler bug must not kill the device; report it loudly
+            self._logger.exception("%s %s: %s %r failed", self.LABEL, self.path, what, subject)
+
+    def _run_timers(self) -> None:
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            due, _, timer = heapq.heappop(self._timers)
+            if timer.cancelled:
+                continue
+            self._now = due
+            self._guarded("timer", timer.action, timer.action)
+
+    def _write_due(self, master: int) -> None:
+        now = time.monotonic()
+        while self._out and self._out[0][0] <= now:
+            _, _, chunk = heapq.heappop(self._out)
+            data = self._outgoing(chunk)
+            try:
+                written = os.write(master, data)
+            except BlockingIOError:
+                written = 0
+            except OSError as exc:
+                self._logger.warning("%s %s: write failed: %s", self.LABEL, self.path, exc)
+                return
+            self.bytes_out += written
+            if written < len(data):
+                # Nobody reads the port and its buffer is full: on a real UART these
+                # characters would be lost too.
+                self._logger.debug("%s %s: client not reading; dropped %d bytes", self.LABEL, self.path, len(data) - written)
+            if chunk.ends_frame:
+                self.frames_out += 1
+
+    def _wait_idle(self, timeout: float, poll: float, ready: Callable[[], bool] | None = None) -> bool:
+        """Wait until nothing is left to send and ``ready()`` (asked with the lock held),
+        checking every ``poll`` s; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if (ready is None or ready()) and not self._out:
+                    return True
+            time.sleep(poll)
+        return False
 
 
 class PtyBus:

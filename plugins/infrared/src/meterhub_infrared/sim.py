@@ -39,15 +39,9 @@ Choices where the notes are silent (the standard's text was not at hand):
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
-import math
-import os
 import random
-import select
 import termios
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -55,10 +49,10 @@ from decimal import ROUND_DOWN, Decimal
 
 import attrs
 
-from meterhub import timing
+from meterhub import simulator, timing
 from meterhub.errors import ChecksumError, FrameError
 from meterhub.model import SerialSettings
-from meterhub.simulator import PtyServer
+from meterhub.simulator import PacedChunk, PacedPtyServer, SimTimer
 
 from . import iec62056_21 as iec
 from .iec62056_21 import Command, DataMessage, DataSet, ErrorMessage, OptionSelect, SignOn
@@ -69,8 +63,8 @@ log = logging.getLogger(__name__)
 #: of the simulator, not a protocol timing.
 POLL_INTERVAL_S = 0.01
 #: Output goes out in pieces of about this much wire time, each when its last character
-#: would have left the meter's UART.
-CHUNK_INTERVAL_S = 0.010
+#: would have left the meter's UART (the paced server's figure).
+CHUNK_INTERVAL_S = simulator.CHUNK_INTERVAL_S
 #: The meter's reaction time tr is drawn from [tr min, tr min + this] (tr min: 200 ms,
 #: 20 ms for a "fast" meter).
 REACTION_SPREAD_S = 0.1
@@ -124,13 +118,6 @@ class _Register:
     width: int = 0  # integer digits a numeric value is padded to
 
 
-@attrs.frozen
-class _Chunk:
-    data: bytes
-    rate: int | None  # None: the master's echo (always heard right)
-    ends_frame: bool = False
-
-
 @attrs.define
 class _Faults:
     no_answer_at_new_baud: bool = False
@@ -152,7 +139,7 @@ def _fault_property(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
-class OpticalMeter(PtyServer):
+class OpticalMeter(PacedPtyServer):
     """An IEC 62056-21 meter on a pty (see the module). Use as a context manager, or
     :meth:`start` / :meth:`stop`.
 
@@ -168,6 +155,8 @@ class OpticalMeter(PtyServer):
     """
 
     POLL_S = POLL_INTERVAL_S
+    _logger = log
+    LABEL = "optical meter"
 
     def __init__(
         self,
@@ -207,7 +196,7 @@ class OpticalMeter(PtyServer):
         self.load_w = int(load_kw * 1000) if load_kw is not None else self._random.randint(1500, 4500)
         # counters
         self.frames_in = 0  #: sign-ons, option selects and commands received (not garbled)
-        self.frames_out = 0  #: messages completely written
+        # frames_out (messages completely written) is counted by PacedPtyServer
         self.sessions = 0  #: sign-ons answered
         self.garbled = 0  #: writes of the master lost at a wrong rate
         self.garbled_out = 0  #: chunks the master's port heard at a wrong rate
@@ -223,18 +212,10 @@ class OpticalMeter(PtyServer):
         # state
         self._state = "idle"
         self._line_rate = IDLE_SETTINGS.baudrate
-        self._epoch = 0  # bumped by every state change: timers of an earlier state do nothing
+        # self._epoch (PacedPtyServer) is bumped by every state change: timers of an earlier state do nothing
         self._tries = 0
         self._authorized = False
         self._faults = _Faults()
-        # serving
-        self._lock = threading.RLock()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._out: list[tuple[float, int, _Chunk]] = []  # heap by due time
-        self._order = itertools.count()
-        self._line_free_at = 0.0
-        self._rx_end = 0.0
-        self._now = 0.0
         self._decoder = iec.StreamDecoder(bcc_rule)
 
     # -- life cycle -----------------------------------------------------------------------
@@ -285,13 +266,7 @@ class OpticalMeter(PtyServer):
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until the meter is idle with nothing left to send; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._state == "idle" and not self._out:
-                    return True
-            time.sleep(POLL_INTERVAL_S)
-        return False
+        return self._wait_idle(timeout, POLL_INTERVAL_S, lambda: self._state == "idle")
 
     # -- registers ------------------------------------------------------------------------
 
@@ -327,32 +302,6 @@ class OpticalMeter(PtyServer):
 
     # -- serving --------------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        master = self._master
-        assert master is not None
-        while not self._stop.is_set():
-            with self._lock:
-                wait = self._wait_time()
-            try:
-                readable, _, _ = select.select([master], [], [], wait)
-            except (OSError, ValueError):  # fd closed under us by stop()
-                break
-            data = self.read_master(master) if readable else b""
-            with self._lock:
-                if data:
-                    self._receive(data)
-                self._run_timers()
-                self._write_due(master)
-
-    def _wait_time(self) -> float:
-        now = time.monotonic()
-        wait = POLL_INTERVAL_S
-        if self._timers:
-            wait = min(wait, self._timers[0][0] - now)
-        if self._out:
-            wait = min(wait, self._out[0][0] - now)
-        return max(0.0, wait)
-
     def _client_rate(self) -> int | None:
         """The rate the master's port is set to (from the slave's termios), None if unknown."""
         if not self.check_rates or self._slave is None:
@@ -368,7 +317,7 @@ class OpticalMeter(PtyServer):
         client = self._client_rate()
         if self.echo:
             heard = SerialSettings(client or self._line_rate, 7, "E", 1)
-            self._emit(data, now, None, frame=False, settings=heard, occupy=False)
+            self._emit(data, now, heard, frame=False, occupy=False)  # no tag: always heard right
         if client is not None and client != self._line_rate:
             # The meter's UART at another rate sees framing errors: the bytes are lost and
             # whatever message was half received with them.
@@ -377,8 +326,7 @@ class OpticalMeter(PtyServer):
             log.debug("optical meter %s: %d bytes at %d Bd while listening at %d: garbage",
                       self.path, len(data), client, self._line_rate)
             return
-        settings = self._settings()
-        self._rx_end = max(self._rx_end, now) + timing.frame_time(len(data), settings)
+        self._arrived(len(data), now, self._settings())
         for item in self._decoder.feed(data):
             self._now = self._rx_end
             if self._faults.silent:
@@ -391,76 +339,32 @@ class OpticalMeter(PtyServer):
             if isinstance(item, FrameError | iec.Ack | iec.Nak):
                 continue  # (the decoder gives the ACK of an option select as an Ack too)
             self.frames_in += 1
-            try:
-                self._on_message(item)
-            except Exception:  # deliberate: a handler bug must not kill the meter; report it loudly
-                log.exception("optical meter %s: handling %r failed", self.path, item)
+            self._guarded("handling", item, self._on_message, item)
 
-    def _run_timers(self) -> None:
-        while self._timers and self._timers[0][0] <= time.monotonic():
-            due, _, action = heapq.heappop(self._timers)
-            self._now = due
-            try:
-                action()
-            except Exception:  # deliberate, as in _receive
-                log.exception("optical meter %s: timer %r failed", self.path, action)
+    def _outgoing(self, chunk: PacedChunk) -> bytes:
+        """What the master's port hears of ``chunk`` (tagged with the rate it was sent at;
+        no tag: the master's echo, always heard right)."""
+        if chunk.tag is not None:
+            client = self._client_rate()
+            if client is not None and client != chunk.tag:
+                # The master's UART at another rate: it receives garbage.
+                self.garbled_out += 1
+                return bytes(self._random.randrange(0x80, 0x100) for _ in chunk.data)
+        return chunk.data
 
-    def _write_due(self, master: int) -> None:
-        now = time.monotonic()
-        while self._out and self._out[0][0] <= now:
-            _, _, chunk = heapq.heappop(self._out)
-            data = chunk.data
-            if chunk.rate is not None:
-                client = self._client_rate()
-                if client is not None and client != chunk.rate:
-                    # The master's UART at another rate: it receives garbage.
-                    self.garbled_out += 1
-                    data = bytes(self._random.randrange(0x80, 0x100) for _ in data)
-            try:
-                os.write(master, data)
-            except BlockingIOError:
-                log.debug("optical meter %s: client not reading; dropped %d bytes", self.path, len(data))
-            except OSError as exc:
-                log.warning("optical meter %s: write failed: %s", self.path, exc)
-                return
-            if chunk.ends_frame:
-                self.frames_out += 1
-
-    def _after(self, delay: float, action: Callable[[], None]) -> None:
+    def _after(self, delay: float, action: Callable[[], None]) -> SimTimer:
         """Run ``action`` ``delay`` s after the event being handled, unless the state
         changed in between."""
-        epoch = self._epoch
-
-        def run() -> None:
-            if epoch == self._epoch:
-                action()
-
-        heapq.heappush(self._timers, (self._now + delay, next(self._order), run))
+        return super()._after(delay, self._in_epoch(action))
 
     # -- output ---------------------------------------------------------------------------
 
     def _settings(self, rate: int | None = None) -> SerialSettings:
         return SerialSettings(rate or self._line_rate, 7, "E", 1)
 
-    def _emit(self, data: bytes, at: float, rate: int | None, *, frame: bool,
-              settings: SerialSettings | None = None, occupy: bool = True) -> float:
-        """Queue ``data`` to go out from ``at`` (or when the line is free), paced at
-        ``settings``; returns when its last character has left."""
-        settings = settings or self._settings(rate)
-        start = max(at, self._line_free_at) if occupy else at
-        step = max(1, math.floor(CHUNK_INTERVAL_S / timing.char_time(settings)))
-        for i in range(0, len(data), step):
-            stop = min(i + step, len(data))
-            due = start + timing.frame_time(stop, settings)
-            heapq.heappush(self._out, (due, next(self._order), _Chunk(data[i:stop], rate, frame and stop == len(data))))
-        end = start + timing.frame_time(len(data), settings)
-        if occupy:
-            self._line_free_at = end
-        return end
-
     def _send_raw(self, data: bytes, delay: float) -> float:
         """Send ``data`` at the line rate ``delay`` s after the event being handled."""
-        return self._emit(data, self._now + delay, self._line_rate, frame=True)
+        return self._emit(data, self._now + delay, self._settings(), frame=True, tag=self._line_rate)
 
     def _reaction(self) -> float:
         if self._faults.slow:

@@ -37,13 +37,8 @@ Simplifications (what a real module does that this one does not):
 from __future__ import annotations
 
 import collections
-import heapq
 import itertools
 import logging
-import math
-import os
-import select
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
@@ -51,7 +46,7 @@ from typing import Any
 
 import attrs
 
-from meterhub import timing
+from meterhub import simulator, timing
 from meterhub.errors import ChecksumError, FrameError
 from meterhub.model import SerialSettings
 from meterhub.protocols import dlt645
@@ -59,7 +54,7 @@ from meterhub.protocols import gdw1376_2 as link
 from meterhub.protocols import gdw1376_2_data as units
 from meterhub.protocols.gdw1376_2 import Addresses, Afn, CommMode, Direction, Frame, UpInfo
 from meterhub.protocols.gdw1376_2_data import DenyReason, ReadFlag
-from meterhub.simulator import PtyServer
+from meterhub.simulator import PacedPtyServer, SimTimer
 
 from .network import CarrierNetwork, NodeView, Outcome
 
@@ -69,8 +64,8 @@ log = logging.getLogger(__name__)
 #: scheduling figure of the simulator, not a protocol timing.
 POLL_INTERVAL_S = 0.01
 #: Output is written in pieces of about this much wire time, each when its last character
-#: would have left the module's UART.
-CHUNK_INTERVAL_S = 0.010
+#: would have left the module's UART (the paced server's figure).
+CHUNK_INTERVAL_S = simulator.CHUNK_INTERVAL_S
 
 #: gdw1376-details.md §3.1: the module's UART runs 9600 8E1 by default.
 DEFAULT_BAUDRATE = 9600
@@ -124,22 +119,6 @@ STEP_READING, STEP_IDLE = 4, 8
 _NOT_COMMANDS = {(0x00, 1), (0x00, 2), (0x06, 1), (0x06, 2), (0x06, 3), (0x06, 5), (0x14, 1)}
 
 
-@attrs.define(slots=True, eq=False)
-class _Timer:
-    """Something the serving thread does at ``due`` (monotonic s), unless cancelled."""
-
-    due: float
-    action: Callable[[], None]
-    cancelled: bool = False
-
-
-@attrs.frozen
-class _Chunk:
-    due: float  #: monotonic time at which the bytes may be written
-    data: bytes
-    ends_frame: bool = False
-
-
 @attrs.define(slots=True)
 class _Report:
     """An active report (06) waiting for the concentrator's 00 F1."""
@@ -147,7 +126,7 @@ class _Report:
     frame: Frame
     on_done: Callable[[bool], None] | None = None  #: called with True when confirmed
     sends: int = 0
-    timer: _Timer | None = None
+    timer: SimTimer | None = None
 
 
 @attrs.define(slots=True)
@@ -159,7 +138,7 @@ class _Router:
     running: bool = True  #: 12 F2 clears it, 12 F3 sets it
     busy: bool = False  #: a node is in hand (asked, being read or reported)
     ask_seq: int | None = None  #: R6 of the 14 F1 request awaiting its answer
-    ask_timer: _Timer | None = None
+    ask_timer: SimTimer | None = None
     read: set[str] = attrs.field(factory=set)  #: nodes whose meter answered this round
     relay_read: int = 0  #: of those, how many through relays
     finished: bool = False  #: 06 F3 sent
@@ -190,7 +169,7 @@ def _fit(answer: bytes | None) -> bytes:
     return answer
 
 
-class ModuleSim(PtyServer):
+class ModuleSim(PacedPtyServer):
     """A 1376.2 local communication module on a pty, serving ``network``.
 
     ``baudrate`` of the UART (8E1); ``main_node`` its own address; ``concurrency`` how
@@ -204,6 +183,8 @@ class ModuleSim(PtyServer):
     """
 
     POLL_S = POLL_INTERVAL_S
+    _logger = log
+    LABEL = "module sim"
 
     def __init__(
         self,
@@ -240,10 +221,9 @@ class ModuleSim(PtyServer):
         self.events_allowed = True
         # counters
         self.frames_in = 0  #: valid frames received
-        self.frames_out = 0  #: frames completely written
+        # frames_out (frames completely written) and bytes_out (noise included): PacedPtyServer
         self.damaged_in = 0  #: frames dropped for a wrong checksum
         self.bytes_in = 0  #: bytes received (noise included)
-        self.bytes_out = 0  #: bytes written (noise included)
         self.denied = 0  #: 00 F2 sent
         self.reports_sent = 0  #: active reports (06) sent, repeats not counted
         self.reports_confirmed = 0  #: of those, confirmed with 00 F1
@@ -258,17 +238,10 @@ class ModuleSim(PtyServer):
         self._reports: dict[int, _Report] = {}  # R6 -> report awaiting its confirm
         self._router: _Router | None = None
         self._faults = _Faults()
-        self._epoch = 0  # bumped by 01 F1: reads of an earlier epoch are forgotten
+        # self._epoch (PacedPtyServer) is bumped by 01 F1: reads of an earlier epoch are forgotten
         self._seq = itertools.count(seed & 0xFF)
         self._handlers = self._dispatch_table()
-        # serving
-        self._lock = threading.RLock()
-        self._timers: list[tuple[float, int, _Timer]] = []
-        self._timer_order = itertools.count()
-        self._out: collections.deque[_Chunk] = collections.deque()
-        self._line_free_at = 0.0
-        self._rx_end = 0.0
-        self._now = 0.0  # the time of the event being handled (a frame's end, a timer's due)
+        self._decoder = link.StreamDecoder(max_length=MAX_FRAME)  # a fresh one at every start
 
     def _dispatch_table(self) -> dict[tuple[int, int], Callable[[Frame, Any], Answer | None]]:
         """(AFN, Fn) -> the handler of a downlink command; the handler returns the answer
@@ -311,6 +284,7 @@ class ModuleSim(PtyServer):
     # -- lifecycle -----------------------------------------------------------------------
 
     def _starting(self) -> None:
+        self._decoder = link.StreamDecoder(max_length=MAX_FRAME)
         self.network.power_up()
 
     def __repr__(self) -> str:
@@ -404,50 +378,15 @@ class ModuleSim(PtyServer):
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued for the wire has been written; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._out:
-                    return True
-            time.sleep(POLL_INTERVAL_S / 2)
-        return False
+        return self._wait_idle(timeout, POLL_INTERVAL_S / 2)
 
     # -- serving thread ----------------------------------------------------------------------
 
-    def _serve(self) -> None:
-        decoder = link.StreamDecoder(max_length=MAX_FRAME)
-        master = self._master
-        assert master is not None
-        while not self._stop.is_set():
-            with self._lock:
-                wait = self._wait_time()
-            try:
-                readable, _, _ = select.select([master], [], [], wait)
-            except (OSError, ValueError):  # fd closed under us by stop()
-                break
-            data = self.read_master(master) if readable else b""
-            with self._lock:
-                if data:
-                    self._receive(data, decoder)
-                self._run_timers()
-                self._write_due(master)
-
-    def _wait_time(self) -> float:
-        now = time.monotonic()
-        wait = POLL_INTERVAL_S
-        if self._timers:
-            wait = min(wait, self._timers[0][0] - now)
-        if self._out:
-            wait = min(wait, self._out[0].due - now)
-        return max(0.0, wait)
-
-    def _receive(self, data: bytes, decoder: link.StreamDecoder) -> None:
-        # The pty delivers at once what took its wire time on the real UART: the module
-        # has a frame only when its last character would have arrived.
+    def _receive(self, data: bytes) -> None:
         now = time.monotonic()
         self.bytes_in += len(data)
-        self._rx_end = max(self._rx_end, now) + timing.frame_time(len(data), self.settings)
-        for item in decoder.feed(data):
+        self._arrived(len(data), now, self.settings)
+        for item in self._decoder.feed(data):
             self._now = self._rx_end
             if isinstance(item, ChecksumError):
                 self.damaged_in += 1
@@ -458,69 +397,9 @@ class ModuleSim(PtyServer):
             self.frames_in += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("module sim %s: in  %s", self.path, link.encode(item).hex(" ").upper())
-            try:
-                self._on_frame(item)
-            except Exception:  # deliberate: a handler bug must not kill the module; report it loudly
-                log.exception("module sim %s: handling %r failed", self.path, item)
-
-    def _run_timers(self) -> None:
-        while self._timers and self._timers[0][0] <= time.monotonic():
-            due, _, timer = heapq.heappop(self._timers)
-            if timer.cancelled:
-                continue
-            self._now = due
-            try:
-                timer.action()
-            except Exception:  # deliberate, as in _receive
-                log.exception("module sim %s: timer %r failed", self.path, timer.action)
-
-    def _write_due(self, master: int) -> None:
-        now = time.monotonic()
-        while self._out and self._out[0].due <= now:
-            chunk = self._out.popleft()
-            try:
-                written = os.write(master, chunk.data)
-            except BlockingIOError:
-                written = 0
-            except OSError as exc:
-                log.warning("module sim %s: write failed: %s", self.path, exc)
-                return
-            self.bytes_out += written
-            if written < len(chunk.data):
-                # Nobody reads the port and its buffer is full: on a real UART these
-                # characters would be lost too.
-                log.debug("module sim %s: client not reading; dropped %d bytes", self.path, len(chunk.data) - written)
-            if chunk.ends_frame:
-                self.frames_out += 1
-
-    def _after(self, delay: float, action: Callable[[], None]) -> _Timer:
-        """Run ``action`` ``delay`` s after the event being handled."""
-        timer = _Timer(self._now + delay, action)
-        heapq.heappush(self._timers, (timer.due, next(self._timer_order), timer))
-        return timer
-
-    def _in_epoch(self, action: Callable[[], None]) -> Callable[[], None]:
-        """``action``, unless a hardware initialisation came in between."""
-        epoch = self._epoch
-
-        def run() -> None:
-            if epoch == self._epoch:
-                action()
-
-        return run
+            self._guarded("handling", item, self._on_frame, item)
 
     # -- output ---------------------------------------------------------------------------
-
-    def _emit(self, data: bytes, at: float, *, frame: bool) -> float:
-        """Queue ``data`` to go out from ``at`` (or when the line is free), paced at the
-        baud rate; returns when its last character has left."""
-        start = max(at, self._line_free_at)
-        step = max(1, math.floor(CHUNK_INTERVAL_S / timing.char_time(self.settings)))
-        for i in range(0, len(data), step):
-            stop = min(i + step, len(data))
-            self._out.append(_Chunk(start + timing.frame_time(stop, self.settings), data[i:stop], frame and stop == len(data)))
-        self._line_free_at = start + timing.frame_time(len(data), self.settings)
-        return self._line_free_at
 
     def _send(self, frame: Frame, delay: float = 0.0) -> float:
         """Put ``frame`` on the wire ``delay`` s after the event being handled, with the
@@ -532,8 +411,8 @@ class ModuleSim(PtyServer):
         log.debug("module sim %s: out %s", self.path, raw.hex(" ").upper())
         at = self._now + delay
         if self._faults.noise:
-            at = self._emit(self._faults.noise, at, frame=False)
-        return self._emit(bytes(raw), at, frame=True)
+            at = self._emit(self._faults.noise, at, self.settings, frame=False)
+        return self._emit(bytes(raw), at, self.settings, frame=True)
 
     def _reply(self, request: Frame, afn: int, fn: int, unit: Any, *, info: UpInfo | None = None,
                addresses: Addresses | None = None, delay: float | None = None) -> None:  # fmt: skip
