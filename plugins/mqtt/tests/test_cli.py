@@ -186,3 +186,16 @@ def test_an_mqtt_uplink_in_a_site_file_is_checked(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == (
         "warning: uplink mqtt: discovery: false: HA will not see the meters unless each sensor is configured by hand")
+
+
+def test_a_device_class_newer_than_an_older_home_assistant_is_noted():
+    from meterhub.model import Meter
+    from meterhub_mqtt.cli import _line, lint_site
+
+    site = Site(meters=(Meter("000000000001", "dlt645", "bus1", quantities=("1-0:3.8.0", "1-0:1.8.0")),))
+    reactive, active = lint_site(site)
+    assert reactive["device_class"] == "reactive_energy"
+    assert any("since mid-2025" in note and "an older one refuses this sensor" in note for note in reactive["notes"])
+    assert "since mid-2025" in _line(reactive)
+    assert not any("since" in note for note in active["notes"])
+

@@ -36,7 +36,8 @@ def ha_cmd() -> None:
 def lint_cmd(config: str, as_json: bool) -> None:
     """Report every quantity HA's energy dashboard would refuse and why, and the mqtt uplink
     settings that would break discovery. Exit 0 when every consumption register (energy,
-    water, gas, heat) is fine, 1 when one would be refused, 2 for a bad site file."""
+    water, gas, heat) is fine, 1 when one would be refused, 2 for a bad site file. The
+    discovery needs Home Assistant 2024.2 or newer."""
     site = _load(config)
     findings = lint_site(site)
     warnings = uplink_problems(site)
@@ -85,6 +86,11 @@ def meter_label(meter: Meter) -> str:
     return meter.name or f"{meter.protocol} {meter.address}"
 
 
+#: Device classes newer than the oldest Home Assistant the discovery works with (2024.2:
+#: a device's serial_number), and since when HA has them.
+NEWER_DEVICE_CLASSES = {"reactive_energy": "mid-2025 (home-assistant/core#143941)"}
+
+
 def lint_site(site: Site) -> list[dict[str, Any]]:
     """One finding per meter and quantity, in the site's order: what HA is told
     (``device_class``, ``state_class``, ``unit``), whether its energy dashboard takes it,
@@ -105,6 +111,9 @@ def lint_site(site: Site) -> list[dict[str, Any]]:
                 notes.append(f"meterhub's {ha.converted_from} is published to HA as {ha.unit}")
             if ha.dashboard and not problems:
                 notes.append(f"OK for the energy dashboard ({ha.dashboard})")
+            if ha.device_class in NEWER_DEVICE_CLASSES:
+                notes.append(f"Home Assistant has device class {ha.device_class} since "
+                             f"{NEWER_DEVICE_CLASSES[ha.device_class]}: an older one refuses this sensor")
             findings.append({
                 "meter": meter_label(meter),
                 "key": meter.key,
