@@ -46,9 +46,11 @@ RESTART_MAX_S = 300.0
 HEALTHY_RUN_S = RESTART_MAX_S
 
 
-def restart_delay(failures: int) -> float:
-    """Seconds to wait after the ``failures``-th failure in a row (1, 2, 4, ... capped)."""
-    return min(RESTART_INITIAL_S * 2 ** min(max(failures - 1, 0), 32), RESTART_MAX_S)
+def restart_delay(failures: int, *, initial: float = RESTART_INITIAL_S, maximum: float = RESTART_MAX_S) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row: ``initial``, doubling,
+    capped at ``maximum`` (1, 2, 4, ... s). An uplink's own reconnections take it as the
+    base of their back-off, jittered their way."""
+    return min(initial * 2 ** min(max(failures - 1, 0), 32), maximum)
 
 
 class ConcentratorTerminal:

@@ -110,6 +110,7 @@ from meterhub.protocols.gdw1376_1_quantities import (
     TARIFF,
     VOLTAGE,
 )
+from meterhub.uplinks import restart_delay
 
 from .stream import ByteStream, Connector, TcpConnector
 
@@ -515,7 +516,7 @@ class Gdw1376Uplink:
             await asyncio.sleep(self._backoff(failures))
 
     def _backoff(self, failures: int) -> float:
-        base = min(BACKOFF_INITIAL_S * 2 ** min(max(failures - 1, 0), 16), BACKOFF_MAX_S)
+        base = restart_delay(failures, initial=BACKOFF_INITIAL_S, maximum=BACKOFF_MAX_S)
         return base * random.uniform(1 - JITTER, 1 + JITTER)
 
     async def _session(self, stream: ByteStream) -> None:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from meterhub.uplinks import restart_delay
 
 from .publish import QOS, BadCommand, Message, command_result, item_messages, parse_command
 from .topics import (
@@ -292,7 +293,7 @@ def reconnect_delay(failures: int, *, initial: float = RECONNECT_INITIAL_S, maxi
                     jitter: float = JITTER, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after the ``failures``-th failed connection in a row: ``initial``,
     doubling, capped at ``maximum``, spread by +-``jitter`` (never above ``maximum``)."""
-    base = min(initial * 2 ** min(max(failures - 1, 0), 32), maximum)
+    base = restart_delay(failures, initial=initial, maximum=maximum)
     return min(base * (1 + jitter * (2 * rand() - 1)), maximum)
 
 
