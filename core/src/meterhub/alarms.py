@@ -23,7 +23,6 @@ carry values; a value a rule cannot parse is skipped; a limit is crossed only st
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from .errors import did_you_mean as _suggest
 from .model import Event, Meter, Quality, Reading
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,6 @@ def _load_time(text: Any) -> datetime | None:
 
 
 # --- options -----------------------------------------------------------------------------
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _number(value: Any) -> Decimal:

@@ -29,7 +29,6 @@ Top-level keys starting with ``x-`` are ignored, so they can hold YAML anchors
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -50,6 +49,7 @@ from .api import (
     UplinkDriver,
 )
 from .errors import ConfigError, ConfigIssue, UnknownQuantity
+from .errors import did_you_mean as _suggest
 from .model import (
     DEFAULT_STORE,
     PARITIES,
@@ -266,11 +266,6 @@ def _describe(node: _Node) -> str:
     if isinstance(value, str):
         return f"the text {_shorten(value)}"
     return f"{_shorten(node.raw)} ({type(value).__name__})"
-
-
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _known(what: str, names: Iterable[str]) -> str:

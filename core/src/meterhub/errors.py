@@ -8,6 +8,9 @@ one :class:`ConfigError` so a user sees every mistake at once.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 import attrs
 
 
@@ -124,3 +127,11 @@ class ConfigError(MeterhubError):
     def __init__(self, issues: list[ConfigIssue]) -> None:
         self.issues = list(issues)
         super().__init__("\n".join(str(i) for i in self.issues))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the choice closest to a misspelt ``word`` (difflib's
+    usual 0.6 cutoff), or "": the tail of an "unknown key" message, config's and plugins'."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from meterhub.errors import did_you_mean as _suggest
 from meterhub.uplinks import restart_delay
 
 from .publish import QOS, BadCommand, Message, command_result, item_messages, parse_command
@@ -197,11 +197,6 @@ def _check_tls(value: Any) -> list[tuple[str, str]]:
     if "insecure" in value and not isinstance(value["insecure"], bool):
         problems.append(("tls.insecure", f"must be true or false, got {value['insecure']!r}"))
     return problems
-
-
-def _suggest(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def validate_options(options: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -3,11 +3,11 @@ reason for every problem (the site loader reports them at their line)."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from meterhub.errors import did_you_mean
 
 from .module import COMMAND_TIMEOUT_S
 
@@ -53,9 +53,7 @@ def problems(options: Mapping[str, Any]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for key in options:
         if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            found.append((str(key), f"unknown key{hint} (known: {', '.join(KEYS)})"))
+            found.append((str(key), f"unknown key{did_you_mean(str(key), KEYS)} (known: {', '.join(KEYS)})"))
     choices = {"reading": READINGS, "route_sync": ROUTE_SYNCS, "init": INITS}
     for key, allowed in choices.items():
         if key in options and options[key] not in allowed:

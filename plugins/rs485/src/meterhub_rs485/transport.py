@@ -15,14 +15,13 @@ A channel in a site file::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 from meterhub.channels import HalfDuplexChannel
 from meterhub.channels.serial import MODES, Rs485Options, SerialLink
-from meterhub.errors import LinkError
+from meterhub.errors import LinkError, did_you_mean
 from meterhub.model import PARITIES, ChannelConfig, SerialSettings
 
 #: The termios speeds (POSIX B300 ... Linux B921600) that UARTs and USB adapters all
@@ -48,9 +47,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _unknown(key: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"unknown key{hint} (known: {', '.join(known)})"
+    return f"unknown key{did_you_mean(key, known)} (known: {', '.join(known)})"
 
 
 def settings_problems(settings: SerialSettings) -> list[tuple[str, str]]:
